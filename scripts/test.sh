@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Runs every test of the project. Installs what the tests need when it is missing
+# (Debian packages via apt-get), so it works on a fresh Debian machine with only the
+# Rust toolchain.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v cmake >/dev/null || need_apt+=(cmake)
+command -v pkg-config >/dev/null || need_apt+=(pkg-config)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "installing: ${need_apt[*]}"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
+fi
+
+export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
+# Build everything once; the test binaries share the target directory.
+cargo build --workspace --all-targets
+cargo test --workspace --no-fail-fast -- --test-threads=2

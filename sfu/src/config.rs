@@ -1,0 +1,56 @@
+//! `[sfu]` section of the config.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Media-plane settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// UDP socket every peer shares (ICE-lite).
+    pub udp_listen: SocketAddr,
+    /// ICE-TCP listener (RFC 4571 framing) for clients whose UDP is blocked; unset to disable.
+    pub tcp_listen: Option<SocketAddr>,
+    /// Address advertised in ICE candidates when the node sits behind 1:1 NAT.
+    /// Unset: the listen address.
+    pub public_ip: Option<IpAddr>,
+    /// How long an empty room stays before it is closed.
+    #[serde(with = "humantime_serde")]
+    pub empty_room_grace: Duration,
+    /// How long a participant whose WebSocket dropped may resume its session.
+    #[serde(with = "humantime_serde")]
+    pub resume_window: Duration,
+    /// Least time between two keyframe requests sent to one publisher's track.
+    #[serde(with = "humantime_serde")]
+    pub keyframe_request_interval: Duration,
+    /// Most participants in one room.
+    pub max_participants_per_room: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            udp_listen: "127.0.0.1:7882".parse().unwrap(),
+            tcp_listen: Some("127.0.0.1:7882".parse().unwrap()),
+            public_ip: None,
+            empty_room_grace: Duration::from_secs(20),
+            resume_window: Duration::from_secs(10),
+            keyframe_request_interval: Duration::from_millis(500),
+            max_participants_per_room: 500,
+        }
+    }
+}
+
+impl Config {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_participants_per_room == 0 {
+            return Err("max_participants_per_room must be at least 1".into());
+        }
+        if self.resume_window > Duration::from_secs(600) {
+            return Err("resume_window may be at most 10m".into());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,173 @@
+//! `maxd` configuration: embedded defaults, then a TOML file, then environment
+//! variables, then validation. Unknown keys are refused with their name.
+//!
+//! Environment variables are `MAXD_` followed by the key path in capitals with `__`
+//! between sections: `MAXD_HTTP__LISTEN=0.0.0.0:8080`, `MAXD_SFU__PUBLIC_IP=203.0.113.5`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::bail;
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// A plane this node runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Media plane: rooms, `/rtc`, WHIP/WHEP, UDP/TCP media.
+    Sfu,
+    /// Control plane: accounts, chat, call set-up.
+    Signalling,
+    /// QUIC file relay.
+    Relay,
+}
+
+/// The whole configuration. Every key is documented in `configs/maxd.toml`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Directory for the database, stored files and dev secrets.
+    pub data_dir: PathBuf,
+    /// Dev mode: enables dev-only conveniences. Never in production.
+    pub dev: bool,
+    /// Planes this node runs.
+    pub roles: Vec<Role>,
+    pub http: HttpConfig,
+    pub auth: AuthConfig,
+    pub log: LogConfig,
+    pub sfu: sfu::Config,
+    pub signalling: signalling::Config,
+    pub relay: relay::Config,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("maxd-data"),
+            dev: true,
+            roles: vec![Role::Sfu, Role::Signalling, Role::Relay],
+            http: HttpConfig::default(),
+            auth: AuthConfig::default(),
+            log: LogConfig::default(),
+            sfu: sfu::Config::default(),
+            signalling: signalling::Config::default(),
+            relay: relay::Config::default(),
+        }
+    }
+}
+
+/// `[http]`: the main HTTP server.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address of the HTTP server (web client, APIs, `/rtc`, WHIP/WHEP, `/metrics`).
+    pub listen: SocketAddr,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig { listen: "127.0.0.1:8080".parse().unwrap() }
+    }
+}
+
+/// `[auth]`: access-token signing.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// HMAC secret for access tokens (at least 32 bytes). Unset in dev mode: a secret is
+    /// generated once and kept in `data_dir/dev-secret.hex`.
+    pub secret: Option<String>,
+}
+
+/// `[log]`: structured logs on standard error.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// Filter in `tracing` syntax (`info`, `maxd=debug,sfu=trace`). `RUST_LOG` wins.
+    pub level: String,
+    /// `text` or `json`.
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { level: "info".into(), format: LogFormat::Text }
+    }
+}
+
+impl Config {
+    /// Defaults, then `file` if given, then `MAXD_*` environment variables.
+    pub fn load(file: Option<&Path>) -> anyhow::Result<Config> {
+        Self::load_with_env(file, Env::prefixed("MAXD_").split("__"))
+    }
+
+    fn load_with_env(file: Option<&Path>, env: Env) -> anyhow::Result<Config> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(f) = file {
+            if !f.exists() {
+                bail!("config file {} does not exist", f.display());
+            }
+            fig = fig.merge(Toml::file_exact(f));
+        }
+        let cfg: Config = fig.merge(env).extract().map_err(|e| {
+            let msgs: Vec<String> = e.into_iter().map(|e| e.to_string()).collect();
+            anyhow::anyhow!("invalid configuration: {}", msgs.join("; "))
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        if self.roles.is_empty() {
+            bail!("`roles` is empty: name at least one of sfu, signalling, relay");
+        }
+        self.sfu.validate().map_err(|e| anyhow::anyhow!("invalid [sfu] section: {e}"))?;
+        Ok(())
+    }
+
+    pub fn has(&self, role: Role) -> bool {
+        self.roles.contains(&role)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_config_parses_and_matches_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/maxd.toml");
+        let cfg = Config::load_with_env(Some(&path), Env::prefixed("MAXD_TEST_NONE_")).unwrap();
+        let def = Config::default();
+        assert_eq!(toml::to_string(&cfg).unwrap(), toml::to_string(&def).unwrap());
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[sfu]\nudp_lisen = \"127.0.0.1:1\"\n").unwrap();
+        let err = Config::load_with_env(Some(&path), Env::prefixed("MAXD_TEST_NONE_")).unwrap_err();
+        assert!(err.to_string().contains("udp_lisen"), "{err}");
+    }
+
+    #[test]
+    fn environment_overrides_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[http]\nlisten = \"127.0.0.1:1111\"\n").unwrap();
+        // SAFETY: this test owns this variable name; no other test reads it.
+        unsafe { std::env::set_var("MAXD_T1_HTTP__LISTEN", "127.0.0.1:2222") };
+        let cfg = Config::load_with_env(Some(&path), Env::prefixed("MAXD_T1_").split("__")).unwrap();
+        assert_eq!(cfg.http.listen.port(), 2222);
+    }
+}
