@@ -2,6 +2,8 @@
 //! tracks, forwarded (never decoded) over one UDP port.
 
 mod config;
+pub mod forward;
+pub mod proto;
 
 pub use config::Config;
 
