@@ -124,9 +124,9 @@ mod tests {
         assert!(d.new_segment);
         assert_eq!(d.seq, 1004);
         assert_eq!(d.ts, 11_000 + 9000);
-        // A late packet of the old source is dropped; one of the new source before the
-        // switch point too.
-        assert_eq!(r.rewrite(0xa, 70_004, 1_009_000, t0 + Duration::from_millis(167)), None);
+        // A packet of the new source from before the switch point is dropped (the layer
+        // selector already drops packets of layers other than the current one).
+        assert_eq!(r.rewrite(0xb, 8, 42u32.wrapping_sub(3000), t0 + Duration::from_millis(167)), None);
         let e = r.rewrite(0xb, 10, 42 + 3000, t0 + Duration::from_millis(200)).unwrap();
         assert_eq!((e.seq, e.ts), (1005, 23_000));
     }
