@@ -15,7 +15,7 @@ use webrtc::peer_connection::{PeerConnection, RTCIceCandidateInit, RTCSessionDes
 
 use crate::media::identity_hash;
 use crate::peer::{spawn_receiver, LocalAv, MidMap, Peer};
-use crate::proto::{ClientMsg, MidTrack, ParticipantInfo, PcKind, PublishTrack, ServerMsg, TrackKind};
+use crate::proto::{ClientMsg, MidTrack, ParticipantInfo, PcKind, PublishTrack, ServerMsg, TrackInfo, TrackKind};
 use crate::stats::{Observed, RecvStats, RemoteTrackStats, SendStats};
 use crate::ws::{self, WsSink, WsStream};
 
@@ -345,6 +345,29 @@ impl Client {
         self.shared.state.read(|s| s.participants.values().cloned().collect())
     }
 
+    /// Our own tracks as the server announced them (`track_published` for us).
+    pub fn my_tracks(&self) -> Vec<TrackInfo> {
+        self.shared.state.read(|s| s.me.as_ref().map(|p| p.tracks.clone()).unwrap_or_default())
+    }
+
+    /// Waits until the server has announced our own audio and video tracks
+    /// (`track_published`), e.g. after [`publish_av`](Self::publish_av).
+    pub async fn wait_own_av_published(&self, timeout: Duration) -> Result<Vec<TrackInfo>> {
+        self.shared
+            .state
+            .wait(
+                timeout,
+                "our audio and video track_published",
+                |s| {
+                    let tracks = &s.me.as_ref()?.tracks;
+                    let has = |k| tracks.iter().any(|t: &TrackInfo| t.kind == k);
+                    (has(TrackKind::Audio) && has(TrackKind::Video)).then(|| tracks.clone())
+                },
+                State::describe,
+            )
+            .await
+    }
+
     /// Every message received so far, in order.
     pub fn messages(&self) -> Vec<Received> {
         self.shared.state.read(|s| s.messages.clone())
@@ -461,6 +484,30 @@ impl Client {
                 |m| format!("{:?}", m.values().collect::<Vec<_>>()),
             )
             .await
+    }
+
+    /// Waits until at least `min_packets` audio and `min_packets` video packets arrived from
+    /// each of `participant_ids`, all intact (no bad or misattributed payloads, checked
+    /// once the counts are reached).
+    pub async fn wait_av_from_all(
+        &self,
+        participant_ids: &[String],
+        min_packets: u64,
+        timeout: Duration,
+    ) -> Result<Vec<RemoteTrackStats>> {
+        let got = self
+            .wait_stats(timeout, &format!("{min_packets} audio+video packets from each of {participant_ids:?}"), |v| {
+                participant_ids.iter().all(|p| {
+                    [TrackKind::Audio, TrackKind::Video]
+                        .iter()
+                        .all(|k| v.iter().any(|s| &s.participant_id == p && s.kind == *k && s.packets >= min_packets))
+                })
+            })
+            .await?;
+        if let Some(bad) = got.iter().find(|s| s.bad_payloads > 0 || s.foreign_payloads > 0) {
+            bail!("{} received corrupt or misrouted media: {bad:?}", self.participant_id());
+        }
+        Ok(got)
     }
 
     /// Waits until `pred` holds for the received-track stats; `what` names it in the error.
@@ -602,7 +649,8 @@ async fn read_ws(
             }
             ServerMsg::Trickle { pc, candidate } => {
                 let target = if *pc == PcKind::Publisher { &publisher } else { &subscriber };
-                let init = RTCIceCandidateInit { candidate: candidate.clone(), ..Default::default() };
+                let line = candidate.strip_prefix("a=").unwrap_or(candidate).to_owned();
+                let init = RTCIceCandidateInit { candidate: line, ..Default::default() };
                 if let Err(e) = target.add_ice_candidate(init).await {
                     shared.record_error(format!("add {pc:?} candidate {candidate}: {e}"));
                 }
@@ -652,5 +700,64 @@ async fn trickle(pc: PcKind, mut candidates: mpsc::UnboundedReceiver<RTCIceCandi
         if let Err(e) = shared.send_text(serde_json::to_string(&msg).unwrap_or_default()).await {
             tracing::debug!("trickle not sent: {e:#}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::TrackInfo;
+
+    fn participant(id: &str) -> ParticipantInfo {
+        ParticipantInfo { id: id.into(), identity: format!("i-{id}"), name: String::new(), tracks: vec![] }
+    }
+
+    fn track(id: &str, participant_id: &str, kind: TrackKind) -> TrackInfo {
+        TrackInfo {
+            id: id.into(),
+            participant_id: participant_id.into(),
+            kind,
+            source: "camera".into(),
+            name: None,
+            layers: 1,
+            muted: false,
+            codec: String::new(),
+        }
+    }
+
+    #[test]
+    fn room_state_follows_the_messages() {
+        let mut s = State::default();
+        s.apply(&ServerMsg::Joined {
+            room: "r".into(),
+            participant: participant("PA_2"),
+            session_id: "sess".into(),
+            resume_window_secs: 10,
+            participants: vec![participant("PA_1")],
+            resumed: false,
+        });
+        assert_eq!((s.room.as_str(), s.session_id.as_str()), ("r", "sess"));
+        s.apply(&ServerMsg::ParticipantJoined { participant: participant("PA_3") });
+        s.apply(&ServerMsg::TrackPublished { track: track("TR_1", "PA_1", TrackKind::Audio) });
+        s.apply(&ServerMsg::TrackPublished { track: track("TR_2", "PA_2", TrackKind::Video) });
+        s.apply(&ServerMsg::TrackMuted { track_id: "TR_1".into(), participant_id: "PA_1".into(), muted: true });
+        assert!(s.participants["PA_1"].tracks[0].muted);
+        assert_eq!(s.me.as_ref().unwrap().tracks[0].id, "TR_2");
+        s.apply(&ServerMsg::TrackUnpublished { track_id: "TR_1".into(), participant_id: "PA_1".into() });
+        assert!(s.participants["PA_1"].tracks.is_empty());
+        s.apply(&ServerMsg::ParticipantLeft { participant_id: "PA_1".into(), identity: "i-PA_1".into() });
+        assert_eq!(s.participants.keys().collect::<Vec<_>>(), vec!["PA_3"]);
+    }
+
+    /// Tests may run clients in spawned tasks.
+    #[allow(dead_code)]
+    fn client_futures_are_send(c: &'static Client) {
+        fn send<T: Send>(_: T) {}
+        send(Client::connect("", ""));
+        send(c.publish_av());
+        send(c.resume_ws(""));
+        send(c.leave());
+        send(c.wait_media_from("", TrackKind::Audio, 1, DEFAULT_TIMEOUT));
+        send(c.wait_for(DEFAULT_TIMEOUT, |_| true));
     }
 }

@@ -128,6 +128,15 @@ impl Peer {
                 None,
             )
             .context("register audio level extension")?;
+        // The mid extension for audio too (default interceptors add it for video only), as
+        // browsers do.
+        media_engine
+            .register_header_extension(
+                RTCRtpHeaderExtensionCapability { uri: "urn:ietf:params:rtp-hdrext:sdes:mid".to_owned() },
+                RtpCodecKind::Audio,
+                None,
+            )
+            .context("register mid extension")?;
         let registry = register_default_interceptors(Registry::new(), &mut media_engine)
             .context("register default interceptors")?
             .with(Slot::from(14_000), KeyframeRequestForwarder::default());
