@@ -5,8 +5,9 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{Context, Result, anyhow, bail};
 use futures_util::{SinkExt, StreamExt};
+use rtc::peer_connection::configuration::RTCOfferOptions;
 use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -14,8 +15,10 @@ use tokio_tungstenite::tungstenite::Message;
 use webrtc::peer_connection::{PeerConnection, RTCIceCandidateInit, RTCSessionDescription};
 
 use crate::media::identity_hash;
-use crate::peer::{spawn_receiver, LocalAv, MidMap, Peer};
-use crate::proto::{ClientMsg, MidTrack, ParticipantInfo, PcKind, PublishTrack, ServerMsg, TrackInfo, TrackKind};
+use crate::peer::{LocalAv, MidMap, Peer, spawn_receiver};
+use crate::proto::{
+    ClientMsg, MidTrack, ParticipantInfo, PcKind, PublishTrack, ServerMsg, TrackInfo, TrackKind,
+};
 use crate::stats::{Observed, RecvStats, RemoteTrackStats, SendStats};
 use crate::ws::{self, WsSink, WsStream};
 
@@ -36,7 +39,11 @@ pub struct ClientOptions {
 
 impl Default for ClientOptions {
     fn default() -> Self {
-        Self { auto_subscribe: true, trickle: false, timeout: DEFAULT_TIMEOUT }
+        Self {
+            auto_subscribe: true,
+            trickle: false,
+            timeout: DEFAULT_TIMEOUT,
+        }
     }
 }
 
@@ -76,19 +83,32 @@ struct State {
 impl State {
     fn describe(&self) -> String {
         let types: Vec<&str> = self.messages.iter().map(|r| r.msg.type_name()).collect();
-        format!("received {types:?}, ws_closed {:?}, errors {:?}", self.ws_closed, self.errors)
+        format!(
+            "received {types:?}, ws_closed {:?}, errors {:?}",
+            self.ws_closed, self.errors
+        )
     }
 
     fn apply(&mut self, msg: &ServerMsg) {
         match msg {
-            ServerMsg::Joined { room, participant, session_id, participants, .. } => {
+            ServerMsg::Joined {
+                room,
+                participant,
+                session_id,
+                participants,
+                ..
+            } => {
                 self.room = room.clone();
                 self.session_id = session_id.clone();
                 self.me = Some(participant.clone());
-                self.participants = participants.iter().map(|p| (p.id.clone(), p.clone())).collect();
+                self.participants = participants
+                    .iter()
+                    .map(|p| (p.id.clone(), p.clone()))
+                    .collect();
             }
             ServerMsg::ParticipantJoined { participant } => {
-                self.participants.insert(participant.id.clone(), participant.clone());
+                self.participants
+                    .insert(participant.id.clone(), participant.clone());
             }
             ServerMsg::ParticipantLeft { participant_id, .. } => {
                 self.participants.remove(participant_id);
@@ -99,14 +119,24 @@ impl State {
                     p.tracks.push(track.clone());
                 }
             }
-            ServerMsg::TrackUnpublished { track_id, participant_id } => {
+            ServerMsg::TrackUnpublished {
+                track_id,
+                participant_id,
+            } => {
                 if let Some(p) = self.participant_mut(participant_id) {
                     p.tracks.retain(|t| &t.id != track_id);
                 }
             }
-            ServerMsg::TrackMuted { track_id, participant_id, muted } => {
+            ServerMsg::TrackMuted {
+                track_id,
+                participant_id,
+                muted,
+            } => {
                 if let Some(p) = self.participant_mut(participant_id) {
-                    p.tracks.iter_mut().filter(|t| &t.id == track_id).for_each(|t| t.muted = *muted);
+                    p.tracks
+                        .iter_mut()
+                        .filter(|t| &t.id == track_id)
+                        .for_each(|t| t.muted = *muted);
                 }
             }
             _ => {}
@@ -134,7 +164,9 @@ impl Shared {
     async fn send_text(&self, text: String) -> Result<()> {
         let mut guard = self.ws_tx.lock().await;
         let sink = guard.as_mut().context("WebSocket is closed")?;
-        sink.send(Message::Text(text.into())).await.context("send on WebSocket")
+        sink.send(Message::Text(text.into()))
+            .await
+            .context("send on WebSocket")
     }
 
     fn record_error(&self, e: String) {
@@ -159,7 +191,8 @@ pub struct Client {
     publisher: Peer,
     subscriber: Peer,
     offers: mpsc::UnboundedSender<SubscriberOffer>,
-    local: tokio::sync::Mutex<Option<LocalAv>>,
+    /// The published tracks and how they were announced.
+    local: tokio::sync::Mutex<Option<(LocalAv, Vec<PublishTrack>)>>,
     ws_reader: Mutex<Option<JoinHandle<()>>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -179,7 +212,11 @@ impl Client {
     }
 
     /// [`connect`](Self::connect) with options.
-    pub async fn connect_with(base_url: &str, token: &str, options: ClientOptions) -> Result<Client> {
+    pub async fn connect_with(
+        base_url: &str,
+        token: &str,
+        options: ClientOptions,
+    ) -> Result<Client> {
         let (publisher, pub_events) = Peer::new("publisher").await?;
         let (subscriber, sub_events) = Peer::new("subscriber").await?;
         let shared = Arc::new(Shared {
@@ -191,12 +228,29 @@ impl Client {
         });
         let (offers, offers_rx) = mpsc::unbounded_channel();
         let mut tasks = vec![
-            spawn_receiver(subscriber.pc.clone(), sub_events.tracks, shared.mids.clone(), shared.recv.clone()),
-            tokio::spawn(answer_offers(subscriber.pc.clone(), offers_rx, shared.clone())),
+            spawn_receiver(
+                subscriber.pc.clone(),
+                sub_events.tracks,
+                shared.mids.clone(),
+                shared.recv.clone(),
+            ),
+            tokio::spawn(answer_offers(
+                subscriber.pc.clone(),
+                offers_rx,
+                shared.clone(),
+            )),
         ];
         if options.trickle {
-            tasks.push(tokio::spawn(trickle(PcKind::Publisher, pub_events.candidates, shared.clone())));
-            tasks.push(tokio::spawn(trickle(PcKind::Subscriber, sub_events.candidates, shared.clone())));
+            tasks.push(tokio::spawn(trickle(
+                PcKind::Publisher,
+                pub_events.candidates,
+                shared.clone(),
+            )));
+            tasks.push(tokio::spawn(trickle(
+                PcKind::Subscriber,
+                sub_events.candidates,
+                shared.clone(),
+            )));
         }
         let client = Client {
             base_url: base_url.to_owned(),
@@ -209,7 +263,9 @@ impl Client {
             ws_reader: Mutex::new(None),
             tasks: Mutex::new(tasks),
         };
-        let join = ClientMsg::Join { auto_subscribe: client.options.auto_subscribe };
+        let join = ClientMsg::Join {
+            auto_subscribe: client.options.auto_subscribe,
+        };
         client.open_ws(token, join, false).await?;
         Ok(client)
     }
@@ -233,8 +289,16 @@ impl Client {
             old.abort();
         }
         self.send_msg(&first).await?;
-        let what = if resumed { "joined (resumed)" } else { "joined" };
-        let got = self.wait_reply(since, what, self.options.timeout, |m| matches!(m, ServerMsg::Joined { .. })).await?;
+        let what = if resumed {
+            "joined (resumed)"
+        } else {
+            "joined"
+        };
+        let got = self
+            .wait_reply(since, what, self.options.timeout, |m| {
+                matches!(m, ServerMsg::Joined { .. })
+            })
+            .await?;
         if let ServerMsg::Joined { resumed: r, .. } = got.msg {
             if r != resumed {
                 bail!("expected joined with resumed={resumed}, got resumed={r}");
@@ -252,25 +316,32 @@ impl Client {
         timeout: Duration,
         pred: impl Fn(&ServerMsg) -> bool,
     ) -> Result<Received> {
-        let r = self
-            .shared
-            .state
-            .wait(
-                timeout,
-                what,
-                |s| {
-                    let new = s.messages.get(since..).unwrap_or_default();
-                    if let Some(r) = new.iter().find(|r| pred(&r.msg)) {
-                        return Some(Ok(r.clone()));
-                    }
-                    if let Some(r) = new.iter().find(|r| matches!(r.msg, ServerMsg::Error { .. } | ServerMsg::Left { .. })) {
-                        return Some(Err(anyhow!("server replied {} while waiting for {what}", r.raw)));
-                    }
-                    s.ws_closed.as_ref().map(|c| Err(anyhow!("WebSocket closed ({c:?}) while waiting for {what}")))
-                },
-                State::describe,
-            )
-            .await?;
+        let r =
+            self.shared
+                .state
+                .wait(
+                    timeout,
+                    what,
+                    |s| {
+                        let new = s.messages.get(since..).unwrap_or_default();
+                        if let Some(r) = new.iter().find(|r| pred(&r.msg)) {
+                            return Some(Ok(r.clone()));
+                        }
+                        if let Some(r) = new.iter().find(|r| {
+                            matches!(r.msg, ServerMsg::Error { .. } | ServerMsg::Left { .. })
+                        }) {
+                            return Some(Err(anyhow!(
+                                "server replied {} while waiting for {what}",
+                                r.raw
+                            )));
+                        }
+                        s.ws_closed.as_ref().map(|c| {
+                            Err(anyhow!("WebSocket closed ({c:?}) while waiting for {what}"))
+                        })
+                    },
+                    State::describe,
+                )
+                .await?;
         r
     }
 
@@ -283,26 +354,86 @@ impl Client {
         }
         let pc = &self.publisher.pc;
         let av = LocalAv::add_to(pc).await?;
-        let offer = pc.create_offer(None).await.context("create publisher offer")?;
-        pc.set_local_description(offer.clone()).await.context("set publisher offer")?;
+        let offer = pc
+            .create_offer(None)
+            .await
+            .context("create publisher offer")?;
+        pc.set_local_description(offer.clone())
+            .await
+            .context("set publisher offer")?;
         let (audio_mid, video_mid) = av.mids().await?;
         let tracks = vec![
-            PublishTrack { mid: audio_mid.clone(), source: "microphone".into(), name: None },
-            PublishTrack { mid: video_mid.clone(), source: "camera".into(), name: None },
+            PublishTrack {
+                mid: audio_mid.clone(),
+                source: "microphone".into(),
+                name: None,
+            },
+            PublishTrack {
+                mid: video_mid.clone(),
+                source: "camera".into(),
+                name: None,
+            },
         ];
-        let since = self.message_count();
-        self.send_msg(&ClientMsg::Offer { sdp: offer.sdp, tracks }).await?;
-        let answer = self
-            .wait_reply(since, "publisher answer", self.options.timeout, |m| matches!(m, ServerMsg::Answer { .. }))
-            .await?;
-        let ServerMsg::Answer { sdp } = answer.msg else { unreachable!() };
-        let answer = RTCSessionDescription::answer(sdp).context("parse publisher answer")?;
-        pc.set_remote_description(answer).await.context("apply publisher answer")?;
+        self.exchange_publisher_offer(offer, tracks.clone()).await?;
         let hash = identity_hash(&self.participant_id());
         let tasks = av.start(hash, self.shared.sent.clone()).await?;
         self.tasks.lock().expect("lock").extend(tasks);
-        *local = Some(av);
-        Ok(Published { audio_mid, video_mid })
+        *local = Some((av, tracks));
+        Ok(Published {
+            audio_mid,
+            video_mid,
+        })
+    }
+
+    /// Renegotiates the publisher connection with a new offer (same tracks), restarting
+    /// ICE if `ice_restart` (the protocol's publisher ICE restart).
+    pub async fn renegotiate_publisher(&self, ice_restart: bool) -> Result<()> {
+        let local = self.local.lock().await;
+        let (_, tracks) = local.as_ref().context("nothing published yet")?;
+        let pc = &self.publisher.pc;
+        let offer = pc
+            .create_offer(Some(RTCOfferOptions { ice_restart }))
+            .await
+            .context("create publisher offer")?;
+        pc.set_local_description(offer.clone())
+            .await
+            .context("set publisher offer")?;
+        self.exchange_publisher_offer(offer, tracks.clone()).await
+    }
+
+    /// Sends a publisher offer (already the local description), waits for the answer and
+    /// applies it.
+    async fn exchange_publisher_offer(
+        &self,
+        offer: RTCSessionDescription,
+        tracks: Vec<PublishTrack>,
+    ) -> Result<()> {
+        let since = self.message_count();
+        self.send_msg(&ClientMsg::Offer {
+            sdp: offer.sdp,
+            tracks,
+        })
+        .await?;
+        let answer = self
+            .wait_reply(since, "publisher answer", self.options.timeout, |m| {
+                matches!(m, ServerMsg::Answer { .. })
+            })
+            .await?;
+        let ServerMsg::Answer { sdp } = answer.msg else {
+            unreachable!("waited for an answer")
+        };
+        let answer = RTCSessionDescription::answer(sdp).context("parse publisher answer")?;
+        self.publisher
+            .pc
+            .set_remote_description(answer)
+            .await
+            .context("apply publisher answer")
+    }
+
+    /// Asks the server to restart ICE on the subscriber connection; its new offer is
+    /// answered in the background like any other.
+    pub async fn restart_subscriber_ice(&self) -> Result<()> {
+        self.send_msg(&ClientMsg::IceRestart).await
     }
 
     /// Sends a protocol message.
@@ -322,12 +453,18 @@ impl Client {
 
     /// Our participant id (from `joined`).
     pub fn participant_id(&self) -> String {
-        self.shared.state.read(|s| s.me.as_ref().map(|p| p.id.clone()).unwrap_or_default())
+        self.shared
+            .state
+            .read(|s| s.me.as_ref().map(|p| p.id.clone()).unwrap_or_default())
     }
 
     /// Our identity (from `joined`).
     pub fn identity(&self) -> String {
-        self.shared.state.read(|s| s.me.as_ref().map(|p| p.identity.clone()).unwrap_or_default())
+        self.shared.state.read(|s| {
+            s.me.as_ref()
+                .map(|p| p.identity.clone())
+                .unwrap_or_default()
+        })
     }
 
     /// The session id for `resume` (from the last `joined`).
@@ -342,12 +479,16 @@ impl Client {
 
     /// Everyone else in the room with their tracks, as the server's messages tell.
     pub fn participants(&self) -> Vec<ParticipantInfo> {
-        self.shared.state.read(|s| s.participants.values().cloned().collect())
+        self.shared
+            .state
+            .read(|s| s.participants.values().cloned().collect())
     }
 
     /// Our own tracks as the server announced them (`track_published` for us).
     pub fn my_tracks(&self) -> Vec<TrackInfo> {
-        self.shared.state.read(|s| s.me.as_ref().map(|p| p.tracks.clone()).unwrap_or_default())
+        self.shared
+            .state
+            .read(|s| s.me.as_ref().map(|p| p.tracks.clone()).unwrap_or_default())
     }
 
     /// Waits until the server has announced our own audio and video tracks
@@ -389,7 +530,11 @@ impl Client {
     }
 
     /// Waits for any message so far or later that matches `pred`.
-    pub async fn wait_for(&self, timeout: Duration, pred: impl Fn(&ServerMsg) -> bool) -> Result<Received> {
+    pub async fn wait_for(
+        &self,
+        timeout: Duration,
+        pred: impl Fn(&ServerMsg) -> bool,
+    ) -> Result<Received> {
         self.wait_for_after(0, timeout, pred).await
     }
 
@@ -406,7 +551,14 @@ impl Client {
             .wait(
                 timeout,
                 "a matching server message",
-                |s| s.messages.get(since..).unwrap_or_default().iter().find(|r| pred(&r.msg)).cloned(),
+                |s| {
+                    s.messages
+                        .get(since..)
+                        .unwrap_or_default()
+                        .iter()
+                        .find(|r| pred(&r.msg))
+                        .cloned()
+                },
                 State::describe,
             )
             .await
@@ -419,7 +571,12 @@ impl Client {
             .wait(
                 timeout,
                 &format!("a {type_name} message"),
-                |s| s.messages.iter().find(|r| r.msg.type_name() == type_name).cloned(),
+                |s| {
+                    s.messages
+                        .iter()
+                        .find(|r| r.msg.type_name() == type_name)
+                        .cloned()
+                },
                 State::describe,
             )
             .await
@@ -427,7 +584,15 @@ impl Client {
 
     /// Waits until the current WebSocket has ended.
     pub async fn wait_ws_closed(&self, timeout: Duration) -> Result<WsClosed> {
-        self.shared.state.wait(timeout, "the WebSocket to close", |s| s.ws_closed.clone(), State::describe).await
+        self.shared
+            .state
+            .wait(
+                timeout,
+                "the WebSocket to close",
+                |s| s.ws_closed.clone(),
+                State::describe,
+            )
+            .await
     }
 
     /// Waits until the room state (from `joined`/`participant_*`/`track_*` messages)
@@ -446,7 +611,12 @@ impl Client {
                     let ps: Vec<ParticipantInfo> = s.participants.values().cloned().collect();
                     pred(&ps).then_some(ps)
                 },
-                |s| format!("participants {:?}", s.participants.values().collect::<Vec<_>>()),
+                |s| {
+                    format!(
+                        "participants {:?}",
+                        s.participants.values().collect::<Vec<_>>()
+                    )
+                },
             )
             .await
     }
@@ -454,7 +624,13 @@ impl Client {
     /// Per remote track, what has been received (sorted by participant, then kind).
     pub fn stats(&self) -> Vec<RemoteTrackStats> {
         let mut v: Vec<RemoteTrackStats> = self.shared.recv.read(|m| m.values().cloned().collect());
-        v.sort_by(|a, b| (&a.participant_id, a.kind as u8, &a.track_id).cmp(&(&b.participant_id, b.kind as u8, &b.track_id)));
+        v.sort_by(|a, b| {
+            (&a.participant_id, a.kind as u8, &a.track_id).cmp(&(
+                &b.participant_id,
+                b.kind as u8,
+                &b.track_id,
+            ))
+        });
         v
     }
 
@@ -475,10 +651,17 @@ impl Client {
             .recv
             .wait(
                 timeout,
-                &format!("{min_packets} {kind:?} packets from {participant_id} at {}", self.participant_id()),
+                &format!(
+                    "{min_packets} {kind:?} packets from {participant_id} at {}",
+                    self.participant_id()
+                ),
                 |m| {
                     m.values()
-                        .find(|s| s.participant_id == participant_id && s.kind == kind && s.packets >= min_packets)
+                        .find(|s| {
+                            s.participant_id == participant_id
+                                && s.kind == kind
+                                && s.packets >= min_packets
+                        })
                         .cloned()
                 },
                 |m| format!("{:?}", m.values().collect::<Vec<_>>()),
@@ -496,16 +679,28 @@ impl Client {
         timeout: Duration,
     ) -> Result<Vec<RemoteTrackStats>> {
         let got = self
-            .wait_stats(timeout, &format!("{min_packets} audio+video packets from each of {participant_ids:?}"), |v| {
-                participant_ids.iter().all(|p| {
-                    [TrackKind::Audio, TrackKind::Video]
-                        .iter()
-                        .all(|k| v.iter().any(|s| &s.participant_id == p && s.kind == *k && s.packets >= min_packets))
-                })
-            })
+            .wait_stats(
+                timeout,
+                &format!("{min_packets} audio+video packets from each of {participant_ids:?}"),
+                |v| {
+                    participant_ids.iter().all(|p| {
+                        [TrackKind::Audio, TrackKind::Video].iter().all(|k| {
+                            v.iter().any(|s| {
+                                &s.participant_id == p && s.kind == *k && s.packets >= min_packets
+                            })
+                        })
+                    })
+                },
+            )
             .await?;
-        if let Some(bad) = got.iter().find(|s| s.bad_payloads > 0 || s.foreign_payloads > 0) {
-            bail!("{} received corrupt or misrouted media: {bad:?}", self.participant_id());
+        if let Some(bad) = got
+            .iter()
+            .find(|s| s.bad_payloads > 0 || s.foreign_payloads > 0)
+        {
+            bail!(
+                "{} received corrupt or misrouted media: {bad:?}",
+                self.participant_id()
+            );
         }
         Ok(got)
     }
@@ -539,7 +734,10 @@ impl Client {
         }
         self.shared.ws_tx.lock().await.take();
         self.shared.state.update(|s| {
-            s.ws_closed.get_or_insert(WsClosed { code: None, reason: "closed by client".into() });
+            s.ws_closed.get_or_insert(WsClosed {
+                code: None,
+                reason: "closed by client".into(),
+            });
         });
     }
 
@@ -548,7 +746,8 @@ impl Client {
     pub async fn resume_ws(&self, token: &str) -> Result<()> {
         self.close_ws().await;
         let session_id = self.session_id();
-        self.open_ws(token, ClientMsg::Resume { session_id }, true).await
+        self.open_ws(token, ClientMsg::Resume { session_id }, true)
+            .await
     }
 
     /// Sends `leave`, waits (up to the client timeout) for the server to close the
@@ -591,10 +790,20 @@ impl Client {
 
 impl Drop for Client {
     fn drop(&mut self) {
-        if let Some(reader) = self.ws_reader.lock().map(|mut r| r.take()).unwrap_or_default() {
+        if let Some(reader) = self
+            .ws_reader
+            .lock()
+            .map(|mut r| r.take())
+            .unwrap_or_default()
+        {
             reader.abort();
         }
-        for task in self.tasks.lock().map(|mut t| std::mem::take(&mut *t)).unwrap_or_default() {
+        for task in self
+            .tasks
+            .lock()
+            .map(|mut t| std::mem::take(&mut *t))
+            .unwrap_or_default()
+        {
             task.abort();
         }
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
@@ -623,11 +832,21 @@ async fn read_ws(
                 break WsClosed {
                     code: frame.as_ref().map(|f| u16::from(f.code)),
                     reason: frame.map(|f| f.reason.to_string()).unwrap_or_default(),
-                }
+                };
             }
             Some(Ok(_)) => continue,
-            Some(Err(e)) => break WsClosed { code: None, reason: e.to_string() },
-            None => break WsClosed { code: None, reason: "connection ended".into() },
+            Some(Err(e)) => {
+                break WsClosed {
+                    code: None,
+                    reason: e.to_string(),
+                };
+            }
+            None => {
+                break WsClosed {
+                    code: None,
+                    reason: "connection ended".into(),
+                };
+            }
         };
         let raw: Value = match serde_json::from_str(&text) {
             Ok(v) => v,
@@ -644,13 +863,28 @@ async fn read_ws(
             }
         };
         match &msg {
-            ServerMsg::Offer { sdp, offer_id, tracks } => {
-                let _ = offers.send(SubscriberOffer { sdp: sdp.clone(), offer_id: *offer_id, tracks: tracks.clone() });
+            ServerMsg::Offer {
+                sdp,
+                offer_id,
+                tracks,
+            } => {
+                let _ = offers.send(SubscriberOffer {
+                    sdp: sdp.clone(),
+                    offer_id: *offer_id,
+                    tracks: tracks.clone(),
+                });
             }
             ServerMsg::Trickle { pc, candidate } => {
-                let target = if *pc == PcKind::Publisher { &publisher } else { &subscriber };
+                let target = if *pc == PcKind::Publisher {
+                    &publisher
+                } else {
+                    &subscriber
+                };
                 let line = candidate.strip_prefix("a=").unwrap_or(candidate).to_owned();
-                let init = RTCIceCandidateInit { candidate: line, ..Default::default() };
+                let init = RTCIceCandidateInit {
+                    candidate: line,
+                    ..Default::default()
+                };
                 if let Err(e) = target.add_ice_candidate(init).await {
                     shared.record_error(format!("add {pc:?} candidate {candidate}: {e}"));
                 }
@@ -659,7 +893,11 @@ async fn read_ws(
         }
         shared.state.update(|s| {
             s.apply(&msg);
-            s.messages.push(Received { at: Instant::now(), msg, raw });
+            s.messages.push(Received {
+                at: Instant::now(),
+                msg,
+                raw,
+            });
         });
     };
     tracing::debug!("WebSocket ended: {closed:?}");
@@ -669,7 +907,11 @@ async fn read_ws(
 }
 
 /// Answers subscriber offers one at a time, in order.
-async fn answer_offers(pc: Arc<dyn PeerConnection>, mut offers: mpsc::UnboundedReceiver<SubscriberOffer>, shared: Arc<Shared>) {
+async fn answer_offers(
+    pc: Arc<dyn PeerConnection>,
+    mut offers: mpsc::UnboundedReceiver<SubscriberOffer>,
+    shared: Arc<Shared>,
+) {
     while let Some(offer) = offers.recv().await {
         {
             let mut mids = shared.mids.lock().expect("mid map poisoned");
@@ -680,10 +922,17 @@ async fn answer_offers(pc: Arc<dyn PeerConnection>, mut offers: mpsc::UnboundedR
         let offer_id = offer.offer_id;
         let result = async {
             let desc = RTCSessionDescription::offer(offer.sdp).context("parse offer")?;
-            pc.set_remote_description(desc).await.context("set remote offer")?;
+            pc.set_remote_description(desc)
+                .await
+                .context("set remote offer")?;
             let answer = pc.create_answer(None).await.context("create answer")?;
-            pc.set_local_description(answer.clone()).await.context("set local answer")?;
-            let msg = ClientMsg::Answer { sdp: answer.sdp, offer_id };
+            pc.set_local_description(answer.clone())
+                .await
+                .context("set local answer")?;
+            let msg = ClientMsg::Answer {
+                sdp: answer.sdp,
+                offer_id,
+            };
             shared.send_text(serde_json::to_string(&msg)?).await
         }
         .await;
@@ -694,10 +943,20 @@ async fn answer_offers(pc: Arc<dyn PeerConnection>, mut offers: mpsc::UnboundedR
 }
 
 /// Forwards locally gathered candidates as `trickle` messages.
-async fn trickle(pc: PcKind, mut candidates: mpsc::UnboundedReceiver<RTCIceCandidateInit>, shared: Arc<Shared>) {
+async fn trickle(
+    pc: PcKind,
+    mut candidates: mpsc::UnboundedReceiver<RTCIceCandidateInit>,
+    shared: Arc<Shared>,
+) {
     while let Some(c) = candidates.recv().await {
-        let msg = ClientMsg::Trickle { pc, candidate: c.candidate };
-        if let Err(e) = shared.send_text(serde_json::to_string(&msg).unwrap_or_default()).await {
+        let msg = ClientMsg::Trickle {
+            pc,
+            candidate: c.candidate,
+        };
+        if let Err(e) = shared
+            .send_text(serde_json::to_string(&msg).unwrap_or_default())
+            .await
+        {
             tracing::debug!("trickle not sent: {e:#}");
         }
     }
@@ -709,7 +968,12 @@ mod tests {
     use crate::proto::TrackInfo;
 
     fn participant(id: &str) -> ParticipantInfo {
-        ParticipantInfo { id: id.into(), identity: format!("i-{id}"), name: String::new(), tracks: vec![] }
+        ParticipantInfo {
+            id: id.into(),
+            identity: format!("i-{id}"),
+            name: String::new(),
+            tracks: vec![],
+        }
     }
 
     fn track(id: &str, participant_id: &str, kind: TrackKind) -> TrackInfo {
@@ -737,15 +1001,31 @@ mod tests {
             resumed: false,
         });
         assert_eq!((s.room.as_str(), s.session_id.as_str()), ("r", "sess"));
-        s.apply(&ServerMsg::ParticipantJoined { participant: participant("PA_3") });
-        s.apply(&ServerMsg::TrackPublished { track: track("TR_1", "PA_1", TrackKind::Audio) });
-        s.apply(&ServerMsg::TrackPublished { track: track("TR_2", "PA_2", TrackKind::Video) });
-        s.apply(&ServerMsg::TrackMuted { track_id: "TR_1".into(), participant_id: "PA_1".into(), muted: true });
+        s.apply(&ServerMsg::ParticipantJoined {
+            participant: participant("PA_3"),
+        });
+        s.apply(&ServerMsg::TrackPublished {
+            track: track("TR_1", "PA_1", TrackKind::Audio),
+        });
+        s.apply(&ServerMsg::TrackPublished {
+            track: track("TR_2", "PA_2", TrackKind::Video),
+        });
+        s.apply(&ServerMsg::TrackMuted {
+            track_id: "TR_1".into(),
+            participant_id: "PA_1".into(),
+            muted: true,
+        });
         assert!(s.participants["PA_1"].tracks[0].muted);
         assert_eq!(s.me.as_ref().unwrap().tracks[0].id, "TR_2");
-        s.apply(&ServerMsg::TrackUnpublished { track_id: "TR_1".into(), participant_id: "PA_1".into() });
+        s.apply(&ServerMsg::TrackUnpublished {
+            track_id: "TR_1".into(),
+            participant_id: "PA_1".into(),
+        });
         assert!(s.participants["PA_1"].tracks.is_empty());
-        s.apply(&ServerMsg::ParticipantLeft { participant_id: "PA_1".into(), identity: "i-PA_1".into() });
+        s.apply(&ServerMsg::ParticipantLeft {
+            participant_id: "PA_1".into(),
+            identity: "i-PA_1".into(),
+        });
         assert_eq!(s.participants.keys().collect::<Vec<_>>(), vec!["PA_3"]);
     }
 

@@ -24,6 +24,6 @@ pub mod proto;
 pub mod stats;
 pub mod ws;
 
-pub use client::{Client, ClientOptions, Published, Received, WsClosed, DEFAULT_TIMEOUT};
+pub use client::{Client, ClientOptions, DEFAULT_TIMEOUT, Published, Received, WsClosed};
 pub use proto::{ClientMsg, ParticipantInfo, ServerMsg, TrackInfo, TrackKind};
 pub use stats::{RemoteTrackStats, SendStats};

@@ -166,10 +166,14 @@ pub struct Vp8Frame {
 pub fn parse_vp8_payload(payload: &[u8]) -> Result<Vp8Frame, PayloadError> {
     let (&descriptor, rest) = payload.split_first().ok_or(PayloadError::TooShort)?;
     if descriptor & 0x80 != 0 {
-        return Err(PayloadError::BadHeader("unexpected VP8 descriptor extension"));
+        return Err(PayloadError::BadHeader(
+            "unexpected VP8 descriptor extension",
+        ));
     }
     if descriptor & 0x10 == 0 {
-        return Err(PayloadError::BadHeader("VP8 S bit not set on a one-packet frame"));
+        return Err(PayloadError::BadHeader(
+            "VP8 S bit not set on a one-packet frame",
+        ));
     }
     if rest.len() < 3 {
         return Err(PayloadError::TooShort);
@@ -185,7 +189,10 @@ pub fn parse_vp8_payload(payload: &[u8]) -> Result<Vp8Frame, PayloadError> {
         }
         body = &body[7..];
     }
-    Ok(Vp8Frame { keyframe, record: verify_record(body)? })
+    Ok(Vp8Frame {
+        keyframe,
+        record: verify_record(body)?,
+    })
 }
 
 /// Parses an audio payload made by [`audio_payload`] and verifies its record.
@@ -201,11 +208,7 @@ pub fn parse_audio_payload(payload: &[u8]) -> Result<Record, PayloadError> {
 /// "speech" pattern so that every sender is sometimes loud.
 pub fn audio_level(counter: u32) -> u8 {
     // 2 s loud (level 20), 1 s quieter (level 60), per 3 s.
-    if counter % 150 < 100 {
-        20
-    } else {
-        60
-    }
+    if counter % 150 < 100 { 20 } else { 60 }
 }
 
 /// Makes the RTP packets of one audio track (20 ms Opus-sized packets).
@@ -221,7 +224,14 @@ pub struct AudioGenerator {
 
 impl AudioGenerator {
     pub fn new(ssrc: u32, payload_type: u8, sender_hash: u32) -> Self {
-        Self { ssrc, payload_type, sender_hash, seq: ssrc as u16, timestamp: ssrc.rotate_left(7), counter: 0 }
+        Self {
+            ssrc,
+            payload_type,
+            sender_hash,
+            seq: ssrc as u16,
+            timestamp: ssrc.rotate_left(7),
+            counter: 0,
+        }
     }
 
     /// Packets made so far.
@@ -234,7 +244,14 @@ impl AudioGenerator {
         let counter = self.counter;
         // 70..90 byte records: Opus at ~32 kbit/s.
         let payload = audio_payload(self.sender_hash, counter, 70 + (counter % 21) as usize);
-        let pkt = rtp_packet(self.payload_type, self.seq, self.timestamp, self.ssrc, counter == 0, payload);
+        let pkt = rtp_packet(
+            self.payload_type,
+            self.seq,
+            self.timestamp,
+            self.ssrc,
+            counter == 0,
+            payload,
+        );
         self.seq = self.seq.wrapping_add(1);
         self.timestamp = self.timestamp.wrapping_add(AUDIO_TIMESTAMP_STEP);
         self.counter += 1;
@@ -283,11 +300,23 @@ impl VideoGenerator {
     /// every [`KEYFRAME_INTERVAL_FRAMES`] frames.
     pub fn next_packet(&mut self, force_keyframe: bool) -> rtp::Packet {
         let counter = self.counter;
-        let keyframe = force_keyframe || counter == 0 || self.since_keyframe + 1 >= KEYFRAME_INTERVAL_FRAMES;
+        let keyframe =
+            force_keyframe || counter == 0 || self.since_keyframe + 1 >= KEYFRAME_INTERVAL_FRAMES;
         // Keyframes ~1000 bytes, delta frames 400..~900 bytes: all below 1100.
-        let record_len = if keyframe { 980 } else { 400 + ((counter * 37) % 480) as usize };
+        let record_len = if keyframe {
+            980
+        } else {
+            400 + ((counter * 37) % 480) as usize
+        };
         let payload = vp8_payload(keyframe, self.sender_hash, counter, record_len);
-        let pkt = rtp_packet(self.payload_type, self.seq, self.timestamp, self.ssrc, true, payload);
+        let pkt = rtp_packet(
+            self.payload_type,
+            self.seq,
+            self.timestamp,
+            self.ssrc,
+            true,
+            payload,
+        );
         self.seq = self.seq.wrapping_add(1);
         self.timestamp = self.timestamp.wrapping_add(VIDEO_TIMESTAMP_STEP);
         self.counter += 1;
@@ -301,7 +330,14 @@ impl VideoGenerator {
     }
 }
 
-fn rtp_packet(payload_type: u8, seq: u16, timestamp: u32, ssrc: u32, marker: bool, payload: Vec<u8>) -> rtp::Packet {
+fn rtp_packet(
+    payload_type: u8,
+    seq: u16,
+    timestamp: u32,
+    ssrc: u32,
+    marker: bool,
+    payload: Vec<u8>,
+) -> rtp::Packet {
     rtp::Packet {
         header: rtp::header::Header {
             version: 2,
@@ -325,11 +361,20 @@ mod tests {
         for len in [RECORD_OVERHEAD, 80, 1000] {
             let rec = build_record(0xdead_beef, 42, len);
             assert_eq!(rec.len(), len);
-            assert_eq!(verify_record(&rec), Ok(Record { sender_hash: 0xdead_beef, counter: 42 }));
+            assert_eq!(
+                verify_record(&rec),
+                Ok(Record {
+                    sender_hash: 0xdead_beef,
+                    counter: 42
+                })
+            );
             for i in 0..rec.len() {
                 let mut bad = rec.clone();
                 bad[i] ^= 0x01;
-                assert!(verify_record(&bad).is_err(), "flip at byte {i} of {len} undetected");
+                assert!(
+                    verify_record(&bad).is_err(),
+                    "flip at byte {i} of {len} undetected"
+                );
             }
             assert!(verify_record(&rec[..len - 1]).is_err());
         }
@@ -345,7 +390,13 @@ mod tests {
         assert_eq!(u16::from_le_bytes([key[9], key[10]]), VIDEO_HEIGHT);
         assert_eq!(
             parse_vp8_payload(&key),
-            Ok(Vp8Frame { keyframe: true, record: Record { sender_hash: 7, counter: 1 } })
+            Ok(Vp8Frame {
+                keyframe: true,
+                record: Record {
+                    sender_hash: 7,
+                    counter: 1
+                }
+            })
         );
 
         let delta = vp8_payload(false, 7, 2, 500);
@@ -360,14 +411,23 @@ mod tests {
         assert_eq!(parse_vp8_payload(&bad), Err(PayloadError::BadChecksum));
         let mut bad = key.clone();
         bad[5] = 0;
-        assert!(matches!(parse_vp8_payload(&bad), Err(PayloadError::BadHeader(_))));
+        assert!(matches!(
+            parse_vp8_payload(&bad),
+            Err(PayloadError::BadHeader(_))
+        ));
     }
 
     #[test]
     fn audio_payload_round_trip() {
         let p = audio_payload(identity_hash("PA_1"), 9, 80);
         assert_eq!(p.len(), 81);
-        assert_eq!(parse_audio_payload(&p), Ok(Record { sender_hash: identity_hash("PA_1"), counter: 9 }));
+        assert_eq!(
+            parse_audio_payload(&p),
+            Ok(Record {
+                sender_hash: identity_hash("PA_1"),
+                counter: 9
+            })
+        );
         let mut bad = p.clone();
         bad[20] ^= 4;
         assert!(parse_audio_payload(&bad).is_err());
@@ -387,13 +447,22 @@ mod tests {
         for (i, p) in pkts.iter().enumerate() {
             assert!(p.header.marker);
             assert!(p.payload.len() < 1100 && p.payload.len() > 400);
-            assert_eq!(p.header.timestamp.wrapping_sub(pkts[0].header.timestamp), i as u32 * VIDEO_TIMESTAMP_STEP);
-            assert_eq!(p.header.sequence_number, pkts[0].header.sequence_number.wrapping_add(i as u16));
+            assert_eq!(
+                p.header.timestamp.wrapping_sub(pkts[0].header.timestamp),
+                i as u32 * VIDEO_TIMESTAMP_STEP
+            );
+            assert_eq!(
+                p.header.sequence_number,
+                pkts[0].header.sequence_number.wrapping_add(i as u16)
+            );
         }
         let mut a = AudioGenerator::new(99, 111, 5);
         let (p0, _) = a.next_packet();
         let (p1, _) = a.next_packet();
-        assert_eq!(p1.header.timestamp.wrapping_sub(p0.header.timestamp), AUDIO_TIMESTAMP_STEP);
+        assert_eq!(
+            p1.header.timestamp.wrapping_sub(p0.header.timestamp),
+            AUDIO_TIMESTAMP_STEP
+        );
         assert!((60..=100).contains(&p1.payload.len()));
         assert_eq!(parse_audio_payload(&p1.payload).unwrap().counter, 1);
     }

@@ -9,16 +9,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{Context, Result, anyhow, bail};
 use rtc::interceptor::{Attribute, Interceptor, Packet, Slot, StreamInfo, TaggedPacket};
 use rtc::media_stream::MediaStreamTrack;
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
-use rtc::rtp::extension::audio_level_extension::AudioLevelExtension;
 use rtc::rtp::extension::HeaderExtension;
+use rtc::rtp::extension::audio_level_extension::AudioLevelExtension;
 use rtc::rtp_transceiver::rtp_sender::{
-    RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters,
-    RTCRtpHeaderExtensionCapability, RtpCodecKind,
+    RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters,
+    RTCRtpEncodingParameters, RTCRtpHeaderExtensionCapability, RtpCodecKind,
 };
 use rtc::sansio::Protocol;
 use tokio::sync::{mpsc, watch};
@@ -27,8 +27,9 @@ use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{
-    register_default_interceptors, MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler,
-    RTCIceCandidateInit, RTCPeerConnectionIceEvent, RTCPeerConnectionState, Registry, SettingEngineBuilder,
+    MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler,
+    RTCIceCandidateInit, RTCPeerConnectionIceEvent, RTCPeerConnectionState, Registry,
+    SettingEngineBuilder, register_default_interceptors,
 };
 use webrtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit, RtpTransceiver};
 
@@ -105,7 +106,10 @@ impl Peer {
                 RtpCodecKind::Audio,
             )
             .context("register Opus")?;
-        let feedback = |typ: &str, parameter: &str| RTCPFeedback { typ: typ.to_owned(), parameter: parameter.to_owned() };
+        let feedback = |typ: &str, parameter: &str| RTCPFeedback {
+            typ: typ.to_owned(),
+            parameter: parameter.to_owned(),
+        };
         media_engine
             .register_codec(
                 RTCRtpCodecParameters {
@@ -114,7 +118,11 @@ impl Peer {
                         clock_rate: media::VIDEO_CLOCK_RATE,
                         channels: 0,
                         sdp_fmtp_line: String::new(),
-                        rtcp_feedback: vec![feedback("ccm", "fir"), feedback("nack", ""), feedback("nack", "pli")],
+                        rtcp_feedback: vec![
+                            feedback("ccm", "fir"),
+                            feedback("nack", ""),
+                            feedback("nack", "pli"),
+                        ],
                     },
                     payload_type: VP8_PT,
                 },
@@ -123,7 +131,9 @@ impl Peer {
             .context("register VP8")?;
         media_engine
             .register_header_extension(
-                RTCRtpHeaderExtensionCapability { uri: AUDIO_LEVEL_URI.to_owned() },
+                RTCRtpHeaderExtensionCapability {
+                    uri: AUDIO_LEVEL_URI.to_owned(),
+                },
                 RtpCodecKind::Audio,
                 None,
             )
@@ -132,7 +142,9 @@ impl Peer {
         // browsers do.
         media_engine
             .register_header_extension(
-                RTCRtpHeaderExtensionCapability { uri: "urn:ietf:params:rtp-hdrext:sdes:mid".to_owned() },
+                RTCRtpHeaderExtensionCapability {
+                    uri: "urn:ietf:params:rtp-hdrext:sdes:mid".to_owned(),
+                },
                 RtpCodecKind::Audio,
                 None,
             )
@@ -149,7 +161,12 @@ impl Peer {
         let (tracks_tx, tracks) = mpsc::unbounded_channel();
         let (candidates_tx, candidates) = mpsc::unbounded_channel();
         let (state_tx, state) = watch::channel(RTCPeerConnectionState::New);
-        let handler = Arc::new(Handler { name: name.to_owned(), tracks: tracks_tx, candidates: candidates_tx, state: state_tx });
+        let handler = Arc::new(Handler {
+            name: name.to_owned(),
+            tracks: tracks_tx,
+            candidates: candidates_tx,
+            state: state_tx,
+        });
         let pc = PeerConnectionBuilder::new()
             .with_media_engine(media_engine)
             .with_interceptor_registry(registry)
@@ -159,7 +176,13 @@ impl Peer {
             .build()
             .await
             .with_context(|| format!("build {name} peer connection"))?;
-        Ok((Peer { pc: Arc::new(pc), state }, PeerEvents { tracks, candidates }))
+        Ok((
+            Peer {
+                pc: Arc::new(pc),
+                state,
+            },
+            PeerEvents { tracks, candidates },
+        ))
     }
 
     /// The current connection state.
@@ -180,12 +203,17 @@ impl Peer {
                     }
                     _ => {}
                 }
-                rx.changed().await.context("peer connection handler dropped")?;
+                rx.changed()
+                    .await
+                    .context("peer connection handler dropped")?;
             }
         };
-        tokio::time::timeout(timeout, wait)
-            .await
-            .map_err(|_| anyhow!("peer connection not connected after {timeout:?} (state {})", self.state()))?
+        tokio::time::timeout(timeout, wait).await.map_err(|_| {
+            anyhow!(
+                "peer connection not connected after {timeout:?} (state {})",
+                self.state()
+            )
+        })?
     }
 }
 
@@ -212,8 +240,11 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequestForwarder {
 
     fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Self::Error> {
         if let Packet::Rtcp(packets) = &msg.message.packet {
-            let requests: Vec<Box<dyn rtc::rtcp::Packet>> =
-                packets.iter().filter(|p| is_keyframe_request(p.as_ref())).cloned().collect();
+            let requests: Vec<Box<dyn rtc::rtcp::Packet>> = packets
+                .iter()
+                .filter(|p| is_keyframe_request(p.as_ref()))
+                .cloned()
+                .collect();
             if requests.is_empty() {
                 return Ok(());
             }
@@ -255,7 +286,12 @@ pub struct LocalAv {
     video_transceiver: Arc<dyn RtpTransceiver>,
 }
 
-fn local_track(kind: RtpCodecKind, label: &str, ssrc: u32, codec: RTCRtpCodec) -> Arc<TrackLocalStaticRTP> {
+fn local_track(
+    kind: RtpCodecKind,
+    label: &str,
+    ssrc: u32,
+    codec: RTCRtpCodec,
+) -> Arc<TrackLocalStaticRTP> {
     let id = format!("{label}-{ssrc:08x}");
     Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
         format!("stream-{ssrc:08x}"),
@@ -263,7 +299,10 @@ fn local_track(kind: RtpCodecKind, label: &str, ssrc: u32, codec: RTCRtpCodec) -
         label.to_owned(),
         kind,
         vec![RTCRtpEncodingParameters {
-            rtp_coding_parameters: RTCRtpCodingParameters { ssrc: Some(ssrc), ..Default::default() },
+            rtp_coding_parameters: RTCRtpCodingParameters {
+                ssrc: Some(ssrc),
+                ..Default::default()
+            },
             codec,
             ..Default::default()
         }],
@@ -287,11 +326,18 @@ impl LocalAv {
             channels: 2,
             ..Default::default()
         };
-        let vp8 = RTCRtpCodec { mime_type: "video/VP8".to_owned(), clock_rate: media::VIDEO_CLOCK_RATE, ..Default::default() };
+        let vp8 = RTCRtpCodec {
+            mime_type: "video/VP8".to_owned(),
+            clock_rate: media::VIDEO_CLOCK_RATE,
+            ..Default::default()
+        };
         let audio = local_track(RtpCodecKind::Audio, "microphone", audio_ssrc, opus);
         let video = local_track(RtpCodecKind::Video, "camera", video_ssrc, vp8);
         let init = || {
-            Some(RTCRtpTransceiverInit { direction: RTCRtpTransceiverDirection::Sendonly, ..Default::default() })
+            Some(RTCRtpTransceiverInit {
+                direction: RTCRtpTransceiverDirection::Sendonly,
+                ..Default::default()
+            })
         };
         let audio_transceiver = pc
             .add_transceiver_from_track(audio.clone() as Arc<dyn TrackLocal>, init())
@@ -301,20 +347,39 @@ impl LocalAv {
             .add_transceiver_from_track(video.clone() as Arc<dyn TrackLocal>, init())
             .await
             .context("add video transceiver")?;
-        Ok(LocalAv { audio, video, audio_ssrc, video_ssrc, audio_transceiver, video_transceiver })
+        Ok(LocalAv {
+            audio,
+            video,
+            audio_ssrc,
+            video_ssrc,
+            audio_transceiver,
+            video_transceiver,
+        })
     }
 
     /// The (audio, video) mids; known once the offer is the local description.
     pub async fn mids(&self) -> Result<(String, String)> {
-        let audio = self.audio_transceiver.mid().await?.context("audio transceiver has no mid yet")?;
-        let video = self.video_transceiver.mid().await?.context("video transceiver has no mid yet")?;
+        let audio = self
+            .audio_transceiver
+            .mid()
+            .await?
+            .context("audio transceiver has no mid yet")?;
+        let video = self
+            .video_transceiver
+            .mid()
+            .await?
+            .context("video transceiver has no mid yet")?;
         Ok((audio, video))
     }
 
     /// Starts sending (call once the answer is applied): 20 ms audio packets with the audio
     /// level extension, 30 fps VP8 frames with a keyframe every second and after every PLI/FIR.
     /// `sender_hash` goes into every payload's integrity record.
-    pub async fn start(&self, sender_hash: u32, stats: Arc<Observed<SendStats>>) -> Result<Vec<JoinHandle<()>>> {
+    pub async fn start(
+        &self,
+        sender_hash: u32,
+        stats: Arc<Observed<SendStats>>,
+    ) -> Result<Vec<JoinHandle<()>>> {
         let audio_pt = negotiated_pt(&self.audio_transceiver, "audio/opus").await?;
         let video_pt = negotiated_pt(&self.video_transceiver, "video/VP8").await?;
         let mut tasks = Vec::new();
@@ -322,12 +387,16 @@ impl LocalAv {
         let (track, stats_a) = (self.audio.clone(), stats.clone());
         let mut gen = AudioGenerator::new(self.audio_ssrc, audio_pt, sender_hash);
         tasks.push(tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(media::AUDIO_PACKET_INTERVAL_MS));
+            let mut tick =
+                tokio::time::interval(Duration::from_millis(media::AUDIO_PACKET_INTERVAL_MS));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
                 let (pkt, level) = gen.next_packet();
-                let ext = HeaderExtension::AudioLevel(AudioLevelExtension { level, voice: level < 127 });
+                let ext = HeaderExtension::AudioLevel(AudioLevelExtension {
+                    level,
+                    voice: level < 127,
+                });
                 let res = track.write_rtp_with_extensions(pkt, &[ext]).await;
                 stats_a.update(|s| match res {
                     Ok(()) => s.audio_packets += 1,
@@ -340,7 +409,8 @@ impl LocalAv {
         let (track, stats_v, wanted) = (self.video.clone(), stats.clone(), keyframe_wanted.clone());
         let mut gen = VideoGenerator::new(self.video_ssrc, video_pt, sender_hash);
         tasks.push(tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(media::VIDEO_FRAME_INTERVAL_MS));
+            let mut tick =
+                tokio::time::interval(Duration::from_millis(media::VIDEO_FRAME_INTERVAL_MS));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
@@ -375,7 +445,10 @@ impl LocalAv {
 
 /// The payload type negotiated for `mime` on a transceiver's sender.
 async fn negotiated_pt(transceiver: &Arc<dyn RtpTransceiver>, mime: &str) -> Result<u8> {
-    let sender = transceiver.sender().await?.context("transceiver has no sender")?;
+    let sender = transceiver
+        .sender()
+        .await?
+        .context("transceiver has no sender")?;
     let params = sender.get_parameters().await.context("sender parameters")?;
     params
         .rtp_parameters
@@ -407,7 +480,10 @@ pub fn spawn_receiver(
     })
 }
 
-async fn mid_of(pc: &Arc<dyn PeerConnection>, receiver_id: webrtc::rtp_transceiver::RTCRtpReceiverId) -> Option<String> {
+async fn mid_of(
+    pc: &Arc<dyn PeerConnection>,
+    receiver_id: webrtc::rtp_transceiver::RTCRtpReceiverId,
+) -> Option<String> {
     for transceiver in pc.get_transceivers().await {
         if let Ok(Some(receiver)) = transceiver.receiver().await {
             if receiver.id() == receiver_id {
@@ -418,7 +494,12 @@ async fn mid_of(pc: &Arc<dyn PeerConnection>, receiver_id: webrtc::rtp_transceiv
     None
 }
 
-async fn read_track(pc: Arc<dyn PeerConnection>, track: Arc<dyn TrackRemote>, mids: MidMap, stats: Arc<RecvStats>) {
+async fn read_track(
+    pc: Arc<dyn PeerConnection>,
+    track: Arc<dyn TrackRemote>,
+    mids: MidMap,
+    stats: Arc<RecvStats>,
+) {
     let kind = match track.kind().await {
         RtpCodecKind::Video => TrackKind::Video,
         _ => TrackKind::Audio,
@@ -438,26 +519,32 @@ async fn read_track(pc: Arc<dyn PeerConnection>, track: Arc<dyn TrackRemote>, mi
                     None => (format!("mid:{mid}"), String::new()),
                 };
                 let parsed = match kind {
-                    TrackKind::Audio => media::parse_audio_payload(&pkt.payload).map(|r| (r, false)),
-                    TrackKind::Video => media::parse_vp8_payload(&pkt.payload).map(|f| (f.record, f.keyframe)),
+                    TrackKind::Audio => {
+                        media::parse_audio_payload(&pkt.payload).map(|r| (r, false))
+                    }
+                    TrackKind::Video => {
+                        media::parse_vp8_payload(&pkt.payload).map(|f| (f.record, f.keyframe))
+                    }
                 };
                 stats.update(|all| {
-                    let s = all.entry(track_id.clone()).or_insert_with(|| RemoteTrackStats {
-                        track_id,
-                        participant_id: participant_id.clone(),
-                        mid: mid.clone(),
-                        kind,
-                        packets: 0,
-                        bytes: 0,
-                        frames: 0,
-                        keyframes: 0,
-                        bad_payloads: 0,
-                        foreign_payloads: 0,
-                        packets_with_extensions: 0,
-                        last_counter: None,
-                        first_packet_at: None,
-                        last_packet_at: None,
-                    });
+                    let s = all
+                        .entry(track_id.clone())
+                        .or_insert_with(|| RemoteTrackStats {
+                            track_id,
+                            participant_id: participant_id.clone(),
+                            mid: mid.clone(),
+                            kind,
+                            packets: 0,
+                            bytes: 0,
+                            frames: 0,
+                            keyframes: 0,
+                            bad_payloads: 0,
+                            foreign_payloads: 0,
+                            packets_with_extensions: 0,
+                            last_counter: None,
+                            first_packet_at: None,
+                            last_packet_at: None,
+                        });
                     s.packets += 1;
                     s.bytes += pkt.payload.len() as u64;
                     s.packets_with_extensions += u64::from(!pkt.header.extensions.is_empty());
@@ -467,10 +554,15 @@ async fn read_track(pc: Arc<dyn PeerConnection>, track: Arc<dyn TrackRemote>, mi
                     match parsed {
                         Ok((record, keyframe)) => {
                             s.keyframes += u64::from(keyframe);
-                            if !participant_id.is_empty() && record.sender_hash != media::identity_hash(&participant_id) {
+                            if !participant_id.is_empty()
+                                && record.sender_hash != media::identity_hash(&participant_id)
+                            {
                                 s.foreign_payloads += 1;
                             }
-                            s.last_counter = Some(s.last_counter.map_or(record.counter, |c| c.max(record.counter)));
+                            s.last_counter = Some(
+                                s.last_counter
+                                    .map_or(record.counter, |c| c.max(record.counter)),
+                            );
                         }
                         Err(e) => {
                             tracing::warn!(track = %s.track_id, "bad payload: {e}");

@@ -37,16 +37,42 @@ pub struct PublishTrack {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ClientMsg {
-    Join { auto_subscribe: bool },
-    Resume { session_id: String },
-    Offer { sdp: String, tracks: Vec<PublishTrack> },
-    Answer { sdp: String, offer_id: u64 },
-    Trickle { pc: PcKind, candidate: String },
-    Subscribe { track_ids: Vec<String> },
-    Unsubscribe { track_ids: Vec<String> },
-    SetQuality { track_id: String, max_quality: String, paused: bool },
-    Mute { track_id: String, muted: bool },
-    Unpublish { track_id: String },
+    Join {
+        auto_subscribe: bool,
+    },
+    Resume {
+        session_id: String,
+    },
+    Offer {
+        sdp: String,
+        tracks: Vec<PublishTrack>,
+    },
+    Answer {
+        sdp: String,
+        offer_id: u64,
+    },
+    Trickle {
+        pc: PcKind,
+        candidate: String,
+    },
+    Subscribe {
+        track_ids: Vec<String>,
+    },
+    Unsubscribe {
+        track_ids: Vec<String>,
+    },
+    SetQuality {
+        track_id: String,
+        max_quality: String,
+        paused: bool,
+    },
+    Mute {
+        track_id: String,
+        muted: bool,
+    },
+    Unpublish {
+        track_id: String,
+    },
     IceRestart,
     Ping,
     Leave,
@@ -207,17 +233,30 @@ mod tests {
 
     #[test]
     fn client_messages_match_the_doc() {
-        let join = serde_json::to_value(ClientMsg::Join { auto_subscribe: true }).unwrap();
-        assert_eq!(join, serde_json::json!({"type":"join","auto_subscribe":true}));
+        let join = serde_json::to_value(ClientMsg::Join {
+            auto_subscribe: true,
+        })
+        .unwrap();
+        assert_eq!(
+            join,
+            serde_json::json!({"type":"join","auto_subscribe":true})
+        );
         let offer = ClientMsg::Offer {
             sdp: "v=0".into(),
-            tracks: vec![PublishTrack { mid: "0".into(), source: "microphone".into(), name: None }],
+            tracks: vec![PublishTrack {
+                mid: "0".into(),
+                source: "microphone".into(),
+                name: None,
+            }],
         };
         assert_eq!(
             serde_json::to_value(offer).unwrap(),
             serde_json::json!({"type":"offer","sdp":"v=0","tracks":[{"mid":"0","source":"microphone"}]})
         );
-        assert_eq!(serde_json::to_value(ClientMsg::Leave).unwrap(), serde_json::json!({"type":"leave"}));
+        assert_eq!(
+            serde_json::to_value(ClientMsg::Leave).unwrap(),
+            serde_json::json!({"type":"leave"})
+        );
     }
 
     #[test]
@@ -226,11 +265,15 @@ mod tests {
             r#"{"type":"offer","sdp":"v=0","offer_id":1,"tracks":[{"mid":"0","track_id":"TR_1","participant_id":"PA_1"}],"extra":1}"#,
         )
         .unwrap();
-        assert!(matches!(offer, ServerMsg::Offer { offer_id: 1, ref tracks, .. } if tracks[0].track_id == "TR_1"));
+        assert!(
+            matches!(offer, ServerMsg::Offer { offer_id: 1, ref tracks, .. } if tracks[0].track_id == "TR_1")
+        );
         let unknown: ServerMsg = serde_json::from_str(r#"{"type":"brand_new","x":1}"#).unwrap();
         assert_eq!(unknown, ServerMsg::Unknown);
-        let left: ServerMsg =
-            serde_json::from_str(r#"{"type":"participant_left","participant_id":"PA_2","identity":"bob"}"#).unwrap();
+        let left: ServerMsg = serde_json::from_str(
+            r#"{"type":"participant_left","participant_id":"PA_2","identity":"bob"}"#,
+        )
+        .unwrap();
         assert_eq!(left.type_name(), "participant_left");
     }
 }

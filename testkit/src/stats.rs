@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Result};
+use anyhow::{Result, bail};
 use tokio::sync::watch;
 
 use crate::proto::TrackKind;
@@ -59,7 +59,10 @@ pub struct Observed<T> {
 
 impl<T> Observed<T> {
     pub fn new(value: T) -> Arc<Self> {
-        Arc::new(Self { value: Mutex::new(value), changed: watch::channel(0).0 })
+        Arc::new(Self {
+            value: Mutex::new(value),
+            changed: watch::channel(0).0,
+        })
     }
 
     /// Reads the value.
@@ -96,7 +99,10 @@ impl<T> Observed<T> {
                     if let Some(r) = self.read(&mut f) {
                         return Ok(r);
                     }
-                    bail!("timed out after {timeout:?} waiting for {what}; state: {}", self.read(describe));
+                    bail!(
+                        "timed out after {timeout:?} waiting for {what}; state: {}",
+                        self.read(describe)
+                    );
                 }
             }
         }

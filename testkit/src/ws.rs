@@ -1,8 +1,8 @@
 //! The `/rtc` WebSocket: URL building and connecting.
 
-use anyhow::{anyhow, Context, Result};
-use futures_util::stream::{SplitSink, SplitStream};
+use anyhow::{Context, Result, anyhow};
 use futures_util::StreamExt;
+use futures_util::stream::{SplitSink, SplitStream};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
@@ -44,9 +44,11 @@ pub(crate) async fn connect(base_url: &str, token: &str) -> Result<(WsSink, WsSt
     let url = rtc_url(base_url, token);
     match tokio_tungstenite::connect_async(url.as_str()).await {
         Ok((ws, _response)) => Ok(ws.split()),
-        Err(tungstenite::Error::Http(response)) => {
-            Err(anyhow!("WebSocket upgrade of {} refused: HTTP {}", redact(&url), response.status()))
-        }
+        Err(tungstenite::Error::Http(response)) => Err(anyhow!(
+            "WebSocket upgrade of {} refused: HTTP {}",
+            redact(&url),
+            response.status()
+        )),
         Err(e) => Err(e).with_context(|| format!("connect WebSocket {}", redact(&url))),
     }
 }
@@ -78,8 +80,17 @@ mod tests {
 
     #[test]
     fn urls() {
-        assert_eq!(rtc_url("http://127.0.0.1:8080/", "a.b-c_d"), "ws://127.0.0.1:8080/rtc?access_token=a.b-c_d");
-        assert_eq!(rtc_url("ws://h:1", "x+y"), "ws://h:1/rtc?access_token=x%2By");
-        assert_eq!(rtc_url("127.0.0.1:9", "t"), "ws://127.0.0.1:9/rtc?access_token=t");
+        assert_eq!(
+            rtc_url("http://127.0.0.1:8080/", "a.b-c_d"),
+            "ws://127.0.0.1:8080/rtc?access_token=a.b-c_d"
+        );
+        assert_eq!(
+            rtc_url("ws://h:1", "x+y"),
+            "ws://h:1/rtc?access_token=x%2By"
+        );
+        assert_eq!(
+            rtc_url("127.0.0.1:9", "t"),
+            "ws://127.0.0.1:9/rtc?access_token=t"
+        );
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use testkit::media::identity_hash;
-use testkit::peer::{spawn_receiver, LocalAv, MidMap, Peer};
+use testkit::peer::{LocalAv, MidMap, Peer, spawn_receiver};
 use testkit::proto::MidTrack;
 use testkit::stats::Observed;
 use testkit::{RemoteTrackStats, SendStats, TrackKind};
@@ -18,7 +18,10 @@ use webrtc::peer_connection::{PeerConnection, RTCIceCandidateInit};
 const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Applies `from`'s candidates to `to` (after both descriptions are set).
-fn forward_candidates(mut from: mpsc::UnboundedReceiver<RTCIceCandidateInit>, to: Arc<dyn PeerConnection>) {
+fn forward_candidates(
+    mut from: mpsc::UnboundedReceiver<RTCIceCandidateInit>,
+    to: Arc<dyn PeerConnection>,
+) {
     tokio::spawn(async move {
         while let Some(c) = from.recv().await {
             to.add_ice_candidate(c).await.expect("add candidate");
@@ -36,8 +39,16 @@ async fn synthetic_av_flows_between_two_webrtc_rs_peers() -> Result<()> {
     a.pc.set_local_description(offer.clone()).await?;
     let (audio_mid, video_mid) = av.mids().await?;
     assert_ne!(audio_mid, video_mid);
-    assert!(offer.sdp.contains("VP8") && offer.sdp.contains("opus"), "{}", offer.sdp);
-    assert!(offer.sdp.contains(testkit::peer::AUDIO_LEVEL_URI), "{}", offer.sdp);
+    assert!(
+        offer.sdp.contains("VP8") && offer.sdp.contains("opus"),
+        "{}",
+        offer.sdp
+    );
+    assert!(
+        offer.sdp.contains(testkit::peer::AUDIO_LEVEL_URI),
+        "{}",
+        offer.sdp
+    );
 
     b.pc.set_remote_description(offer).await?;
     let answer = b.pc.create_answer(None).await?;
@@ -48,7 +59,11 @@ async fn synthetic_av_flows_between_two_webrtc_rs_peers() -> Result<()> {
 
     let mids: MidMap = Default::default();
     for (mid, track) in [(&audio_mid, "TR_a"), (&video_mid, "TR_v")] {
-        let m = MidTrack { mid: mid.clone(), track_id: track.into(), participant_id: "PA_1".into() };
+        let m = MidTrack {
+            mid: mid.clone(),
+            track_id: track.into(),
+            participant_id: "PA_1".into(),
+        };
         mids.lock().unwrap().insert(mid.clone(), m);
     }
     let recv = Observed::new(HashMap::<String, RemoteTrackStats>::new());
@@ -66,7 +81,9 @@ async fn synthetic_av_flows_between_two_webrtc_rs_peers() -> Result<()> {
             "audio and video",
             |m| {
                 let a = m.get("TR_a").filter(|s| s.packets >= 40)?;
-                let v = m.get("TR_v").filter(|s| s.frames >= 25 && s.keyframes >= 1)?;
+                let v = m
+                    .get("TR_v")
+                    .filter(|s| s.frames >= 25 && s.keyframes >= 1)?;
                 Some((a.clone(), v.clone()))
             },
             |m| format!("{m:?}"),
@@ -82,7 +99,10 @@ async fn synthetic_av_flows_between_two_webrtc_rs_peers() -> Result<()> {
     assert_eq!(audio.kind, TrackKind::Audio);
     assert_eq!(audio.mid, audio_mid);
     assert_eq!(audio.frames, audio.packets);
-    assert_eq!(audio.packets_with_extensions, audio.packets, "audio level extension on every packet");
+    assert_eq!(
+        audio.packets_with_extensions, audio.packets,
+        "audio level extension on every packet"
+    );
     assert!(audio.bytes >= audio.packets * 70, "{audio:?}");
     assert_eq!(video.kind, TrackKind::Video);
     assert_eq!(video.mid, video_mid);
@@ -101,7 +121,10 @@ async fn synthetic_av_flows_between_two_webrtc_rs_peers() -> Result<()> {
     let media_ssrc = *video_track.ssrcs().await.first().context("video ssrc")?;
     let keyframes_before = sent.read(|s| s.keyframes);
     video_track
-        .write_rtcp(vec![Box::new(PictureLossIndication { sender_ssrc: 1, media_ssrc })])
+        .write_rtcp(vec![Box::new(PictureLossIndication {
+            sender_ssrc: 1,
+            media_ssrc,
+        })])
         .await?;
     sent.wait(
         TIMEOUT,
