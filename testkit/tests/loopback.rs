@@ -139,3 +139,77 @@ async fn synthetic_av_flows_between_two_webrtc_rs_peers() -> Result<()> {
     b.pc.close().await?;
     Ok(())
 }
+
+/// One offer/answer round, `offerer` offering.
+async fn negotiate(offerer: &Peer, answerer: &Peer) -> Result<()> {
+    let offer = offerer.pc.create_offer(None).await?;
+    offerer.pc.set_local_description(offer.clone()).await?;
+    answerer.pc.set_remote_description(offer).await?;
+    let answer = answerer.pc.create_answer(None).await?;
+    answerer.pc.set_local_description(answer.clone()).await?;
+    offerer.pc.set_remote_description(answer).await?;
+    Ok(())
+}
+
+/// Like the SFU's subscriber connection: tracks added by a later renegotiation are
+/// received too, each counted under its own mid mapping.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tracks_added_by_renegotiation_are_received() -> Result<()> {
+    let (a, a_events) = Peer::new("a").await?;
+    let (b, b_events) = Peer::new("b").await?;
+    let mids: MidMap = Default::default();
+    let recv = Observed::new(HashMap::<String, RemoteTrackStats>::new());
+    let _receiver = spawn_receiver(b.pc.clone(), b_events.tracks, mids.clone(), recv.clone());
+    let sent = Observed::new(SendStats::default());
+    let mut tasks = Vec::new();
+
+    let first = LocalAv::add_to(&a.pc).await?;
+    negotiate(&a, &b).await?;
+    forward_candidates(a_events.candidates, b.pc.clone());
+    forward_candidates(b_events.candidates, a.pc.clone());
+    let map = |mids: &MidMap, mid: String, participant: &str, track: &str| {
+        let m = MidTrack {
+            mid: mid.clone(),
+            track_id: track.into(),
+            participant_id: participant.into(),
+        };
+        mids.lock().unwrap().insert(mid, m);
+    };
+    let (am, vm) = first.mids().await?;
+    map(&mids, am, "PA_1", "TR_1a");
+    map(&mids, vm, "PA_1", "TR_1v");
+    tasks.extend(first.start(identity_hash("PA_1"), sent.clone()).await?);
+    a.wait_connected(TIMEOUT).await?;
+
+    // A second participant's tracks arrive on new transceivers.
+    let second = LocalAv::add_to(&a.pc).await?;
+    negotiate(&a, &b).await?;
+    let (am, vm) = second.mids().await?;
+    map(&mids, am, "PA_2", "TR_2a");
+    map(&mids, vm, "PA_2", "TR_2v");
+    tasks.extend(second.start(identity_hash("PA_2"), sent.clone()).await?);
+
+    let all = recv
+        .wait(
+            TIMEOUT,
+            "four tracks",
+            |m| {
+                let ok = ["TR_1a", "TR_1v", "TR_2a", "TR_2v"]
+                    .iter()
+                    .all(|t| m.get(*t).is_some_and(|s| s.packets >= 10));
+                ok.then(|| m.clone())
+            },
+            |m| format!("{m:?}"),
+        )
+        .await?;
+    for s in all.values() {
+        assert_eq!(s.bad_payloads, 0, "{s:?}");
+        assert_eq!(s.foreign_payloads, 0, "{s:?}");
+    }
+    assert_eq!(all["TR_2v"].participant_id, "PA_2");
+    assert_eq!(all["TR_2v"].kind, TrackKind::Video);
+    tasks.iter().for_each(|t| t.abort());
+    a.pc.close().await?;
+    b.pc.close().await?;
+    Ok(())
+}
