@@ -920,7 +920,7 @@ async fn answer_offers(
             }
         }
         let offer_id = offer.offer_id;
-        let result = async {
+        let answer = async {
             let desc = RTCSessionDescription::offer(offer.sdp).context("parse offer")?;
             pc.set_remote_description(desc)
                 .await
@@ -929,15 +929,22 @@ async fn answer_offers(
             pc.set_local_description(answer.clone())
                 .await
                 .context("set local answer")?;
-            let msg = ClientMsg::Answer {
-                sdp: answer.sdp,
-                offer_id,
-            };
-            shared.send_text(serde_json::to_string(&msg)?).await
+            anyhow::Ok(answer.sdp)
         }
         .await;
-        if let Err(e) = result {
-            shared.record_error(format!("subscriber offer {offer_id}: {e:#}"));
+        match answer {
+            Ok(sdp) => {
+                let msg = ClientMsg::Answer { sdp, offer_id };
+                // Not an error if the WebSocket is down: the server sends an unanswered
+                // offer again after `resume`.
+                if let Err(e) = shared
+                    .send_text(serde_json::to_string(&msg).unwrap_or_default())
+                    .await
+                {
+                    tracing::debug!("answer to offer {offer_id} not sent: {e:#}");
+                }
+            }
+            Err(e) => shared.record_error(format!("subscriber offer {offer_id}: {e:#}")),
         }
     }
 }
