@@ -1,0 +1,480 @@
+//! The media engine: every room, participant and peer connection of one media worker,
+//! driven from outside by three inputs - datagrams, signalling commands and time - and
+//! writing datagrams through [`Io`]. No sockets, threads or async inside, so tests drive
+//! it on a virtual clock.
+//!
+//! str0m's contract is kept strictly: every mutation of an `Rtc` is followed at once by
+//! [`Engine::drain`] until `Timeout`; events drained are queued and handled after, so
+//! handling one never nests inside another peer's drain.
+
+mod ids;
+mod media;
+mod negotiate;
+mod session;
+mod state;
+mod stun;
+
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::net::SocketAddr;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::time::{Duration, Instant};
+
+use slab::Slab;
+use str0m::config::DtlsCert;
+use str0m::net::{Protocol, Receive};
+use str0m::{Candidate, Event, Input, Output, RtcError};
+
+pub use ids::{ConnId, PartKey, PeerKey};
+pub use state::SignalTx;
+use state::{Participant, Peer, Room, Sub, Track};
+
+use crate::metrics::{Counters, Metrics};
+use crate::proto::{ClientMsg, ServerMsg};
+
+/// Writes datagrams for the engine.
+pub trait Io {
+    /// Sends `data` from our `source` address to `destination` over `proto`.
+    /// Returns false if the datagram was dropped (full buffer, closed connection).
+    fn transmit(&mut self, proto: Protocol, source: SocketAddr, destination: SocketAddr, data: &[u8]) -> bool;
+}
+
+/// Engine settings, resolved from [`crate::Config`].
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// UDP host candidate advertised to clients.
+    pub udp_candidate: SocketAddr,
+    /// Passive ICE-TCP candidate advertised to clients.
+    pub tcp_candidate: Option<SocketAddr>,
+    pub empty_room_grace: Duration,
+    pub resume_window: Duration,
+    pub keyframe_interval: Duration,
+    pub max_participants: usize,
+}
+
+/// Signalling input for the engine.
+#[derive(Debug)]
+pub enum Command {
+    /// A new session: the token was verified by the HTTP layer.
+    Join { conn: ConnId, claims: common::Claims, tx: SignalTx, auto_subscribe: bool },
+    /// A reconnected WebSocket taking over `session_id`.
+    Resume { conn: ConnId, claims: common::Claims, tx: SignalTx, session_id: String },
+    /// A message on an established session.
+    Client { conn: ConnId, msg: ClientMsg },
+    /// The WebSocket closed (or failed) without `leave`.
+    Closed { conn: ConnId },
+}
+
+pub struct Engine {
+    cfg: EngineConfig,
+    cert: DtlsCert,
+    udp_candidate: Candidate,
+    tcp_candidate: Option<Candidate>,
+    rooms: HashMap<String, Room>,
+    participants: Slab<Participant>,
+    peers: Slab<Peer>,
+    tracks: Slab<Track>,
+    subs: Slab<Sub>,
+    track_by_id: HashMap<String, state::TrackKey>,
+    sessions: HashMap<String, PartKey>,
+    conns: HashMap<ConnId, PartKey>,
+    by_ufrag: HashMap<String, PeerKey>,
+    by_addr: HashMap<SocketAddr, PeerKey>,
+    timers: BinaryHeap<Reverse<(Instant, PeerKey, u64)>>,
+    queue: VecDeque<(PeerKey, u64, Event)>,
+    scratch_subs: Vec<state::SubKey>,
+    next_uid: u64,
+    next_tick: Instant,
+    next_second: Instant,
+    pub counters: Counters,
+    metrics: Option<Metrics>,
+    latency: Option<prometheus::local::LocalHistogram>,
+    forwarded_in_input: u64,
+    /// Participants whose subscriber connection needs an offer.
+    pending_reneg: Vec<PartKey>,
+    /// Tracks whose layers started or stopped.
+    layers_changed: Vec<state::TrackKey>,
+    /// Some peer failed since the last sweep.
+    any_failed: bool,
+    started: Instant,
+}
+
+const TICK: Duration = Duration::from_millis(200);
+
+impl Engine {
+    pub fn new(cfg: EngineConfig, metrics: Option<Metrics>, now: Instant) -> Result<Engine, String> {
+        let provider = str0m::crypto::from_feature_flags();
+        let cert = provider
+            .dtls_provider
+            .generate_certificate()
+            .ok_or("the crypto provider could not make a DTLS certificate")?;
+        let _ = std::panic::catch_unwind(|| provider.install_process_default());
+        let udp_candidate = Candidate::host(cfg.udp_candidate, "udp").map_err(|e| format!("udp candidate: {e}"))?;
+        let tcp_candidate = match cfg.tcp_candidate {
+            Some(a) => Some(
+                Candidate::builder()
+                    .tcp()
+                    .host(a)
+                    .tcptype(str0m::net::TcpType::Passive)
+                    .build()
+                    .map_err(|e| format!("tcp candidate: {e}"))?,
+            ),
+            None => None,
+        };
+        let latency = metrics.as_ref().map(|m| m.local_latency());
+        Ok(Engine {
+            cfg,
+            cert,
+            udp_candidate,
+            tcp_candidate,
+            rooms: HashMap::new(),
+            participants: Slab::new(),
+            peers: Slab::new(),
+            tracks: Slab::new(),
+            subs: Slab::new(),
+            track_by_id: HashMap::new(),
+            sessions: HashMap::new(),
+            conns: HashMap::new(),
+            by_ufrag: HashMap::new(),
+            by_addr: HashMap::new(),
+            timers: BinaryHeap::new(),
+            queue: VecDeque::new(),
+            scratch_subs: Vec::new(),
+            next_uid: 1,
+            next_tick: now + TICK,
+            next_second: now + Duration::from_secs(1),
+            counters: Counters::default(),
+            metrics,
+            latency,
+            forwarded_in_input: 0,
+            pending_reneg: Vec::new(),
+            layers_changed: Vec::new(),
+            any_failed: false,
+            started: now,
+        })
+    }
+
+    /// When the engine next needs [`Engine::handle_timeout`].
+    pub fn poll_timeout(&mut self) -> Instant {
+        while let Some(Reverse((t, pk, uid))) = self.timers.peek().copied() {
+            let valid = self.peers.get(pk).is_some_and(|p| p.uid == uid && p.next_timeout == Some(t));
+            if valid {
+                return t.min(self.next_tick);
+            }
+            self.timers.pop();
+        }
+        self.next_tick
+    }
+
+    /// Drives time forward.
+    pub fn handle_timeout(&mut self, now: Instant, io: &mut dyn Io) {
+        while let Some(Reverse((t, pk, uid))) = self.timers.peek().copied() {
+            if t > now {
+                break;
+            }
+            self.timers.pop();
+            let valid = self.peers.get(pk).is_some_and(|p| p.uid == uid && p.next_timeout == Some(t));
+            if valid {
+                self.peer_input(pk, Input::Timeout(now));
+                self.drain(pk, io);
+            }
+        }
+        self.process(now, io);
+        if now >= self.next_tick {
+            self.next_tick = now + TICK;
+            self.tick(now, io);
+            if now >= self.next_second {
+                self.next_second = now + Duration::from_secs(1);
+                self.second(now, io);
+            }
+            self.process(now, io);
+        }
+    }
+
+    /// A datagram arrived on one of the media sockets.
+    pub fn handle_datagram(
+        &mut self,
+        now: Instant,
+        proto: Protocol,
+        source: SocketAddr,
+        destination: SocketAddr,
+        data: &[u8],
+        io: &mut dyn Io,
+    ) {
+        self.counters.packets_in += 1;
+        self.counters.bytes_in += data.len() as u64;
+        let Some(pk) = self.demux(source, data) else {
+            self.counters.drop_unknown_source += 1;
+            return;
+        };
+        let Ok(recv) = Receive::new(proto, source, destination, data) else {
+            self.counters.drop_malformed += 1;
+            return;
+        };
+        self.forwarded_in_input = 0;
+        self.peer_input(pk, Input::Receive(now, recv));
+        self.drain(pk, io);
+        self.process(now, io);
+        if self.forwarded_in_input > 0 {
+            if let Some(h) = &self.latency {
+                h.observe(now.elapsed().as_secs_f64());
+            }
+        }
+    }
+
+    /// A signalling command.
+    pub fn handle_command(&mut self, now: Instant, cmd: Command, io: &mut dyn Io) {
+        match cmd {
+            Command::Join { conn, claims, tx, auto_subscribe } => self.join(now, conn, claims, tx, auto_subscribe, io),
+            Command::Resume { conn, claims, tx, session_id } => self.resume(now, conn, claims, tx, &session_id, io),
+            Command::Client { conn, msg } => {
+                if let Some(&pk) = self.conns.get(&conn) {
+                    self.client_msg(now, pk, msg, io);
+                }
+            }
+            Command::Closed { conn } => self.conn_closed(now, conn),
+        }
+        self.process(now, io);
+    }
+
+    fn demux(&mut self, source: SocketAddr, data: &[u8]) -> Option<PeerKey> {
+        if stun::is_stun(data) {
+            let ufrag = stun::local_ufrag(data)?;
+            let pk = *self.by_ufrag.get(ufrag)?;
+            if self.by_addr.get(&source) != Some(&pk) {
+                let peer = &mut self.peers[pk];
+                if !peer.addrs.contains(&source) {
+                    peer.addrs.push(source);
+                }
+                self.by_addr.insert(source, pk);
+            }
+            return Some(pk);
+        }
+        self.by_addr.get(&source).copied()
+    }
+
+    /// Feeds one input to a peer; a panic inside str0m fails only that peer.
+    fn peer_input(&mut self, pk: PeerKey, input: Input) {
+        let Some(peer) = self.peers.get_mut(pk) else { return };
+        if peer.failed {
+            return;
+        }
+        match catch_unwind(AssertUnwindSafe(|| peer.rtc.handle_input(input))) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::debug!(peer = pk, error = %e, "input refused");
+                self.counters.drop_malformed += 1;
+            }
+            Err(_) => {
+                tracing::error!(peer = pk, "WebRTC stack panicked on input; closing this peer");
+                self.counters.peer_panics += 1;
+                peer.failed = true;
+                self.any_failed = true;
+            }
+        }
+    }
+
+    /// Drains a peer's output until `Timeout`: datagrams go out now, events are queued.
+    fn drain(&mut self, pk: PeerKey, io: &mut dyn Io) {
+        let Some(peer) = self.peers.get_mut(pk) else { return };
+        if peer.failed {
+            return;
+        }
+        let uid = peer.uid;
+        let queue = &mut self.queue;
+        let counters = &mut self.counters;
+        let res = catch_unwind(AssertUnwindSafe(|| {
+            loop {
+                match peer.rtc.poll_output() {
+                    Ok(Output::Timeout(t)) => return Ok(t),
+                    Ok(Output::Transmit(t)) => {
+                        counters.packets_out += 1;
+                        counters.bytes_out += t.contents.len() as u64;
+                        if !io.transmit(t.proto, t.source, t.destination, &t.contents) {
+                            counters.drop_send_failed += 1;
+                        }
+                    }
+                    Ok(Output::Event(e)) => queue.push_back((pk, uid, e)),
+                    Err(e) => return Err(e),
+                }
+            }
+        }));
+        match res {
+            Ok(Ok(t)) => {
+                if peer.next_timeout != Some(t) {
+                    peer.next_timeout = Some(t);
+                    self.timers.push(Reverse((t, pk, uid)));
+                }
+            }
+            Ok(Err(e)) => {
+                let e: RtcError = e;
+                tracing::info!(peer = pk, error = %e, "peer connection failed");
+                peer.failed = true;
+                self.any_failed = true;
+            }
+            Err(_) => {
+                tracing::error!(peer = pk, "WebRTC stack panicked; closing this peer");
+                self.counters.peer_panics += 1;
+                peer.failed = true;
+                self.any_failed = true;
+            }
+        }
+    }
+
+    /// Handles queued events until none are left.
+    fn process(&mut self, now: Instant, io: &mut dyn Io) {
+        loop {
+            while let Some((pk, uid, ev)) = self.queue.pop_front() {
+                if self.peers.get(pk).is_none_or(|p| p.uid != uid) {
+                    continue;
+                }
+                self.on_event(now, pk, ev, io);
+            }
+            if self.pending_reneg.is_empty() && self.layers_changed.is_empty() {
+                break;
+            }
+            self.flush_pending(now, io);
+        }
+        if std::mem::take(&mut self.any_failed) {
+            // The participant of a failed peer leaves; the others are not affected.
+            let failed: Vec<PeerKey> = self.peers.iter().filter(|(_, p)| p.failed).map(|(k, _)| k).collect();
+            for pk in failed {
+                if let Some(peer) = self.peers.get(pk) {
+                    let part = peer.part;
+                    self.remove_participant(now, part, "media connection failed", true, io);
+                }
+            }
+            self.queue.clear();
+        }
+    }
+
+    fn new_peer(&mut self, now: Instant, part: PartKey, kind: crate::proto::PcKind) -> PeerKey {
+        let mut b = str0m::Rtc::builder()
+            .set_ice_lite(true)
+            .set_rtp_mode(true)
+            .set_dtls_cert(self.cert.clone())
+            .set_stats_interval(Some(Duration::from_secs(2)));
+        if kind == crate::proto::PcKind::Subscriber {
+            b = b.enable_bwe(Some(str0m::bwe::Bitrate::kbps(1_500)));
+        }
+        let mut rtc = b.build(now);
+        rtc.add_local_candidate(self.udp_candidate.clone());
+        if let Some(c) = &self.tcp_candidate {
+            rtc.add_local_candidate(c.clone());
+        }
+        let ufrag = rtc.direct_api().local_ice_credentials().ufrag;
+        let uid = self.next_uid;
+        self.next_uid += 1;
+        let pk = self.peers.insert(Peer {
+            uid,
+            rtc,
+            part,
+            kind,
+            ufrag: ufrag.clone(),
+            addrs: Vec::new(),
+            next_timeout: None,
+            failed: false,
+            ssrc_map: HashMap::new(),
+            mid_track: HashMap::new(),
+            mid_sub: HashMap::new(),
+            egress_nacks: HashMap::new(),
+        });
+        self.by_ufrag.insert(ufrag, pk);
+        pk
+    }
+
+    /// Re-reads a peer's local ICE ufrag after negotiation (ICE restart changes it).
+    fn refresh_ufrag(&mut self, pk: PeerKey) {
+        let Some(peer) = self.peers.get_mut(pk) else { return };
+        let ufrag = peer.rtc.direct_api().local_ice_credentials().ufrag;
+        if ufrag != peer.ufrag {
+            self.by_ufrag.remove(&peer.ufrag);
+            self.by_ufrag.insert(ufrag.clone(), pk);
+            peer.ufrag = ufrag;
+        }
+    }
+
+    fn remove_peer(&mut self, pk: PeerKey, io: &mut dyn Io) {
+        if let Some(peer) = self.peers.get_mut(pk) {
+            if !peer.failed {
+                let _ = catch_unwind(AssertUnwindSafe(|| peer.rtc.disconnect()));
+                self.drain(pk, io);
+            }
+        }
+        if let Some(peer) = self.peers.try_remove(pk) {
+            if self.by_ufrag.get(&peer.ufrag) == Some(&pk) {
+                self.by_ufrag.remove(&peer.ufrag);
+            }
+            for a in &peer.addrs {
+                if self.by_addr.get(a) == Some(&pk) {
+                    self.by_addr.remove(a);
+                }
+            }
+        }
+    }
+
+    /// Sends a signalling message to one participant. A client that does not read its
+    /// messages loses its WebSocket (it may resume); media is not affected.
+    fn send(&mut self, pk: PartKey, msg: ServerMsg) {
+        let Some(p) = self.participants.get_mut(pk) else { return };
+        let Some((_, tx)) = &p.conn else { return };
+        if let Err(e) = tx.try_send(msg) {
+            if matches!(e, tokio::sync::mpsc::error::TrySendError::Full(_)) {
+                self.counters.signal_drops += 1;
+                tracing::info!(participant = %p.id, "signalling client too slow; dropping its WebSocket");
+            }
+            if let Some((conn, _)) = p.conn.take() {
+                self.conns.remove(&conn);
+            }
+        }
+    }
+
+    /// Sends to everyone in `room` but `except`.
+    fn broadcast(&mut self, room: &str, except: Option<PartKey>, msg: &ServerMsg) {
+        let Some(r) = self.rooms.get(room) else { return };
+        let members: Vec<PartKey> = r.participants.iter().copied().filter(|&k| Some(k) != except).collect();
+        for k in members {
+            self.send(k, msg.clone());
+        }
+    }
+
+    fn error(&mut self, pk: PartKey, code: crate::proto::ErrorCode, message: impl Into<String>) {
+        self.send(pk, ServerMsg::Error { code, message: message.into() });
+    }
+
+    /// Numbers for tests and the worker's gauges.
+    pub fn stats(&self) -> EngineStats {
+        EngineStats {
+            rooms: self.rooms.len(),
+            participants: self.participants.len(),
+            peers: self.peers.len(),
+            tracks: self.tracks.len(),
+            subscriptions: self.subs.len(),
+        }
+    }
+
+    fn second(&mut self, now: Instant, io: &mut dyn Io) {
+        self.media_second(now, io);
+        self.sessions_second(now, io);
+        if let Some(m) = &self.metrics {
+            m.rooms.set(self.rooms.len() as i64);
+            m.participants.set(self.participants.len() as i64);
+            m.tracks.set(self.tracks.len() as i64);
+            m.subscriptions.set(self.subs.len() as i64);
+            m.flush(&mut self.counters);
+            if let Some(h) = &self.latency {
+                h.flush();
+            }
+        }
+    }
+}
+
+/// Object counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EngineStats {
+    pub rooms: usize,
+    pub participants: usize,
+    pub peers: usize,
+    pub tracks: usize,
+    pub subscriptions: usize,
+}

@@ -1,0 +1,337 @@
+//! Sessions: join, resume, leave, and the client messages that are not SDP.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use common::token::Source;
+use rand::Rng;
+
+use super::ids::{ConnId, PartKey};
+use super::state::{Participant, Room, SignalTx};
+use super::{Engine, Io};
+use crate::forward::SpeakerDetector;
+use crate::proto::{ClientMsg, ErrorCode, ParticipantInfo, PcKind, ServerMsg};
+
+fn random_id(prefix: &str, len: usize) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789";
+    let mut rng = rand::rng();
+    let mut s = String::with_capacity(prefix.len() + len);
+    s.push_str(prefix);
+    for _ in 0..len {
+        s.push(ALPHABET[rng.random_range(0..ALPHABET.len())] as char);
+    }
+    s
+}
+
+impl Engine {
+    pub(super) fn participant_info(&self, pk: PartKey) -> ParticipantInfo {
+        let p = &self.participants[pk];
+        ParticipantInfo {
+            id: p.id.clone(),
+            identity: p.identity.clone(),
+            name: p.name.clone(),
+            tracks: p.tracks.iter().map(|&t| self.tracks[t].info(&p.id)).collect(),
+        }
+    }
+
+    fn joined_msg(&self, pk: PartKey, resumed: bool) -> ServerMsg {
+        let p = &self.participants[pk];
+        let others = self.rooms[&p.room]
+            .participants
+            .iter()
+            .filter(|&&k| k != pk)
+            .map(|&k| self.participant_info(k))
+            .collect();
+        ServerMsg::Joined {
+            room: p.room.clone(),
+            participant: self.participant_info(pk),
+            session_id: p.session_id.clone(),
+            resume_window_secs: self.cfg.resume_window.as_secs(),
+            participants: others,
+            resumed,
+        }
+    }
+
+    pub(super) fn join(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        claims: common::Claims,
+        tx: SignalTx,
+        auto_subscribe: bool,
+        io: &mut dyn Io,
+    ) {
+        let Some(room_name) = claims.room.clone() else {
+            let _ = tx.try_send(ServerMsg::Left { reason: "token names no room".into() });
+            return;
+        };
+        // The same identity joining again replaces its old session.
+        let existing = self.rooms.get(&room_name).and_then(|r| {
+            r.participants.iter().copied().find(|&k| self.participants[k].identity == claims.sub)
+        });
+        if let Some(old) = existing {
+            self.remove_participant(now, old, "duplicate identity", true, io);
+        }
+        let count = self.rooms.get(&room_name).map_or(0, |r| r.participants.len());
+        if count >= self.cfg.max_participants {
+            let _ = tx.try_send(ServerMsg::Error {
+                code: ErrorCode::RoomFull,
+                message: format!("room is full ({} participants)", self.cfg.max_participants),
+            });
+            let _ = tx.try_send(ServerMsg::Left { reason: "room full".into() });
+            return;
+        }
+        let room = self.rooms.entry(room_name.clone()).or_insert_with(|| {
+            tracing::info!(room = %room_name, "room created");
+            Room {
+                participants: Vec::new(),
+                empty_since: None,
+                speakers: SpeakerDetector::default(),
+            }
+        });
+        room.empty_since = None;
+        let session_id = {
+            let b: [u8; 16] = rand::random();
+            b.iter().map(|x| format!("{x:02x}")).collect::<String>()
+        };
+        let pk = self.participants.insert(Participant {
+            id: random_id("PA_", 10),
+            identity: claims.sub.clone(),
+            name: claims.name.clone().unwrap_or_else(|| claims.sub.clone()),
+            room: room_name.clone(),
+            grants: claims.grants.clone(),
+            session_id: session_id.clone(),
+            conn: Some((conn, tx)),
+            disconnected_at: None,
+            publisher: None,
+            subscriber: None,
+            tracks: Vec::new(),
+            subs: Vec::new(),
+            auto_subscribe,
+            publish_meta: HashMap::new(),
+            next_offer_id: 1,
+            pending_offer: None,
+            offer_again: false,
+            ice_restart: false,
+            has_channel: false,
+            stop_mids: Vec::new(),
+            bwe: None,
+            loss: 0.0,
+        });
+        self.rooms.get_mut(&room_name).expect("room exists").participants.push(pk);
+        self.sessions.insert(session_id, pk);
+        self.conns.insert(conn, pk);
+        let id = self.participants[pk].id.clone();
+        tracing::info!(room = %room_name, participant = %id, "joined");
+
+        let joined = self.joined_msg(pk, false);
+        self.send(pk, joined);
+        let info = self.participant_info(pk);
+        self.broadcast(&room_name, Some(pk), &ServerMsg::ParticipantJoined { participant: info });
+
+        if claims.grants.subscribe {
+            let peer = self.new_peer(now, pk, PcKind::Subscriber);
+            self.participants[pk].subscriber = Some(peer);
+            if auto_subscribe {
+                let tracks: Vec<_> = self.rooms[&room_name]
+                    .participants
+                    .iter()
+                    .filter(|&&k| k != pk)
+                    .flat_map(|&k| self.participants[k].tracks.clone())
+                    .collect();
+                for t in tracks {
+                    self.add_sub(pk, t);
+                }
+            }
+            self.renegotiate(pk, io);
+        }
+    }
+
+    pub(super) fn resume(
+        &mut self,
+        _now: Instant,
+        conn: ConnId,
+        claims: common::Claims,
+        tx: SignalTx,
+        session_id: &str,
+        _io: &mut dyn Io,
+    ) {
+        let found = self.sessions.get(session_id).copied().filter(|&pk| {
+            let p = &self.participants[pk];
+            p.identity == claims.sub && claims.room.as_deref() == Some(p.room.as_str())
+        });
+        let Some(pk) = found else {
+            let _ = tx.try_send(ServerMsg::Error {
+                code: ErrorCode::NotFound,
+                message: "no such session to resume (expired, or another identity): send `join`".into(),
+            });
+            return;
+        };
+        let p = &mut self.participants[pk];
+        if let Some((old, _)) = p.conn.take() {
+            self.conns.remove(&old);
+        }
+        p.conn = Some((conn, tx));
+        p.disconnected_at = None;
+        self.conns.insert(conn, pk);
+        tracing::info!(participant = %self.participants[pk].id, "resumed");
+        let joined = self.joined_msg(pk, true);
+        self.send(pk, joined);
+        if let Some(msg) = self.participants[pk].pending_offer.as_ref().map(|o| o.msg.clone()) {
+            self.send(pk, msg);
+        }
+    }
+
+    pub(super) fn conn_closed(&mut self, now: Instant, conn: ConnId) {
+        let Some(pk) = self.conns.remove(&conn) else { return };
+        let p = &mut self.participants[pk];
+        if p.conn.as_ref().is_some_and(|(c, _)| *c == conn) {
+            p.conn = None;
+            p.disconnected_at = Some(now);
+            tracing::info!(participant = %p.id, "signalling connection lost; session kept for resume");
+        }
+    }
+
+    pub(super) fn client_msg(&mut self, now: Instant, pk: PartKey, msg: ClientMsg, io: &mut dyn Io) {
+        match msg {
+            ClientMsg::Join { .. } | ClientMsg::Resume { .. } => {
+                self.error(pk, ErrorCode::BadState, "already in the room");
+            }
+            ClientMsg::Offer { sdp, tracks } => self.publisher_offer(now, pk, &sdp, tracks, io),
+            ClientMsg::Answer { sdp, offer_id } => self.subscriber_answer(pk, &sdp, offer_id, io),
+            ClientMsg::Trickle { pc, candidate } => self.trickle(pk, pc, &candidate, io),
+            ClientMsg::Subscribe { track_ids } => {
+                if !self.participants[pk].grants.subscribe {
+                    return self.error(pk, ErrorCode::NotAllowed, "token does not grant subscribe");
+                }
+                for id in track_ids {
+                    match self.find_track(pk, &id) {
+                        Some(t) if self.tracks[t].owner != pk => self.add_sub(pk, t),
+                        Some(_) => self.error(pk, ErrorCode::BadState, format!("{id} is your own track")),
+                        None => self.error(pk, ErrorCode::NotFound, format!("no track {id} in this room")),
+                    }
+                }
+                self.renegotiate(pk, io);
+            }
+            ClientMsg::Unsubscribe { track_ids } => {
+                for id in track_ids {
+                    let sub = self.find_track(pk, &id).and_then(|t| self.sub_of(pk, t));
+                    match sub {
+                        Some(s) => self.remove_sub(s, io),
+                        None => self.error(pk, ErrorCode::NotFound, format!("not subscribed to {id}")),
+                    }
+                }
+                self.renegotiate(pk, io);
+            }
+            ClientMsg::SetQuality { track_id, max_quality, paused } => {
+                match self.find_track(pk, &track_id).and_then(|t| self.sub_of(pk, t)) {
+                    Some(s) => self.set_quality(now, s, max_quality, paused, io),
+                    None => self.error(pk, ErrorCode::NotFound, format!("not subscribed to {track_id}")),
+                }
+            }
+            ClientMsg::Mute { track_id, muted } => match self.own_track(pk, &track_id) {
+                Some(t) => self.set_muted(now, t, muted, io),
+                None => self.error(pk, ErrorCode::NotFound, format!("you publish no track {track_id}")),
+            },
+            ClientMsg::Unpublish { track_id } => match self.own_track(pk, &track_id) {
+                Some(t) => self.unpublish(t, io),
+                None => self.error(pk, ErrorCode::NotFound, format!("you publish no track {track_id}")),
+            },
+            ClientMsg::IceRestart => {
+                if self.participants[pk].subscriber.is_none() {
+                    return self.error(pk, ErrorCode::BadState, "no subscriber connection");
+                }
+                self.participants[pk].ice_restart = true;
+                self.renegotiate(pk, io);
+            }
+            ClientMsg::Ping => self.send(pk, ServerMsg::Pong),
+            ClientMsg::Leave => {
+                self.remove_participant(now, pk, "left", true, io);
+            }
+        }
+    }
+
+    fn find_track(&self, pk: PartKey, id: &str) -> Option<super::state::TrackKey> {
+        let t = *self.track_by_id.get(id)?;
+        let owner = self.tracks[t].owner;
+        (self.participants[owner].room == self.participants[pk].room).then_some(t)
+    }
+
+    fn own_track(&self, pk: PartKey, id: &str) -> Option<super::state::TrackKey> {
+        self.track_by_id.get(id).copied().filter(|&t| self.tracks[t].owner == pk)
+    }
+
+    fn sub_of(&self, pk: PartKey, t: super::state::TrackKey) -> Option<super::state::SubKey> {
+        self.participants[pk].subs.iter().copied().find(|&s| self.subs[s].track == t)
+    }
+
+    /// Removes a participant: its subscriptions, its tracks (telling subscribers), its
+    /// peers; tells the room. `notify` sends `left` to the participant itself.
+    pub(super) fn remove_participant(&mut self, now: Instant, pk: PartKey, reason: &str, notify: bool, io: &mut dyn Io) {
+        if !self.participants.contains(pk) {
+            return;
+        }
+        for s in self.participants[pk].subs.clone() {
+            self.remove_sub(s, io);
+        }
+        for t in self.participants[pk].tracks.clone() {
+            self.unpublish(t, io);
+        }
+        if notify {
+            self.send(pk, ServerMsg::Left { reason: reason.to_string() });
+        }
+        let p = self.participants.remove(pk);
+        tracing::info!(room = %p.room, participant = %p.id, reason, "left");
+        for peer in [p.publisher, p.subscriber].into_iter().flatten() {
+            self.remove_peer(peer, io);
+        }
+        self.sessions.remove(&p.session_id);
+        if let Some((c, _)) = &p.conn {
+            self.conns.remove(c);
+        }
+        if let Some(room) = self.rooms.get_mut(&p.room) {
+            room.participants.retain(|&k| k != pk);
+            room.speakers.remove(&pk);
+            if room.participants.is_empty() {
+                room.empty_since = Some(now);
+            }
+        }
+        self.broadcast(
+            &p.room,
+            None,
+            &ServerMsg::ParticipantLeft { participant_id: p.id.clone(), identity: p.identity.clone() },
+        );
+    }
+
+    /// Once a second: sessions past their resume window leave; empty rooms past their
+    /// grace period close.
+    pub(super) fn sessions_second(&mut self, now: Instant, io: &mut dyn Io) {
+        let window = self.cfg.resume_window;
+        let expired: Vec<PartKey> = self
+            .participants
+            .iter()
+            .filter(|(_, p)| p.disconnected_at.is_some_and(|t| now.saturating_duration_since(t) >= window))
+            .map(|(k, _)| k)
+            .collect();
+        for pk in expired {
+            self.remove_participant(now, pk, "signalling connection lost", false, io);
+        }
+        let grace = self.cfg.empty_room_grace;
+        self.rooms.retain(|name, r| {
+            let keep = !r.empty_since.is_some_and(|t| now.saturating_duration_since(t) >= grace);
+            if !keep {
+                tracing::info!(room = %name, "room closed");
+            }
+            keep
+        });
+    }
+
+    /// The source a publisher declared for `mid`, else the usual one for its kind.
+    pub(super) fn declared_source(&self, pk: PartKey, mid: &str, video: bool) -> (Source, Option<String>) {
+        match self.participants[pk].publish_meta.get(mid) {
+            Some(m) => (m.source, m.name.clone()),
+            None if video => (Source::Camera, None),
+            None => (Source::Microphone, None),
+        }
+    }
+}

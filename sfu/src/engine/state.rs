@@ -1,0 +1,182 @@
+//! The engine's objects: rooms, participants, peer connections, tracks, subscriptions.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use common::Grants;
+use str0m::change::SdpPendingOffer;
+use str0m::media::{Mid, Pt, Rid};
+use str0m::rtp::Ssrc;
+use str0m::Rtc;
+use tokio::sync::mpsc;
+
+pub use super::ids::{ConnId, PartKey, PeerKey, SubKey, TrackKey};
+use crate::forward::{Codec, LayerSelector, Rewriter, SpeakerDetector, Throttle};
+use crate::proto::{PcKind, PublishTrack, Quality, ServerMsg, Source, TrackKind};
+
+/// Where the engine sends a participant's signalling messages.
+pub type SignalTx = mpsc::Sender<ServerMsg>;
+
+pub struct Room {
+    pub participants: Vec<PartKey>,
+    pub empty_since: Option<Instant>,
+    pub speakers: SpeakerDetector<PartKey>,
+}
+
+pub struct PendingOffer {
+    pub id: u64,
+    pub pending: SdpPendingOffer,
+    pub msg: ServerMsg,
+}
+
+pub struct Participant {
+    pub id: String,
+    pub identity: String,
+    pub name: String,
+    pub room: String,
+    pub grants: Grants,
+    pub session_id: String,
+    pub conn: Option<(ConnId, SignalTx)>,
+    pub disconnected_at: Option<Instant>,
+    pub publisher: Option<PeerKey>,
+    pub subscriber: Option<PeerKey>,
+    pub tracks: Vec<TrackKey>,
+    pub subs: Vec<SubKey>,
+    pub auto_subscribe: bool,
+    /// Track descriptions from the client's offers, by mid.
+    pub publish_meta: HashMap<String, PublishTrack>,
+    pub next_offer_id: u64,
+    pub pending_offer: Option<PendingOffer>,
+    /// Changes were made while an offer was out: offer again after the answer.
+    pub offer_again: bool,
+    pub ice_restart: bool,
+    pub has_channel: bool,
+    /// Subscriber transceivers to stop at the next offer.
+    pub stop_mids: Vec<Mid>,
+    /// Subscriber bandwidth estimate (bps), from TWCC.
+    pub bwe: Option<u64>,
+    /// Fraction of packets lost on the publisher connection, last report.
+    pub loss: f32,
+}
+
+pub struct Peer {
+    /// Unique for the engine's lifetime (slab keys are reused).
+    pub uid: u64,
+    pub rtc: Rtc,
+    pub part: PartKey,
+    pub kind: PcKind,
+    pub ufrag: String,
+    pub addrs: Vec<SocketAddr>,
+    pub next_timeout: Option<Instant>,
+    pub failed: bool,
+    /// Publisher: incoming SSRC -> (track, layer).
+    pub ssrc_map: HashMap<Ssrc, (TrackKey, u8)>,
+    /// Publisher: mid -> track.
+    pub mid_track: HashMap<Mid, TrackKey>,
+    /// Subscriber: mid -> subscription.
+    pub mid_sub: HashMap<Mid, SubKey>,
+    /// Subscriber: NACK totals last reported per mid.
+    pub egress_nacks: HashMap<Mid, u64>,
+}
+
+pub struct Layer {
+    pub rid: Option<Rid>,
+    pub bytes: u64,
+    pub bitrate: u64,
+    pub last_packet: Option<Instant>,
+    pub active: bool,
+}
+
+pub struct Track {
+    pub id: String,
+    pub owner: PartKey,
+    pub peer: PeerKey,
+    pub mid: Mid,
+    pub kind: TrackKind,
+    pub source: Source,
+    pub name: Option<String>,
+    pub codec: Codec,
+    pub clock_rate: u32,
+    pub layers: Vec<Layer>,
+    pub muted: bool,
+    pub subs: Vec<SubKey>,
+    pub throttles: Vec<Throttle>,
+    pub used_qualities: Vec<Quality>,
+}
+
+pub struct Sub {
+    pub track: TrackKey,
+    pub part: PartKey,
+    pub peer: PeerKey,
+    pub mid: Option<Mid>,
+    pub ssrc: Option<Ssrc>,
+    pub pt: Option<Pt>,
+    pub rewriter: Rewriter,
+    pub selector: LayerSelector,
+    pub max_quality: Quality,
+    pub paused: bool,
+}
+
+impl Track {
+    pub fn info(&self, participant_id: &str) -> crate::proto::TrackInfo {
+        crate::proto::TrackInfo {
+            id: self.id.clone(),
+            participant_id: participant_id.to_string(),
+            kind: self.kind,
+            source: self.source,
+            name: self.name.clone(),
+            layers: self.layers.len() as u8,
+            muted: self.muted,
+            codec: self.codec.mime().to_string(),
+        }
+    }
+
+    pub fn active_layers(&self) -> [bool; 3] {
+        let mut a = [false; 3];
+        for (i, l) in self.layers.iter().enumerate().take(3) {
+            a[i] = l.active;
+        }
+        a
+    }
+
+    pub fn bitrates(&self) -> [u64; 3] {
+        let mut b = [0; 3];
+        for (i, l) in self.layers.iter().enumerate().take(3) {
+            b[i] = l.bitrate;
+        }
+        b
+    }
+}
+
+/// Orders simulcast rids lowest quality first: by well-known names, else as given.
+pub fn order_rids(rids: &[String]) -> Vec<String> {
+    fn rank(r: &str) -> Option<u8> {
+        match r.to_ascii_lowercase().as_str() {
+            "q" | "l" | "low" | "0" | "quarter" => Some(0),
+            "h" | "m" | "mid" | "medium" | "1" | "half" => Some(1),
+            "f" | "hi" | "high" | "2" | "full" => Some(2),
+            _ => None,
+        }
+    }
+    if rids.iter().all(|r| rank(r).is_some()) {
+        let mut v = rids.to_vec();
+        v.sort_by_key(|r| rank(r));
+        v
+    } else {
+        rids.to_vec()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rid_ordering() {
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert_eq!(order_rids(&s(&["f", "h", "q"])), s(&["q", "h", "f"]));
+        assert_eq!(order_rids(&s(&["high", "low", "mid"])), s(&["low", "mid", "high"]));
+        assert_eq!(order_rids(&s(&["a", "b", "c"])), s(&["a", "b", "c"]));
+    }
+}

@@ -1,0 +1,140 @@
+//! Prometheus metrics of the media plane. The hot path bumps plain integers in
+//! [`Counters`]; [`Metrics::flush`] moves them to Prometheus about once a second, so
+//! forwarding a packet costs no atomic operation.
+
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    local::LocalHistogram,
+};
+
+/// Counts kept by the media worker between flushes.
+#[derive(Debug, Default, Clone)]
+pub struct Counters {
+    pub packets_in: u64,
+    pub bytes_in: u64,
+    pub packets_out: u64,
+    pub bytes_out: u64,
+    pub rtp_forwarded: u64,
+    pub nacks_received: u64,
+    pub keyframe_requests_received: u64,
+    pub plis_sent: u64,
+    pub drop_unknown_source: u64,
+    pub drop_malformed: u64,
+    pub drop_send_failed: u64,
+    pub drop_layer: u64,
+    pub peer_panics: u64,
+    pub signal_drops: u64,
+}
+
+#[derive(Clone)]
+pub struct Metrics {
+    pub rooms: IntGauge,
+    pub participants: IntGauge,
+    pub tracks: IntGauge,
+    pub subscriptions: IntGauge,
+    packets_in: IntCounter,
+    bytes_in: IntCounter,
+    packets_out: IntCounter,
+    bytes_out: IntCounter,
+    rtp_forwarded: IntCounter,
+    nacks_received: IntCounter,
+    keyframe_requests_received: IntCounter,
+    plis_sent: IntCounter,
+    drops: IntCounterVec,
+    peer_panics: IntCounter,
+    signal_drops: IntCounter,
+    pub forward_latency: Histogram,
+    pub worker_cpu_seconds: IntCounterVec,
+}
+
+fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::with_opts(Opts::new(name, help).subsystem("sfu")).expect("valid metric");
+    r.register(Box::new(c.clone())).expect("metric registered once");
+    c
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::with_opts(Opts::new(name, help).subsystem("sfu")).expect("valid metric");
+    r.register(Box::new(g.clone())).expect("metric registered once");
+    g
+}
+
+impl Metrics {
+    pub fn new(r: &Registry) -> Metrics {
+        let drops = IntCounterVec::new(
+            Opts::new("dropped_packets_total", "Packets dropped, by reason").subsystem("sfu"),
+            &["reason"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(drops.clone())).expect("metric registered once");
+        let forward_latency = Histogram::with_opts(
+            HistogramOpts::new(
+                "forward_latency_seconds",
+                "Time from receiving a media packet to handing its forwarded copies to the socket",
+            )
+            .subsystem("sfu")
+            .buckets(vec![
+                0.000_025, 0.000_05, 0.000_1, 0.000_2, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.05,
+            ]),
+        )
+        .expect("valid metric");
+        r.register(Box::new(forward_latency.clone())).expect("metric registered once");
+        let worker_cpu_seconds = IntCounterVec::new(
+            Opts::new("worker_cpu_microseconds_total", "CPU time used by each media worker thread")
+                .subsystem("sfu"),
+            &["worker"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(worker_cpu_seconds.clone())).expect("metric registered once");
+        Metrics {
+            rooms: gauge(r, "rooms", "Open rooms"),
+            participants: gauge(r, "participants", "Participants in all rooms"),
+            tracks: gauge(r, "tracks", "Published tracks"),
+            subscriptions: gauge(r, "subscriptions", "Track subscriptions (downtracks)"),
+            packets_in: counter(r, "packets_received_total", "Datagrams received on the media ports"),
+            bytes_in: counter(r, "bytes_received_total", "Bytes received on the media ports"),
+            packets_out: counter(r, "packets_sent_total", "Datagrams sent on the media ports"),
+            bytes_out: counter(r, "bytes_sent_total", "Bytes sent on the media ports"),
+            rtp_forwarded: counter(r, "rtp_forwarded_total", "RTP packets forwarded to subscribers"),
+            nacks_received: counter(r, "nacks_received_total", "NACKs received from subscribers"),
+            keyframe_requests_received: counter(
+                r,
+                "keyframe_requests_received_total",
+                "PLI/FIR received from subscribers",
+            ),
+            plis_sent: counter(r, "plis_sent_total", "Keyframe requests sent to publishers"),
+            drops,
+            peer_panics: counter(r, "peer_panics_total", "Peers closed because the WebRTC stack panicked"),
+            signal_drops: counter(
+                r,
+                "signal_slow_consumers_total",
+                "Signalling connections dropped because the client did not read fast enough",
+            ),
+            forward_latency,
+            worker_cpu_seconds,
+        }
+    }
+
+    pub fn local_latency(&self) -> LocalHistogram {
+        self.forward_latency.local()
+    }
+
+    /// Moves the counts to Prometheus and zeroes them.
+    pub fn flush(&self, c: &mut Counters) {
+        let c = std::mem::take(c);
+        self.packets_in.inc_by(c.packets_in);
+        self.bytes_in.inc_by(c.bytes_in);
+        self.packets_out.inc_by(c.packets_out);
+        self.bytes_out.inc_by(c.bytes_out);
+        self.rtp_forwarded.inc_by(c.rtp_forwarded);
+        self.nacks_received.inc_by(c.nacks_received);
+        self.keyframe_requests_received.inc_by(c.keyframe_requests_received);
+        self.plis_sent.inc_by(c.plis_sent);
+        self.drops.with_label_values(&["unknown_source"]).inc_by(c.drop_unknown_source);
+        self.drops.with_label_values(&["malformed"]).inc_by(c.drop_malformed);
+        self.drops.with_label_values(&["send_failed"]).inc_by(c.drop_send_failed);
+        self.drops.with_label_values(&["layer_not_selected"]).inc_by(c.drop_layer);
+        self.peer_panics.inc_by(c.peer_panics);
+        self.signal_drops.inc_by(c.signal_drops);
+    }
+}

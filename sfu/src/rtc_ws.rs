@@ -1,0 +1,193 @@
+//! `GET /rtc?access_token=...`: the WebSocket that carries a participant's signalling
+//! (see `docs/protocol.md`). The token is checked before the upgrade; afterwards each
+//! text frame is one [`ClientMsg`], handed to the media worker.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::mpsc;
+
+use crate::engine::{Command, ConnId};
+use crate::proto::{ClientMsg, ErrorCode, ServerMsg};
+
+/// Largest text frame accepted.
+pub const MAX_FRAME: usize = 64 * 1024;
+/// Messages a client may send per second (burst), sustained rate below.
+const RATE_BURST: f64 = 50.0;
+const RATE_PER_SEC: f64 = 20.0;
+/// Time allowed for the first message (`join` or `resume`).
+const FIRST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(15);
+
+#[derive(Clone)]
+pub struct RtcState {
+    pub keys: common::Keys,
+    pub commands: mpsc::UnboundedSender<Command>,
+    pub next_conn: Arc<AtomicU64>,
+}
+
+/// A refusal before the upgrade: status and a JSON body saying why.
+pub fn refuse(status: StatusCode, message: &str) -> Response {
+    (status, [(header::CONTENT_TYPE, "application/json")], serde_json::json!({ "error": message }).to_string())
+        .into_response()
+}
+
+/// The bearer token from `Authorization: Bearer` or the `access_token` query parameter.
+pub fn bearer<'a>(headers: &'a HeaderMap, query: &'a HashMap<String, String>) -> &'a str {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .or_else(|| query.get("access_token").map(String::as_str))
+        .unwrap_or("")
+        .trim()
+}
+
+pub async fn rtc_handler(
+    State(st): State<RtcState>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Response {
+    let claims = match st.keys.verify(bearer(&headers, &query)) {
+        Ok(c) => c,
+        Err(e) => return refuse(StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::UNAUTHORIZED), &e.to_string()),
+    };
+    if claims.room.is_none() {
+        return refuse(StatusCode::FORBIDDEN, "access token opens no room: mint one with --room");
+    }
+    if !claims.grants.publish && !claims.grants.subscribe {
+        return refuse(StatusCode::FORBIDDEN, "access token grants neither publish nor subscribe");
+    }
+    let Ok(ws) = ws else {
+        return refuse(StatusCode::BAD_REQUEST, "this endpoint expects a WebSocket upgrade");
+    };
+    ws.max_message_size(MAX_FRAME)
+        .max_frame_size(MAX_FRAME)
+        .on_upgrade(move |socket| session(socket, st, claims))
+}
+
+fn text(msg: &ServerMsg) -> Message {
+    Message::Text(serde_json::to_string(msg).expect("server messages serialize").into())
+}
+
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn take(&mut self) -> bool {
+        let now = Instant::now();
+        self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * RATE_PER_SEC).min(RATE_BURST);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+async fn session(socket: WebSocket, st: RtcState, claims: common::Claims) {
+    let conn = ConnId(st.next_conn.fetch_add(1, Ordering::Relaxed));
+    let (mut sink, mut stream) = socket.split();
+    let (tx, mut rx) = mpsc::channel::<ServerMsg>(256);
+    let mut tx = Some(tx);
+    let mut joined = false;
+    let mut bucket = Bucket { tokens: RATE_BURST, at: Instant::now() };
+    let first_deadline = tokio::time::sleep(FIRST_MESSAGE_TIMEOUT);
+    tokio::pin!(first_deadline);
+    loop {
+        tokio::select! {
+            _ = &mut first_deadline, if !joined => {
+                let _ = sink.send(text(&ServerMsg::Error { code: ErrorCode::BadState, message: "send `join` or `resume` first".into() })).await;
+                break;
+            }
+            incoming = stream.next() => {
+                let frame = match incoming {
+                    Some(Ok(f)) => f,
+                    _ => break,
+                };
+                let raw = match frame {
+                    Message::Text(t) => t,
+                    Message::Close(_) => break,
+                    Message::Binary(_) => {
+                        let e = ServerMsg::Error { code: ErrorCode::BadMessage, message: "binary frames are not used: send JSON text".into() };
+                        if sink.send(text(&e)).await.is_err() { break; }
+                        continue;
+                    }
+                    _ => continue,
+                };
+                if !bucket.take() {
+                    let e = ServerMsg::Error { code: ErrorCode::Limit, message: format!("more than {RATE_PER_SEC} messages a second; slow down") };
+                    if sink.send(text(&e)).await.is_err() { break; }
+                    continue;
+                }
+                let msg: ClientMsg = match serde_json::from_str(raw.as_str()) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        let e = ServerMsg::Error { code: ErrorCode::BadMessage, message: format!("not a valid message: {e}") };
+                        if sink.send(text(&e)).await.is_err() { break; }
+                        continue;
+                    }
+                };
+                let cmd = if joined {
+                    match msg {
+                        ClientMsg::Leave => {
+                            let _ = st.commands.send(Command::Client { conn, msg: ClientMsg::Leave });
+                            // The engine answers `left`; drain until it does.
+                            continue;
+                        }
+                        m => Command::Client { conn, msg: m },
+                    }
+                } else {
+                    match msg {
+                        ClientMsg::Join { auto_subscribe } => {
+                            joined = true;
+                            Command::Join { conn, claims: claims.clone(), tx: tx.take().expect("one join"), auto_subscribe }
+                        }
+                        ClientMsg::Resume { session_id } => {
+                            joined = true;
+                            Command::Resume { conn, claims: claims.clone(), tx: tx.take().expect("one join"), session_id }
+                        }
+                        _ => {
+                            let e = ServerMsg::Error { code: ErrorCode::BadState, message: "send `join` or `resume` first".into() };
+                            if sink.send(text(&e)).await.is_err() { break; }
+                            continue;
+                        }
+                    }
+                };
+                if st.commands.send(cmd).is_err() {
+                    let _ = sink.send(text(&ServerMsg::Left { reason: "server shutting down".into() })).await;
+                    break;
+                }
+            }
+            out = rx.recv(), if joined => {
+                match out {
+                    Some(m) => {
+                        let end = matches!(m, ServerMsg::Left { .. });
+                        if sink.send(text(&m)).await.is_err() { break; }
+                        if end {
+                            let _ = sink.send(Message::Close(Some(CloseFrame { code: 1000, reason: "left".into() }))).await;
+                            break;
+                        }
+                    }
+                    // The engine dropped this connection (slow reader, resume elsewhere).
+                    None => {
+                        let _ = sink.send(Message::Close(Some(CloseFrame { code: 4000, reason: "session moved or too slow".into() }))).await;
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    let _ = st.commands.send(Command::Closed { conn });
+}

@@ -1,0 +1,231 @@
+//! The media worker: a thread of its own that owns the UDP socket, the ICE-TCP listener
+//! and the [`Engine`], and feeds it datagrams, commands and time. Nothing else runs on
+//! it, so HTTP or chat load cannot delay packets.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use str0m::net::Protocol;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::{mpsc, watch};
+
+use crate::Config;
+use crate::engine::{Command, Engine, EngineConfig, Io};
+use crate::metrics::Metrics;
+
+/// Largest datagram accepted.
+const MAX_DATAGRAM: usize = 2048;
+/// Datagrams handled per socket wake-up before timers and commands get a turn.
+const BATCH: usize = 64;
+
+enum TcpEvent {
+    Opened(SocketAddr, mpsc::Sender<Vec<u8>>),
+    Data(SocketAddr, Vec<u8>),
+    Closed(SocketAddr),
+}
+
+pub struct Worker {
+    pub commands: mpsc::UnboundedSender<Command>,
+    pub udp_addr: SocketAddr,
+    pub tcp_addr: Option<SocketAddr>,
+    shutdown: watch::Sender<bool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Worker {
+    pub fn spawn(cfg: &Config, metrics: Metrics) -> anyhow::Result<Worker> {
+        let udp = std::net::UdpSocket::bind(cfg.udp_listen)
+            .with_context(|| format!("binding media UDP {} (is another maxd running?)", cfg.udp_listen))?;
+        udp.set_nonblocking(true)?;
+        let udp_addr = udp.local_addr()?;
+        let tcp = match cfg.tcp_listen {
+            Some(a) => {
+                let l = std::net::TcpListener::bind(a)
+                    .with_context(|| format!("binding ICE-TCP {a} (is another maxd running?)"))?;
+                l.set_nonblocking(true)?;
+                Some(l)
+            }
+            None => None,
+        };
+        let tcp_addr = tcp.as_ref().map(|l| l.local_addr()).transpose()?;
+        let advertise = |a: SocketAddr| match cfg.public_ip {
+            Some(ip) => SocketAddr::new(ip, a.port()),
+            None => a,
+        };
+        let ecfg = EngineConfig {
+            udp_candidate: advertise(udp_addr),
+            tcp_candidate: tcp_addr.map(advertise),
+            empty_room_grace: cfg.empty_room_grace,
+            resume_window: cfg.resume_window,
+            keyframe_interval: cfg.keyframe_request_interval,
+            max_participants: cfg.max_participants_per_room,
+        };
+        let engine = Engine::new(ecfg, Some(metrics.clone()), Instant::now()).map_err(anyhow::Error::msg)?;
+        let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let thread = std::thread::Builder::new()
+            .name("maxd-media-0".into())
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("a current-thread runtime");
+                rt.block_on(async move {
+                    let udp = UdpSocket::from_std(udp).expect("registering the UDP socket");
+                    let tcp = tcp.map(|l| TcpListener::from_std(l).expect("registering the TCP listener"));
+                    run(engine, udp, tcp, cmd_rx, stop_rx, metrics).await;
+                });
+            })
+            .context("starting the media worker thread")?;
+        tracing::info!(udp = %udp_addr, tcp = ?tcp_addr, "media listening");
+        Ok(Worker { commands: cmd_tx, udp_addr, tcp_addr, shutdown: stop_tx, thread: Some(thread) })
+    }
+
+    pub fn stop(&mut self) {
+        let _ = self.shutdown.send(true);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+struct WorkerIo<'a> {
+    udp: &'a UdpSocket,
+    tcp: HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>,
+}
+
+impl Io for WorkerIo<'_> {
+    fn transmit(&mut self, proto: Protocol, _source: SocketAddr, destination: SocketAddr, data: &[u8]) -> bool {
+        match proto {
+            Protocol::Udp => self.udp.try_send_to(data, destination).is_ok(),
+            Protocol::Tcp => match self.tcp.get(&destination) {
+                Some(tx) => tx.try_send(data.to_vec()).is_ok(),
+                None => false,
+            },
+            _ => false,
+        }
+    }
+}
+
+fn thread_cpu_micros() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes into the timespec we own; the clock id is valid on Linux.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return 0;
+    }
+    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1000
+}
+
+async fn run(
+    mut engine: Engine,
+    udp: UdpSocket,
+    tcp: Option<TcpListener>,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+    mut stop: watch::Receiver<bool>,
+    metrics: Metrics,
+) {
+    let local = udp.local_addr().expect("bound socket");
+    let tcp_local = tcp.as_ref().and_then(|l| l.local_addr().ok());
+    let mut io = WorkerIo { udp: &udp, tcp: HashMap::new() };
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    let (tcp_tx, mut tcp_rx) = mpsc::channel::<TcpEvent>(4096);
+    let sleep = tokio::time::sleep_until(engine.poll_timeout().into());
+    tokio::pin!(sleep);
+    let cpu = metrics.worker_cpu_seconds.with_label_values(&["0"]);
+    let mut cpu_last = thread_cpu_micros();
+    let mut cpu_next = Instant::now() + Duration::from_secs(1);
+    loop {
+        sleep.as_mut().reset(engine.poll_timeout().into());
+        tokio::select! {
+            biased;
+            _ = stop.changed() => break,
+            r = udp.readable() => {
+                if r.is_err() { continue; }
+                for _ in 0..BATCH {
+                    match udp.try_recv_from(&mut buf) {
+                        Ok((n, src)) => {
+                            engine.handle_datagram(Instant::now(), Protocol::Udp, src, local, &buf[..n], &mut io);
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                        Err(e) => {
+                            // ICMP errors (port unreachable) surface here on Linux; harmless.
+                            tracing::trace!(error = %e, "udp receive error");
+                            break;
+                        }
+                    }
+                }
+            }
+            Some(cmd) = commands.recv() => engine.handle_command(Instant::now(), cmd, &mut io),
+            Some(ev) = tcp_rx.recv() => match ev {
+                TcpEvent::Opened(a, tx) => { io.tcp.insert(a, tx); }
+                TcpEvent::Data(a, d) => {
+                    if let Some(l) = tcp_local {
+                        engine.handle_datagram(Instant::now(), Protocol::Tcp, a, l, &d, &mut io);
+                    }
+                }
+                TcpEvent::Closed(a) => { io.tcp.remove(&a); }
+            },
+            acc = async { match &tcp { Some(l) => l.accept().await, None => std::future::pending().await } } => {
+                if let Ok((stream, peer)) = acc {
+                    tokio::spawn(tcp_conn(stream, peer, tcp_tx.clone()));
+                }
+            }
+            _ = &mut sleep => engine.handle_timeout(Instant::now(), &mut io),
+        }
+        let now = Instant::now();
+        if now >= cpu_next {
+            cpu_next = now + Duration::from_secs(1);
+            let c = thread_cpu_micros();
+            cpu.inc_by(c.saturating_sub(cpu_last));
+            cpu_last = c;
+        }
+    }
+    tracing::info!("media worker stopped");
+}
+
+/// One ICE-TCP connection: RFC 4571 framing (16-bit length, then the datagram).
+async fn tcp_conn(stream: TcpStream, peer: SocketAddr, events: mpsc::Sender<TcpEvent>) {
+    let _ = stream.set_nodelay(true);
+    let (mut rd, mut wr) = stream.into_split();
+    let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(1024);
+    if events.send(TcpEvent::Opened(peer, out_tx)).await.is_err() {
+        return;
+    }
+    let writer = tokio::spawn(async move {
+        while let Some(d) = out_rx.recv().await {
+            let len = (d.len().min(u16::MAX as usize) as u16).to_be_bytes();
+            if wr.write_all(&len).await.is_err() || wr.write_all(&d).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut len = [0u8; 2];
+    loop {
+        if rd.read_exact(&mut len).await.is_err() {
+            break;
+        }
+        let n = u16::from_be_bytes(len) as usize;
+        if n == 0 || n > MAX_DATAGRAM {
+            break;
+        }
+        let mut d = vec![0u8; n];
+        if rd.read_exact(&mut d).await.is_err() {
+            break;
+        }
+        if events.send(TcpEvent::Data(peer, d)).await.is_err() {
+            break;
+        }
+    }
+    writer.abort();
+    let _ = events.send(TcpEvent::Closed(peer)).await;
+}
