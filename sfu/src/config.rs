@@ -48,6 +48,12 @@ impl Config {
         if self.max_participants_per_room == 0 {
             return Err("max_participants_per_room must be at least 1".into());
         }
+        if self.udp_listen.ip().is_unspecified() && self.public_ip.is_none() {
+            return Err(format!(
+                "udp_listen {} binds every interface, so it cannot be advertised to clients: set public_ip to the address clients reach",
+                self.udp_listen
+            ));
+        }
         if self.resume_window > Duration::from_secs(600) {
             return Err("resume_window may be at most 10m".into());
         }

@@ -443,6 +443,7 @@ fn three_publishers_with_loss_jitter_and_garbage() {
             let last = *uniq.iter().max().unwrap();
             let span = (last - first + 1) as f64;
             let got = uniq.len() as f64 / span;
+            eprintln!("client {i} track {t} video={video}: {} packets, {} unique of span {span}, lost sent {}", r.packets.len(), uniq.len(), w.net.lost);
             if video {
                 // Two lossy hops (~6 % lost) repaired by NACK on both.
                 assert!(got > 0.985, "client {i} video {t}: {:.3} of frames after repair", got);

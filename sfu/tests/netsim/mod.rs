@@ -62,10 +62,6 @@ impl Net {
         self.heap.push(Reverse((at, id)));
     }
 
-    pub fn next_at(&self) -> Option<Instant> {
-        self.heap.peek().map(|r| r.0.0)
-    }
-
     /// The next datagram due at or before `now`.
     pub fn pop_due(&mut self, now: Instant) -> Option<Datagram> {
         let Reverse((at, id)) = *self.heap.peek()?;
