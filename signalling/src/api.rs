@@ -1,0 +1,361 @@
+//! REST routes. Every body is JSON; every error is `{"error": code, "message": text}`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{ConnectInfo, FromRequest, Path, Query, Request, State, WebSocketUpgrade};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, patch, post};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+use crate::App;
+use crate::auth::Caller;
+use crate::error::{ApiError, ApiResult};
+use crate::model::{ChatKind, NewMessage, Role};
+use crate::users::ProfilePatch;
+
+type S = State<Arc<App>>;
+
+/// JSON body whose rejection is an [`ApiError`] naming what is wrong.
+pub struct Body<T>(pub T);
+
+impl<T: DeserializeOwned, St: Send + Sync> FromRequest<St> for Body<T> {
+    type Rejection = ApiError;
+    async fn from_request(req: Request, state: &St) -> Result<Self, ApiError> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(Body(v)),
+            Err(JsonRejection::BytesRejection(e)) => Err(ApiError::TooLarge(format!("request body: {}", e.body_text()))),
+            Err(e) => Err(ApiError::BadRequest(format!("invalid JSON body: {}", e.body_text()))),
+        }
+    }
+}
+
+pub fn router(app: Arc<App>) -> axum::Router {
+    let limit = app.cfg.max_frame_bytes;
+    axum::Router::new()
+        .route("/api/openapi.json", get(openapi))
+        .route("/api/auth/code", post(request_code))
+        .route("/api/auth/verify", post(verify))
+        .route("/api/auth/refresh", post(refresh))
+        .route("/api/auth/logout", post(logout))
+        .route("/api/auth/logout_all", post(logout_all))
+        .route("/api/sessions", get(sessions))
+        .route("/api/sessions/{id}", delete(revoke_session))
+        .route("/api/me", get(me).patch(update_me))
+        .route("/api/users/{id}", get(user))
+        .route("/api/users/lookup", post(lookup))
+        .route("/api/dialogs", post(open_dialog))
+        .route("/api/chats", get(list_chats).post(create_chat))
+        .route("/api/chats/{id}", get(chat).patch(rename))
+        .route("/api/chats/{id}/members", get(members).post(add_member))
+        .route("/api/chats/{id}/members/{user}", delete(remove_member).patch(set_role))
+        .route("/api/chats/{id}/leave", post(leave))
+        .route("/api/chats/{id}/messages", get(history).post(send))
+        .route("/api/chats/{id}/messages/{seq}", patch(edit).delete(delete_msg))
+        .route("/api/chats/{id}/messages/{seq}/reactions", post(react_add).delete(react_remove))
+        .route("/api/chats/{id}/events", get(events))
+        .route("/api/chats/{id}/read", post(read))
+        .route("/api/chats/{id}/delivered", post(delivered))
+        .route("/api/chats/{id}/typing", post(typing))
+        .route("/api/bots", post(create_bot))
+        .route("/api/bot/{token}/getMe", get(bot_me).post(bot_me))
+        .route("/api/bot/{token}/getUpdates", get(bot_updates).post(bot_updates))
+        .route("/api/bot/{token}/sendMessage", post(bot_send))
+        .route("/api/bot/{token}/setWebhook", post(bot_set_webhook))
+        .route("/api/bot/{token}/deleteWebhook", post(bot_delete_webhook))
+        .route("/ws", get(ws))
+        .layer(axum::extract::DefaultBodyLimit::max(limit))
+        .with_state(app)
+}
+
+async fn openapi() -> Response {
+    ([(axum::http::header::CONTENT_TYPE, "application/json")], include_str!("../openapi.json")).into_response()
+}
+
+#[derive(Deserialize)]
+struct CodeReq {
+    phone: String,
+}
+
+async fn request_code(State(app): S, ConnectInfo(addr): ConnectInfo<SocketAddr>, Body(r): Body<CodeReq>) -> ApiResult<Json<Value>> {
+    Ok(Json(app.request_code(&r.phone, addr.ip()).await?))
+}
+
+#[derive(Deserialize)]
+struct VerifyReq {
+    phone: String,
+    code: String,
+    #[serde(default)]
+    device_name: String,
+}
+
+async fn verify(State(app): S, Body(r): Body<VerifyReq>) -> ApiResult<Json<Value>> {
+    let t = app.verify_code(&r.phone, &r.code, &r.device_name).await?;
+    Ok(Json(serde_json::to_value(t).map_err(|e| ApiError::Internal(e.into()))?))
+}
+
+#[derive(Deserialize)]
+struct RefreshReq {
+    refresh_token: String,
+}
+
+async fn refresh(State(app): S, Body(r): Body<RefreshReq>) -> ApiResult<Json<Value>> {
+    let t = app.refresh(&r.refresh_token).await?;
+    Ok(Json(serde_json::to_value(t).map_err(|e| ApiError::Internal(e.into()))?))
+}
+
+async fn logout(State(app): S, c: Caller) -> ApiResult<Json<Value>> {
+    app.revoke(&c, Some(&c.session_id.clone())).await?;
+    Ok(Json(json!({"revoked": 1})))
+}
+
+async fn logout_all(State(app): S, c: Caller) -> ApiResult<Json<Value>> {
+    let n = app.revoke(&c, None).await?;
+    Ok(Json(json!({"revoked": n})))
+}
+
+async fn sessions(State(app): S, c: Caller) -> ApiResult<Json<Value>> {
+    Ok(Json(json!({"sessions": app.list_sessions(&c).await?})))
+}
+
+async fn revoke_session(State(app): S, c: Caller, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    app.revoke(&c, Some(&id)).await?;
+    Ok(Json(json!({"revoked": 1})))
+}
+
+async fn me(State(app): S, c: Caller) -> ApiResult<Json<Value>> {
+    Ok(Json(app.me(&c).await?))
+}
+
+async fn update_me(State(app): S, c: Caller, Body(p): Body<ProfilePatch>) -> ApiResult<Json<Value>> {
+    Ok(Json(app.update_me(&c, p).await?))
+}
+
+async fn user(State(app): S, c: Caller, Path(id): Path<i64>) -> ApiResult<Json<Value>> {
+    Ok(Json(app.user_profile(&c, id).await?))
+}
+
+async fn lookup(State(app): S, c: Caller, Body(r): Body<CodeReq>) -> ApiResult<Json<Value>> {
+    Ok(Json(app.lookup_phone(&c, &r.phone).await?))
+}
+
+#[derive(Deserialize)]
+struct DialogReq {
+    user_id: i64,
+}
+
+async fn open_dialog(State(app): S, c: Caller, Body(r): Body<DialogReq>) -> ApiResult<Json<Value>> {
+    Ok(Json(json!(app.open_dialog(&c, r.user_id).await?)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateChat {
+    kind: ChatKind,
+    title: String,
+    #[serde(default)]
+    members: Vec<i64>,
+}
+
+async fn create_chat(State(app): S, c: Caller, Body(r): Body<CreateChat>) -> ApiResult<Json<Value>> {
+    Ok(Json(json!(app.create_chat(&c, r.kind, &r.title, &r.members).await?)))
+}
+
+async fn list_chats(State(app): S, c: Caller) -> ApiResult<Json<Value>> {
+    Ok(Json(json!({"chats": app.list_chats(&c).await?})))
+}
+
+async fn chat(State(app): S, c: Caller, Path(id): Path<i64>) -> ApiResult<Json<Value>> {
+    Ok(Json(json!(app.chat_info(c.user_id, id).await?)))
+}
+
+#[derive(Deserialize)]
+struct RenameReq {
+    title: String,
+}
+
+async fn rename(State(app): S, c: Caller, Path(id): Path<i64>, Body(r): Body<RenameReq>) -> ApiResult<Json<Value>> {
+    Ok(Json(json!({"seq": app.rename(&c, id, &r.title).await?})))
+}
+
+async fn members(State(app): S, c: Caller, Path(id): Path<i64>) -> ApiResult<Json<Value>> {
+    Ok(Json(json!({"members": app.list_members(&c, id).await?})))
+}
+
+async fn add_member(State(app): S, c: Caller, Path(id): Path<i64>, Body(r): Body<DialogReq>) -> ApiResult<Json<Value>> {
+    Ok(Json(json!({"seq": app.add_member(&c, id, r.user_id).await?})))
+}
+
+async fn remove_member(State(app): S, c: Caller, Path((id, user)): Path<(i64, i64)>) -> ApiResult<Json<Value>> {
+    Ok(Json(json!({"seq": app.remove_member(&c, id, user).await?})))
+}
+
+#[derive(Deserialize)]
+struct RoleReq {
+    role: Role,
+}
+
+async fn set_role(State(app): S, c: Caller, Path((id, user)): Path<(i64, i64)>, Body(r): Body<RoleReq>) -> ApiResult<Json<Value>> {
+    Ok(Json(json!({"seq": app.set_role(&c, id, user, r.role).await?})))
+}
+
+async fn leave(State(app): S, c: Caller, Path(id): Path<i64>) -> ApiResult<Json<Value>> {
+    Ok(Json(json!({"seq": app.remove_member(&c, id, c.user_id).await?})))
+}
+
+#[derive(Deserialize)]
+struct Page {
+    before: Option<i64>,
+    limit: Option<i64>,
+}
+
+async fn history(State(app): S, c: Caller, Path(id): Path<i64>, Query(p): Query<Page>) -> ApiResult<Json<Value>> {
+    let (msgs, next) = app.history(&c, id, p.before, p.limit.unwrap_or(50)).await?;
+    Ok(Json(json!({"messages": msgs, "next_before": next})))
+}
+
+async fn send(State(app): S, c: Caller, Path(id): Path<i64>, Body(m): Body<NewMessage>) -> ApiResult<Json<Value>> {
+    Ok(Json(json!(app.send_message(&c, id, m).await?)))
+}
+
+#[derive(Deserialize)]
+struct EditReq {
+    text: String,
+}
+
+async fn edit(State(app): S, c: Caller, Path((id, seq)): Path<(i64, i64)>, Body(r): Body<EditReq>) -> ApiResult<Json<Value>> {
+    Ok(Json(json!({"seq": app.edit_message(&c, id, seq, r.text).await?})))
+}
+
+#[derive(Deserialize)]
+struct DeleteQ {
+    #[serde(default)]
+    for_everyone: bool,
+}
+
+async fn delete_msg(State(app): S, c: Caller, Path((id, seq)): Path<(i64, i64)>, Query(q): Query<DeleteQ>) -> ApiResult<Json<Value>> {
+    Ok(Json(json!({"seq": app.delete_message(&c, id, seq, q.for_everyone).await?})))
+}
+
+#[derive(Deserialize)]
+struct EmojiReq {
+    emoji: String,
+}
+
+async fn react_add(State(app): S, c: Caller, Path((id, seq)): Path<(i64, i64)>, Body(r): Body<EmojiReq>) -> ApiResult<Json<Value>> {
+    Ok(Json(json!({"seq": app.react(&c, id, seq, &r.emoji, true).await?})))
+}
+
+async fn react_remove(State(app): S, c: Caller, Path((id, seq)): Path<(i64, i64)>, Body(r): Body<EmojiReq>) -> ApiResult<Json<Value>> {
+    Ok(Json(json!({"seq": app.react(&c, id, seq, &r.emoji, false).await?})))
+}
+
+#[derive(Deserialize)]
+struct AfterQ {
+    after: i64,
+    limit: Option<i64>,
+}
+
+async fn events(State(app): S, c: Caller, Path(id): Path<i64>, Query(q): Query<AfterQ>) -> ApiResult<Json<Value>> {
+    let (_, _, joined) = app.membership(id, c.user_id).await?;
+    let rows = app.events_after(id, q.after, joined, q.limit.unwrap_or(100).clamp(1, 500)).await?;
+    let evs: Vec<Value> = rows.into_iter().map(|(_, b)| serde_json::from_str(&b).unwrap_or(Value::Null)).collect();
+    Ok(Json(json!({"events": evs})))
+}
+
+#[derive(Deserialize)]
+struct SeqReq {
+    seq: i64,
+}
+
+async fn read(State(app): S, c: Caller, Path(id): Path<i64>, Body(r): Body<SeqReq>) -> ApiResult<Json<Value>> {
+    app.receipt(&c, id, r.seq, true).await?;
+    Ok(Json(json!({})))
+}
+
+async fn delivered(State(app): S, c: Caller, Path(id): Path<i64>, Body(r): Body<SeqReq>) -> ApiResult<Json<Value>> {
+    app.receipt(&c, id, r.seq, false).await?;
+    Ok(Json(json!({})))
+}
+
+async fn typing(State(app): S, c: Caller, Path(id): Path<i64>) -> ApiResult<Json<Value>> {
+    app.typing(&c, id).await?;
+    Ok(Json(json!({})))
+}
+
+#[derive(Deserialize)]
+struct BotReq {
+    name: String,
+}
+
+async fn create_bot(State(app): S, c: Caller, Body(r): Body<BotReq>) -> ApiResult<Json<Value>> {
+    Ok(Json(app.create_bot(&c, &r.name).await?))
+}
+
+async fn bot_me(State(app): S, Path(token): Path<String>) -> ApiResult<Json<Value>> {
+    let b = app.bot_caller(&token).await?;
+    Ok(Json(app.me(&b).await?))
+}
+
+#[derive(Deserialize)]
+struct UpdatesQ {
+    #[serde(default)]
+    offset: i64,
+    limit: Option<i64>,
+    #[serde(default)]
+    timeout: u64,
+}
+
+async fn bot_updates(State(app): S, Path(token): Path<String>, Query(q): Query<UpdatesQ>) -> ApiResult<Json<Value>> {
+    let b = app.bot_caller(&token).await?;
+    let ups = app.get_updates(&b, q.offset, q.limit.unwrap_or(100), Duration::from_secs(q.timeout)).await?;
+    Ok(Json(json!({"ok": true, "result": ups})))
+}
+
+#[derive(Deserialize)]
+struct BotSend {
+    chat_id: i64,
+    #[serde(flatten)]
+    message: NewMessage,
+}
+
+async fn bot_send(State(app): S, Path(token): Path<String>, Body(r): Body<BotSend>) -> ApiResult<Json<Value>> {
+    let b = app.bot_caller(&token).await?;
+    Ok(Json(json!({"ok": true, "result": app.send_message(&b, r.chat_id, r.message).await?})))
+}
+
+#[derive(Deserialize)]
+struct HookReq {
+    url: String,
+    secret_token: Option<String>,
+}
+
+async fn bot_set_webhook(State(app): S, Path(token): Path<String>, Body(r): Body<HookReq>) -> ApiResult<Json<Value>> {
+    let b = app.bot_caller(&token).await?;
+    app.set_webhook(&b, Some(&r.url), r.secret_token.as_deref()).await?;
+    Ok(Json(json!({"ok": true})))
+}
+
+async fn bot_delete_webhook(State(app): S, Path(token): Path<String>) -> ApiResult<Json<Value>> {
+    let b = app.bot_caller(&token).await?;
+    app.set_webhook(&b, None, None).await?;
+    Ok(Json(json!({"ok": true})))
+}
+
+async fn ws(State(app): S, up: WebSocketUpgrade, c: Result<Caller, ApiError>) -> Response {
+    let c = match c {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
+    let max = app.cfg.max_frame_bytes;
+    up.max_message_size(max * 16)
+        .max_frame_size(max * 16)
+        .read_buffer_size(4096)
+        .write_buffer_size(0)
+        .on_upgrade(move |socket| crate::ws::run(app, socket, c))
+}

@@ -1,0 +1,77 @@
+//! `[signalling]` configuration.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// `[signalling]` section of the config. Every key is documented in `configs/maxd.toml`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// PostgreSQL URL (`postgres://user:pass@host/db`). Empty: SQLite in the data directory.
+    pub database_url: String,
+    /// Country calling codes allowed to register (7 = Russia, 375 = Belarus).
+    pub allowed_country_codes: Vec<u16>,
+    /// Domain named in the last line of the SMS (`@host #123456`) for code autofill.
+    pub sms_domain: String,
+    /// SMS provider: `dev` (codes written to `<data_dir>/sms-codes.jsonl`, dev mode only)
+    /// or `http` (JSON posted to `sms_gateway_url`).
+    pub sms_provider: String,
+    /// Gateway URL for the `http` provider (plain `http://`).
+    pub sms_gateway_url: String,
+    /// Value of the `Authorization` header sent to the gateway, if any.
+    pub sms_gateway_auth: String,
+    /// How long a code stays valid.
+    #[serde(with = "humantime_serde")]
+    pub code_ttl: Duration,
+    /// Least time between two codes sent to one number.
+    #[serde(with = "humantime_serde")]
+    pub code_cooldown: Duration,
+    /// Most codes sent to one number in 24 hours.
+    pub codes_per_number_per_day: u32,
+    /// Most code requests from one IP address per hour.
+    pub codes_per_ip_per_hour: u32,
+    /// Wrong tries that burn a code.
+    pub code_max_attempts: u32,
+    /// Lifetime of access tokens (JWT).
+    #[serde(with = "humantime_serde")]
+    pub access_ttl: Duration,
+    /// Lifetime of an unused refresh token.
+    #[serde(with = "humantime_serde")]
+    pub refresh_ttl: Duration,
+    /// Most members of a group.
+    pub max_group_members: u32,
+    /// Most subscribers of a channel.
+    pub max_channel_members: u32,
+    /// Most characters in a message text.
+    pub max_text_chars: usize,
+    /// Largest WebSocket frame or HTTP body accepted, in bytes.
+    pub max_frame_bytes: usize,
+    /// Messages one user may send per second (burst allowed: twice as many).
+    pub messages_per_second: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            database_url: String::new(),
+            allowed_country_codes: vec![7, 375],
+            sms_domain: "localhost".into(),
+            sms_provider: "dev".into(),
+            sms_gateway_url: String::new(),
+            sms_gateway_auth: String::new(),
+            code_ttl: Duration::from_secs(300),
+            code_cooldown: Duration::from_secs(60),
+            codes_per_number_per_day: 10,
+            codes_per_ip_per_hour: 30,
+            code_max_attempts: 5,
+            access_ttl: Duration::from_secs(900),
+            refresh_ttl: Duration::from_secs(60 * 24 * 3600),
+            max_group_members: 10_000,
+            max_channel_members: 100_000,
+            max_text_chars: 4096,
+            max_frame_bytes: 65_536,
+            messages_per_second: 50,
+        }
+    }
+}

@@ -1,0 +1,126 @@
+//! Errors a client sees: a stable `code`, an HTTP status and a message that says what to do.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+/// An error answered to a client. The `Display` text is safe to show.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("invalid phone number: {0}")]
+    InvalidPhone(String),
+    #[error("phone numbers of country code +{0} cannot register here")]
+    CountryNotAllowed(u16),
+    #[error("VoIP numbers cannot register: use a mobile number")]
+    VoipNumber,
+    #[error("too many requests: retry in {retry_after} s")]
+    RateLimited { retry_after: u64 },
+    #[error("wrong code: {remaining} tries left")]
+    CodeWrong { remaining: u32 },
+    #[error("no valid code for this number (expired, used, or too many wrong tries): request a new one")]
+    CodeExpired,
+    #[error("{0}")]
+    Token(#[from] common::TokenError),
+    #[error("refresh token is unknown, used, expired or revoked: log in again")]
+    RefreshInvalid,
+    #[error("session was revoked: log in again")]
+    SessionRevoked,
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    #[error("you are not a member of this chat")]
+    NotMember,
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    TooLarge(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("SMS could not be sent: try again later")]
+    SmsUnavailable,
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(e: sqlx::Error) -> Self {
+        ApiError::Internal(e.into())
+    }
+}
+
+impl ApiError {
+    /// Stable machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::BadRequest(_) => "bad_request",
+            ApiError::InvalidPhone(_) => "invalid_phone",
+            ApiError::CountryNotAllowed(_) => "country_not_allowed",
+            ApiError::VoipNumber => "voip_number",
+            ApiError::RateLimited { .. } => "rate_limited",
+            ApiError::CodeWrong { .. } => "code_wrong",
+            ApiError::CodeExpired => "code_expired",
+            ApiError::Token(common::TokenError::Expired) => "token_expired",
+            ApiError::Token(common::TokenError::Missing) => "token_missing",
+            ApiError::Token(common::TokenError::NotGranted(_)) => "not_granted",
+            ApiError::Token(_) => "token_invalid",
+            ApiError::RefreshInvalid => "refresh_invalid",
+            ApiError::SessionRevoked => "session_revoked",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::NotMember => "not_member",
+            ApiError::Forbidden(_) => "forbidden",
+            ApiError::TooLarge(_) => "too_large",
+            ApiError::Conflict(_) => "conflict",
+            ApiError::SmsUnavailable => "sms_unavailable",
+            ApiError::Internal(_) => "internal",
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_)
+            | ApiError::InvalidPhone(_)
+            | ApiError::CountryNotAllowed(_)
+            | ApiError::VoipNumber => StatusCode::BAD_REQUEST,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::CodeWrong { .. }
+            | ApiError::CodeExpired
+            | ApiError::RefreshInvalid
+            | ApiError::SessionRevoked => StatusCode::UNAUTHORIZED,
+            ApiError::Token(t) => StatusCode::from_u16(t.http_status()).unwrap_or(StatusCode::UNAUTHORIZED),
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::NotMember | ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::SmsUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The JSON body: `{"error": code, "message": text, "retry_after"?: s}`.
+    pub fn body(&self) -> serde_json::Value {
+        if let ApiError::Internal(e) = self {
+            tracing::error!(error = %format!("{e:#}"), "internal error");
+        }
+        let mut v = json!({ "error": self.code(), "message": self.to_string() });
+        if let ApiError::RateLimited { retry_after } = self {
+            v["retry_after"] = json!(retry_after);
+        }
+        v
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut r = (self.status(), Json(self.body())).into_response();
+        if let ApiError::RateLimited { retry_after } = self {
+            if let Ok(v) = retry_after.to_string().parse() {
+                r.headers_mut().insert(axum::http::header::RETRY_AFTER, v);
+            }
+        }
+        r
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;

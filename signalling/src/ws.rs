@@ -1,0 +1,255 @@
+//! The real-time WebSocket `/ws`: one JSON object per text frame, tagged by `type`.
+//! See `docs/chat.md` for the protocol.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket};
+use futures_util::{SinkExt, StreamExt};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::App;
+use crate::auth::Caller;
+use crate::error::{ApiError, ApiResult};
+use crate::hub::Out;
+use crate::model::NewMessage;
+
+/// Backlog read from storage per query while resuming.
+const SYNC_BATCH: i64 = 500;
+
+#[derive(Debug, Deserialize)]
+pub struct Since {
+    pub chat_id: i64,
+    pub seq: i64,
+}
+
+/// What a client sends.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientMsg {
+    /// Start receiving: replays stored events after each given position, then goes live.
+    Sync {
+        #[serde(default)]
+        since: Vec<Since>,
+    },
+    Send {
+        chat_id: i64,
+        #[serde(flatten)]
+        message: NewMessage,
+    },
+    Edit {
+        chat_id: i64,
+        seq: i64,
+        text: String,
+    },
+    Delete {
+        chat_id: i64,
+        seq: i64,
+        #[serde(default)]
+        for_everyone: bool,
+    },
+    React {
+        chat_id: i64,
+        seq: i64,
+        emoji: String,
+        #[serde(default)]
+        remove: bool,
+    },
+    Typing {
+        chat_id: i64,
+    },
+    Delivered {
+        chat_id: i64,
+        seq: i64,
+    },
+    Read {
+        chat_id: i64,
+        seq: i64,
+    },
+    Ping,
+}
+
+fn error_event(e: &ApiError, req_id: &Value) -> String {
+    let mut v = e.body();
+    v["type"] = json!("error");
+    v["code"] = v["error"].take();
+    if let Some(o) = v.as_object_mut() {
+        o.remove("error");
+    }
+    if !req_id.is_null() {
+        v["req_id"] = req_id.clone();
+    }
+    v.to_string()
+}
+
+struct Conn {
+    app: Arc<App>,
+    caller: Caller,
+    synced: bool,
+    /// Last sequence sent per chat, for chats the client resumed.
+    last: HashMap<i64, i64>,
+}
+
+pub async fn run(app: Arc<App>, socket: WebSocket, caller: Caller) {
+    let (conn_id, mut rx, first) = app.hub.connect(caller.user_id, &caller.session_id);
+    app.metrics.connections.inc();
+    if first {
+        let _ = app.presence_changed(caller.user_id, true).await;
+    }
+    let (mut sink, mut stream) = socket.split();
+    let mut c = Conn { app: app.clone(), caller, synced: false, last: HashMap::new() };
+    let mut close: Option<(u16, &'static str)> = None;
+    loop {
+        tokio::select! {
+            msg = stream.next() => {
+                let text = match msg {
+                    None | Some(Err(_)) => break,
+                    Some(Ok(WsMessage::Text(t))) => t,
+                    Some(Ok(WsMessage::Binary(_))) => {
+                        let e = ApiError::BadRequest("send JSON in text frames".into());
+                        if sink.send(WsMessage::Text(error_event(&e, &Value::Null).into())).await.is_err() { break }
+                        continue;
+                    }
+                    Some(Ok(WsMessage::Close(_))) => break,
+                    Some(Ok(_)) => continue,
+                };
+                let mut out = Vec::new();
+                c.handle(text.as_str(), &mut out).await;
+                let mut failed = false;
+                for o in out {
+                    if sink.send(WsMessage::Text(o.into())).await.is_err() { failed = true; break }
+                }
+                if failed { break }
+            }
+            ev = rx.recv(), if c.synced => {
+                match ev {
+                    None => { close = Some((4000, "lagged: reconnect and resume from your last sequence numbers")); break }
+                    Some(Out::Close(reason)) => { close = Some((4001, reason)); break }
+                    Some(Out::Ephemeral(j)) => {
+                        if sink.send(WsMessage::Text(j.as_ref().into())).await.is_err() { break }
+                    }
+                    Some(Out::Chat { chat_id, seq, json }) => {
+                        if let Some(l) = c.last.get_mut(&chat_id) {
+                            if seq <= *l { continue }
+                            *l = seq;
+                        }
+                        if sink.send(WsMessage::Text(json.as_ref().into())).await.is_err() { break }
+                    }
+                }
+            }
+        }
+    }
+    if let Some((code, reason)) = close {
+        let _ = sink.send(WsMessage::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
+    }
+    app.metrics.connections.dec();
+    if app.hub.disconnect(c.caller.user_id, conn_id) {
+        let _ = app.presence_changed(c.caller.user_id, false).await;
+    }
+}
+
+impl Conn {
+    async fn handle(&mut self, text: &str, out: &mut Vec<String>) {
+        if text.len() > self.app.cfg.max_frame_bytes {
+            let e = ApiError::TooLarge(format!("frame is {} bytes; at most {} are allowed", text.len(), self.app.cfg.max_frame_bytes));
+            out.push(error_event(&e, &Value::Null));
+            return;
+        }
+        let v: Value = match serde_json::from_str(text) {
+            Ok(v) => v,
+            Err(e) => {
+                out.push(error_event(&ApiError::BadRequest(format!("invalid JSON: {e}")), &Value::Null));
+                return;
+            }
+        };
+        let req_id = v.get("req_id").cloned().unwrap_or(Value::Null);
+        let msg: ClientMsg = match serde_json::from_value(v) {
+            Ok(m) => m,
+            Err(e) => {
+                out.push(error_event(&ApiError::BadRequest(format!("invalid request: {e}")), &req_id));
+                return;
+            }
+        };
+        match self.dispatch(msg, out).await {
+            Ok(Some(mut v)) => {
+                if !req_id.is_null() {
+                    v["req_id"] = req_id;
+                }
+                out.push(v.to_string());
+            }
+            Ok(None) => {}
+            Err(e) => out.push(error_event(&e, &req_id)),
+        }
+    }
+
+    async fn dispatch(&mut self, msg: ClientMsg, out: &mut Vec<String>) -> ApiResult<Option<Value>> {
+        let app = self.app.clone();
+        let c = &self.caller;
+        Ok(match msg {
+            ClientMsg::Sync { since } => {
+                if self.synced {
+                    return Err(ApiError::Conflict("already synced on this connection".into()));
+                }
+                let chats = app.user_chats(c.user_id).await?;
+                let want: HashMap<i64, i64> = since.iter().map(|s| (s.chat_id, s.seq)).collect();
+                let mut list = Vec::new();
+                for (chat_id, joined, last_seq) in &chats {
+                    list.push(json!({"chat_id": chat_id, "last_seq": last_seq}));
+                    let Some(&from) = want.get(chat_id) else { continue };
+                    let mut pos = from;
+                    loop {
+                        let batch = app.events_after(*chat_id, pos, *joined, SYNC_BATCH).await?;
+                        let n = batch.len() as i64;
+                        for (seq, body) in batch {
+                            pos = seq;
+                            out.push(body);
+                        }
+                        if n < SYNC_BATCH {
+                            break;
+                        }
+                    }
+                    self.last.insert(*chat_id, pos);
+                }
+                for s in &since {
+                    if !chats.iter().any(|c| c.0 == s.chat_id) {
+                        out.push(json!({"type": "not_member", "chat_id": s.chat_id}).to_string());
+                    }
+                }
+                self.synced = true;
+                Some(json!({"type": "synced", "chats": list}))
+            }
+            ClientMsg::Send { chat_id, message } => {
+                let ack = app.send_message(c, chat_id, message).await?;
+                let mut v = serde_json::to_value(ack).map_err(|e| ApiError::Internal(e.into()))?;
+                v["type"] = json!("ack");
+                Some(v)
+            }
+            ClientMsg::Edit { chat_id, seq, text } => {
+                let s = app.edit_message(c, chat_id, seq, text).await?;
+                Some(json!({"type": "ok", "chat_id": chat_id, "seq": s}))
+            }
+            ClientMsg::Delete { chat_id, seq, for_everyone } => {
+                let s = app.delete_message(c, chat_id, seq, for_everyone).await?;
+                Some(json!({"type": "ok", "chat_id": chat_id, "seq": s}))
+            }
+            ClientMsg::React { chat_id, seq, emoji, remove } => {
+                let s = app.react(c, chat_id, seq, &emoji, !remove).await?;
+                Some(json!({"type": "ok", "chat_id": chat_id, "seq": s}))
+            }
+            ClientMsg::Typing { chat_id } => {
+                app.typing(c, chat_id).await?;
+                None
+            }
+            ClientMsg::Delivered { chat_id, seq } => {
+                app.receipt(c, chat_id, seq, false).await?;
+                None
+            }
+            ClientMsg::Read { chat_id, seq } => {
+                app.receipt(c, chat_id, seq, true).await?;
+                None
+            }
+            ClientMsg::Ping => Some(json!({"type": "pong"})),
+        })
+    }
+}
