@@ -88,6 +88,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     if let Some(s) = sfu_handle {
         s.shutdown().await;
     }
+    if let Some(r) = _relay {
+        r.shutdown().await;
+    }
     Ok(())
 }
 

@@ -1,0 +1,331 @@
+//! HTTP fallback for browsers, on the main HTTP port:
+//!
+//! - `GET /files/{id}` (and `HEAD`), with `Range` (one range), from the same storage;
+//! - resumable upload by tus 1.0 (core + creation): `OPTIONS /files`, `POST /files`,
+//!   `HEAD /files/{id}` with `Tus-Resumable`, `PATCH /files/{id}`.
+//!
+//! Authentication: `Authorization: Bearer TOKEN` or `?access_token=TOKEN`, a token
+//! with the `files` grant.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::options;
+use base64::Engine as _;
+use futures_util::StreamExt;
+use serde::Deserialize;
+
+use crate::proto::ErrorCode;
+use crate::server::{BATCH, Shared, authorize};
+use crate::store::{Entry, StoreError};
+use crate::tree::GROUP_SIZE;
+
+const TUS_VERSION: &str = "1.0.0";
+
+pub(crate) fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/files", options(tus_options).post(tus_create))
+        .route("/files/{id}", axum::routing::get(download).head(head).patch(tus_patch))
+        .with_state(shared)
+}
+
+#[derive(Deserialize)]
+struct TokenQuery {
+    access_token: Option<String>,
+}
+
+/// A client-facing error: a status and a specific message.
+struct HttpError(StatusCode, String);
+
+impl IntoResponse for HttpError {
+    fn into_response(self) -> Response {
+        (self.0, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], format!("{}\n", self.1)).into_response()
+    }
+}
+
+impl From<StoreError> for HttpError {
+    fn from(e: StoreError) -> Self {
+        let status = match e.code() {
+            ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::QuotaExceeded | ErrorCode::DiskFull => StatusCode::INSUFFICIENT_STORAGE,
+            ErrorCode::NotFound => StatusCode::NOT_FOUND,
+            ErrorCode::BadRequest | ErrorCode::HashMismatch | ErrorCode::ProofFailed => StatusCode::BAD_REQUEST,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        if let StoreError::Io(io) = &e {
+            tracing::warn!(error = %io, "relay storage error (http)");
+        }
+        HttpError(status, e.to_string())
+    }
+}
+
+fn auth(sh: &Shared, headers: &HeaderMap, q: &TokenQuery) -> Result<common::Claims, HttpError> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_owned)
+        .or_else(|| q.access_token.clone())
+        .ok_or_else(|| HttpError(StatusCode::UNAUTHORIZED, common::TokenError::Missing.to_string()))?;
+    authorize(&sh.keys, &token).map_err(|(code, msg)| {
+        sh.metrics.auth_failures.inc();
+        let status = if code == ErrorCode::Forbidden { StatusCode::FORBIDDEN } else { StatusCode::UNAUTHORIZED };
+        HttpError(status, msg)
+    })
+}
+
+/// Parses a single `bytes=` range against `size`: `Ok(None)` for no range header.
+fn parse_range(headers: &HeaderMap, size: u64) -> Result<Option<(u64, u64)>, HttpError> {
+    let Some(v) = headers.get(header::RANGE) else { return Ok(None) };
+    let bad = || HttpError(StatusCode::RANGE_NOT_SATISFIABLE, format!("Range must be one `bytes=START-END` within the file's {size} bytes"));
+    let v = v.to_str().map_err(|_| bad())?.trim();
+    let spec = v.strip_prefix("bytes=").ok_or_else(bad)?;
+    if spec.contains(',') {
+        return Err(HttpError(StatusCode::RANGE_NOT_SATISFIABLE, "only one range per request is supported".into()));
+    }
+    let (a, b) = spec.split_once('-').ok_or_else(bad)?;
+    let (start, end) = if a.is_empty() {
+        let n: u64 = b.parse().map_err(|_| bad())?;
+        if n == 0 {
+            return Err(bad());
+        }
+        (size.saturating_sub(n), size)
+    } else {
+        let s: u64 = a.parse().map_err(|_| bad())?;
+        let e = if b.is_empty() { size } else { b.parse::<u64>().map_err(|_| bad())?.saturating_add(1).min(size) };
+        (s, e)
+    };
+    if start >= end {
+        return Err(bad());
+    }
+    Ok(Some((start, end)))
+}
+
+fn content_disposition(name: &str) -> HeaderValue {
+    let mut enc = String::new();
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            enc.push(b as char);
+        } else {
+            enc.push_str(&format!("%{b:02X}"));
+        }
+    }
+    HeaderValue::from_str(&format!("attachment; filename*=UTF-8''{enc}")).unwrap_or(HeaderValue::from_static("attachment"))
+}
+
+async fn download(State(sh): State<Arc<Shared>>, Path(id): Path<String>, Query(q): Query<TokenQuery>, headers: HeaderMap) -> Result<Response, HttpError> {
+    auth(&sh, &headers, &q)?;
+    let entry = sh.store.get(&id)?;
+    let size = entry.size;
+    let range = parse_range(&headers, size)?;
+    let (start, end) = range.unwrap_or((0, size));
+    let mut resp = Response::builder()
+        .status(if range.is_some() { StatusCode::PARTIAL_CONTENT } else { StatusCode::OK })
+        .header(header::CONTENT_LENGTH, end - start)
+        .header(header::ACCEPT_RANGES, "bytes")
+        .header(header::CONTENT_DISPOSITION, content_disposition(&entry.name))
+        .header(header::CONTENT_TYPE, HeaderValue::from_str(&entry.mime).unwrap_or(HeaderValue::from_static("application/octet-stream")));
+    if let Some(h) = entry.hash() {
+        resp = resp.header(header::ETAG, format!("\"{}\"", hex::encode(h)));
+    }
+    if range.is_some() {
+        resp = resp.header(header::CONTENT_RANGE, format!("bytes {start}-{}/{size}", end - 1));
+    }
+    let body = Body::from_stream(range_stream(sh.clone(), entry, start, end));
+    resp.body(body).map_err(|e| HttpError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+}
+
+/// The bytes `start..end`, waiting for groups still being uploaded.
+fn range_stream(sh: Arc<Shared>, entry: Arc<Entry>, start: u64, end: u64) -> impl futures_util::Stream<Item = Result<bytes::Bytes, std::io::Error>> {
+    let rx = entry.subscribe();
+    futures_util::stream::unfold((sh, entry, rx, start), move |(sh, entry, mut rx, pos)| async move {
+        if pos >= end {
+            return None;
+        }
+        let g = pos / GROUP_SIZE;
+        let run = loop {
+            match entry.readable_from(g, BATCH as u64 / GROUP_SIZE) {
+                Ok(0) => {
+                    if rx.changed().await.is_err() {
+                        return Some((Err(std::io::Error::other("file removed")), (sh, entry, rx, end)));
+                    }
+                }
+                Ok(n) => break n,
+                Err(e) => return Some((Err(std::io::Error::other(e.to_string())), (sh, entry, rx, end))),
+            }
+        };
+        let stop = ((g + run) * GROUP_SIZE).min(end);
+        let mut buf = bytes::BytesMut::zeroed((stop - pos) as usize);
+        match entry.read_at(&mut buf, pos) {
+            Ok(n) if n == buf.len() => {
+                sh.metrics.bytes_sent.inc_by(n as u64);
+                Some((Ok(buf.freeze()), (sh, entry, rx, stop)))
+            }
+            _ => Some((Err(std::io::Error::other("read failed")), (sh, entry, rx, end))),
+        }
+    })
+}
+
+async fn head(state: State<Arc<Shared>>, path: Path<String>, q: Query<TokenQuery>, headers: HeaderMap) -> Result<Response, HttpError> {
+    if headers.contains_key("tus-resumable") {
+        return tus_head(state, path, q, headers).await;
+    }
+    let resp = download(state, path, q, headers).await?;
+    let (parts, _) = resp.into_parts();
+    Ok(Response::from_parts(parts, Body::empty()))
+}
+
+fn tus_headers(b: axum::http::response::Builder) -> axum::http::response::Builder {
+    b.header("Tus-Resumable", TUS_VERSION).header(header::CACHE_CONTROL, "no-store")
+}
+
+async fn tus_options(State(sh): State<Arc<Shared>>) -> Response {
+    tus_headers(Response::builder().status(StatusCode::NO_CONTENT))
+        .header("Tus-Version", TUS_VERSION)
+        .header("Tus-Extension", "creation")
+        .header("Tus-Max-Size", sh.store.limits().max_file_size)
+        .body(Body::empty())
+        .unwrap()
+}
+
+fn check_tus_version(headers: &HeaderMap) -> Result<(), HttpError> {
+    match headers.get("tus-resumable").and_then(|v| v.to_str().ok()) {
+        Some(TUS_VERSION) => Ok(()),
+        _ => Err(HttpError(StatusCode::PRECONDITION_FAILED, format!("Tus-Resumable: {TUS_VERSION} is required"))),
+    }
+}
+
+/// `Upload-Metadata: key base64,key base64`.
+fn metadata(headers: &HeaderMap) -> Result<(String, String), HttpError> {
+    let mut name = String::new();
+    let mut mime = String::from("application/octet-stream");
+    if let Some(v) = headers.get("upload-metadata").and_then(|v| v.to_str().ok()) {
+        for pair in v.split(',') {
+            let mut it = pair.trim().splitn(2, ' ');
+            let key = it.next().unwrap_or_default();
+            let val = it.next().unwrap_or_default();
+            let val = base64::engine::general_purpose::STANDARD
+                .decode(val)
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+                .ok_or_else(|| HttpError(StatusCode::BAD_REQUEST, format!("Upload-Metadata value of {key:?} is not base64 UTF-8")))?;
+            match key {
+                "filename" | "name" => name = val,
+                "filetype" | "type" => mime = val,
+                _ => {}
+            }
+        }
+    }
+    if name.len() > 1024 || mime.len() > 1024 || name.chars().any(char::is_control) || mime.chars().any(char::is_control) {
+        return Err(HttpError(StatusCode::BAD_REQUEST, "filename and filetype must be at most 1024 bytes without control characters".into()));
+    }
+    Ok((name, mime))
+}
+
+async fn tus_create(State(sh): State<Arc<Shared>>, Query(q): Query<TokenQuery>, headers: HeaderMap) -> Result<Response, HttpError> {
+    check_tus_version(&headers)?;
+    let claims = auth(&sh, &headers, &q)?;
+    let size: u64 = headers
+        .get("upload-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| HttpError(StatusCode::BAD_REQUEST, "Upload-Length (bytes) is required; deferred length is not supported".into()))?;
+    let (name, mime) = metadata(&headers)?;
+    sh.store.check_new_upload(&claims.sub, size)?;
+    let store = sh.store.clone();
+    let entry = tokio::task::spawn_blocking(move || {
+        let up = store.new_upload(&claims.sub, &name, &mime, size, None)?;
+        store.create(up)
+    })
+    .await
+    .map_err(|e| HttpError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    tracing::info!(file = %entry.id, size, "http upload started");
+    Ok(tus_headers(Response::builder().status(StatusCode::CREATED))
+        .header(header::LOCATION, format!("/files/{}", entry.id))
+        .header("Upload-Offset", 0)
+        .body(Body::empty())
+        .unwrap())
+}
+
+async fn tus_head(State(sh): State<Arc<Shared>>, Path(id): Path<String>, Query(q): Query<TokenQuery>, headers: HeaderMap) -> Result<Response, HttpError> {
+    let claims = auth(&sh, &headers, &q)?;
+    let entry = sh.store.get(&id)?;
+    if entry.owner != claims.sub {
+        return Err(StoreError::NotFound.into());
+    }
+    Ok(tus_headers(Response::builder().status(StatusCode::OK))
+        .header("Upload-Offset", sh.store.sequential_offset(&entry))
+        .header("Upload-Length", entry.size)
+        .body(Body::empty())
+        .unwrap())
+}
+
+async fn tus_patch(State(sh): State<Arc<Shared>>, Path(id): Path<String>, Query(q): Query<TokenQuery>, method: Method, headers: HeaderMap, body: Body) -> Result<Response, HttpError> {
+    debug_assert_eq!(method, Method::PATCH);
+    check_tus_version(&headers)?;
+    let claims = auth(&sh, &headers, &q)?;
+    if headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) != Some("application/offset+octet-stream") {
+        return Err(HttpError(StatusCode::UNSUPPORTED_MEDIA_TYPE, "Content-Type must be application/offset+octet-stream".into()));
+    }
+    let entry = sh.store.get(&id)?;
+    if entry.owner != claims.sub {
+        return Err(StoreError::NotFound.into());
+    }
+    let offset: u64 = headers
+        .get("upload-offset")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| HttpError(StatusCode::BAD_REQUEST, "Upload-Offset is required".into()))?;
+    let current = sh.store.sequential_offset(&entry);
+    if offset != current {
+        return Err(HttpError(StatusCode::CONFLICT, format!("Upload-Offset {offset} does not match the upload's offset {current}")));
+    }
+    let mut pos = offset;
+    let mut buf: Vec<u8> = Vec::with_capacity(BATCH);
+    let mut stream = body.into_data_stream();
+    let mut result = Ok(());
+    while let Some(chunk) = stream.next().await {
+        let chunk = match chunk {
+            Ok(c) => c,
+            Err(_) => break, // Connection dropped: keep what was complete.
+        };
+        let mut rest = &chunk[..];
+        while !rest.is_empty() {
+            let take = (BATCH - buf.len()).min(rest.len());
+            buf.extend_from_slice(&rest[..take]);
+            rest = &rest[take..];
+            if buf.len() == BATCH {
+                if pos + BATCH as u64 > entry.size {
+                    result = Err(HttpError(StatusCode::BAD_REQUEST, "more data than Upload-Length".into()));
+                    break;
+                }
+                if let Err(e) = sh.store.append(&entry, pos, &buf) {
+                    result = Err(e.into());
+                    break;
+                }
+                pos += BATCH as u64;
+                buf.clear();
+            }
+        }
+        if result.is_err() {
+            break;
+        }
+    }
+    if result.is_ok() && (!buf.is_empty() || entry.size == 0) {
+        if pos + buf.len() as u64 > entry.size {
+            result = Err(HttpError(StatusCode::BAD_REQUEST, "more data than Upload-Length".into()));
+        } else if let Err(e) = sh.store.append(&entry, pos, &buf) {
+            result = Err(e.into());
+        }
+    }
+    let _ = sh.store.save_progress(&entry);
+    result?;
+    Ok(tus_headers(Response::builder().status(StatusCode::NO_CONTENT))
+        .header("Upload-Offset", sh.store.sequential_offset(&entry))
+        .body(Body::empty())
+        .unwrap())
+}

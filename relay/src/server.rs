@@ -1,0 +1,373 @@
+//! The QUIC side: connections, authentication, and the requests of `proto`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::BytesMut;
+use common::pii::Pii;
+use tokio::task::JoinSet;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::metrics::Metrics;
+use crate::proto::{self, ErrorCode, FrameError, Request, Response};
+use crate::store::{Begin, Entry, Store, StoreError};
+use crate::tree::{self, GROUP_SIZE};
+
+/// Bytes moved per read/verify/write step: 16 groups.
+pub(crate) const BATCH: usize = 16 * GROUP_SIZE as usize;
+/// Longest name and type accepted, in bytes.
+const MAX_NAME: usize = 1024;
+
+pub(crate) struct Shared {
+    pub store: Arc<Store>,
+    pub keys: common::Keys,
+    pub metrics: Metrics,
+}
+
+/// Who is on a connection.
+struct Session {
+    user: String,
+    exp: u64,
+}
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// Checks a token for the `files` grant; the error is the client-facing message.
+pub(crate) fn authorize(keys: &common::Keys, token: &str) -> Result<common::Claims, (ErrorCode, String)> {
+    match keys.verify(token) {
+        Ok(c) if c.grants.files => Ok(c),
+        Ok(_) => Err((ErrorCode::Forbidden, common::TokenError::NotGranted("files").to_string())),
+        Err(e @ common::TokenError::NotGranted(_)) | Err(e @ common::TokenError::WrongRoom) => Err((ErrorCode::Forbidden, e.to_string())),
+        Err(e) => Err((ErrorCode::Unauthorized, e.to_string())),
+    }
+}
+
+fn error(code: ErrorCode, message: impl Into<String>) -> Response {
+    Response::Error { code, message: message.into() }
+}
+
+fn store_error(e: &StoreError) -> Response {
+    if let StoreError::Io(io) = e {
+        warn!(error = %io, "relay storage error");
+    }
+    error(e.code(), e.to_string())
+}
+
+/// Accepts connections until the endpoint closes.
+pub(crate) async fn serve(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
+    let mut conns = JoinSet::new();
+    while let Some(incoming) = endpoint.accept().await {
+        let sh = shared.clone();
+        let remote = incoming.remote_address();
+        conns.spawn(connection(incoming, sh).instrument(info_span!("relay_conn", remote = %Pii(remote))));
+        while conns.try_join_next().is_some() {}
+    }
+    conns.shutdown().await;
+}
+
+struct ConnGauge(Metrics);
+impl Drop for ConnGauge {
+    fn drop(&mut self) {
+        self.0.connections.dec();
+    }
+}
+
+async fn connection(incoming: quinn::Incoming, sh: Arc<Shared>) {
+    let conn = match incoming.await {
+        Ok(c) => c,
+        Err(e) => {
+            debug!(error = %e, "handshake failed");
+            return;
+        }
+    };
+    sh.metrics.connections.inc();
+    let _gauge = ConnGauge(sh.metrics.clone());
+    let session = match tokio::time::timeout(Duration::from_secs(10), hello(&conn, &sh)).await {
+        Ok(Some(s)) => Arc::new(s),
+        Ok(None) | Err(_) => {
+            // Give the error frame time to reach the client before closing.
+            let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
+            conn.close(1u32.into(), b"not authenticated");
+            return;
+        }
+    };
+    debug!(user = %session.user, "relay client authenticated");
+    let mut streams = JoinSet::new();
+    loop {
+        let (send, recv) = match conn.accept_bi().await {
+            Ok(s) => s,
+            Err(_) => break,
+        };
+        let (sh, session) = (sh.clone(), session.clone());
+        streams.spawn(async move { stream(send, recv, &sh, &session).await });
+        while streams.try_join_next().is_some() {}
+    }
+    streams.shutdown().await;
+}
+
+async fn hello(conn: &quinn::Connection, sh: &Shared) -> Option<Session> {
+    let (mut send, mut recv) = conn.accept_bi().await.ok()?;
+    let req: Request = match proto::read_frame(&mut recv).await {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = proto::write_frame(&mut send, &error(ErrorCode::BadRequest, format!("expected hello: {e}"))).await;
+            let _ = send.finish();
+            return None;
+        }
+    };
+    let reply = match req {
+        Request::Hello { version, .. } if version != proto::VERSION => {
+            Err(error(ErrorCode::Version, format!("protocol version {version} is not supported; this relay speaks {}", proto::VERSION)))
+        }
+        Request::Hello { token, .. } => match authorize(&sh.keys, &token) {
+            Ok(c) => Ok(Session { user: c.sub, exp: c.exp }),
+            Err((code, msg)) => {
+                sh.metrics.auth_failures.inc();
+                Err(error(code, msg))
+            }
+        },
+        _ => Err(error(ErrorCode::BadRequest, "the first request of a connection must be hello")),
+    };
+    match reply {
+        Ok(s) => {
+            let w = Response::Welcome { user: s.user.clone(), max_file_size: sh.store.limits().max_file_size };
+            proto::write_frame(&mut send, &w).await.ok()?;
+            let _ = send.finish();
+            Some(s)
+        }
+        Err(e) => {
+            let _ = proto::write_frame(&mut send, &e).await;
+            let _ = send.finish();
+            None
+        }
+    }
+}
+
+async fn stream(mut send: quinn::SendStream, mut recv: quinn::RecvStream, sh: &Shared, session: &Session) {
+    let req: Request = match proto::read_frame(&mut recv).await {
+        Ok(r) => r,
+        Err(FrameError::Closed) => return,
+        Err(e) => {
+            let _ = proto::write_frame(&mut send, &error(ErrorCode::BadRequest, e.to_string())).await;
+            let _ = send.finish();
+            return;
+        }
+    };
+    if session.exp <= now() {
+        sh.metrics.auth_failures.inc();
+        let _ = proto::write_frame(&mut send, &error(ErrorCode::Unauthorized, common::TokenError::Expired.to_string())).await;
+        let _ = send.finish();
+        return;
+    }
+    let result = match req {
+        Request::Hello { .. } => Err(error(ErrorCode::BadRequest, "hello was already sent")),
+        Request::Prove { .. } => Err(error(ErrorCode::BadRequest, "prove only answers a challenge")),
+        Request::Begin { name, mime, size, hash } => begin(&mut send, &mut recv, sh, session, name, mime, size, hash).await,
+        Request::Put { file, offset, len } => put(&mut recv, sh, session, &file, offset, len).await,
+        Request::Get { file, offset, len } => get(&mut send, sh, &file, offset, len).await,
+        Request::Stat { file } => sh.store.get(&file).map(|e| Response::Stat(e.info())).map_err(|e| store_error(&e)),
+        Request::Outboard { file } => outboard(&mut send, sh, &file).await,
+    };
+    let reply = match result {
+        Ok(r) => r,
+        Err(r) => {
+            // Whatever the client still sends is not wanted.
+            let _ = recv.stop(0u32.into());
+            r
+        }
+    };
+    if !matches!(reply, Response::Data { .. } | Response::OutboardData { .. }) {
+        let _ = proto::write_frame(&mut send, &reply).await;
+    }
+    let _ = send.finish();
+    let _ = send.stopped().await;
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn begin(
+    send: &mut quinn::SendStream,
+    recv: &mut quinn::RecvStream,
+    sh: &Shared,
+    session: &Session,
+    name: String,
+    mime: String,
+    size: u64,
+    hash: String,
+) -> Result<Response, Response> {
+    if name.len() > MAX_NAME || mime.len() > MAX_NAME || name.chars().any(char::is_control) || mime.chars().any(char::is_control) {
+        return Err(error(ErrorCode::BadRequest, format!("name and type must be at most {MAX_NAME} bytes without control characters")));
+    }
+    let hash = proto::parse_hash(&hash).ok_or_else(|| error(ErrorCode::BadRequest, "hash must be 64 hex digits (BLAKE3)"))?;
+    let store = &sh.store;
+    let upload = |e: &Entry| Response::Upload { file: e.id.clone(), complete: e.is_complete(), missing: e.missing() };
+    match store.begin(&session.user, size, &hash).map_err(|e| store_error(&e))? {
+        Begin::Resume(e) => {
+            info!(file = %e.id, size, "upload resumed");
+            Ok(upload(&e))
+        }
+        Begin::Dedup { nonce } => {
+            proto::write_frame(send, &Response::Challenge { nonce: hex::encode(nonce) }).await.map_err(|e| error(ErrorCode::BadRequest, e.to_string()))?;
+            let mac = match proto::read_frame::<Request>(recv).await {
+                Ok(Request::Prove { mac }) => proto::parse_hash(&mac).ok_or_else(|| error(ErrorCode::BadRequest, "mac must be 64 hex digits"))?,
+                Ok(_) => return Err(error(ErrorCode::BadRequest, "expected prove")),
+                Err(e) => return Err(error(ErrorCode::BadRequest, e.to_string())),
+            };
+            let st = store.clone();
+            let user = session.user.clone();
+            let e = tokio::task::spawn_blocking(move || st.prove(&user, &name, &mime, size, &hash, &mac))
+                .await
+                .map_err(|_| error(ErrorCode::Internal, "proof check failed"))?
+                .map_err(|e| store_error(&e))?;
+            info!(file = %e.id, size, "upload deduplicated");
+            Ok(upload(&e))
+        }
+        Begin::New => {
+            let len = tree::outboard_len(size);
+            proto::write_frame(send, &Response::SendOutboard { len }).await.map_err(|e| error(ErrorCode::BadRequest, e.to_string()))?;
+            let mut up = store.new_upload(&session.user, &name, &mime, size, Some(hash)).map_err(|e| store_error(&e))?;
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut left = len;
+            while left > 0 {
+                let n = left.min(buf.len() as u64) as usize;
+                if let Err(e) = recv.read_exact(&mut buf[..n]).await {
+                    store.discard_upload(up);
+                    return Err(error(ErrorCode::BadRequest, format!("outboard cut short: {e}")));
+                }
+                if let Err(e) = up.write(&buf[..n]) {
+                    store.discard_upload(up);
+                    return Err(store_error(&e));
+                }
+                left -= n as u64;
+            }
+            let e = store.create(up).map_err(|e| store_error(&e))?;
+            info!(file = %e.id, size, "upload started");
+            Ok(upload(&e))
+        }
+    }
+}
+
+async fn put(recv: &mut quinn::RecvStream, sh: &Shared, session: &Session, file: &str, offset: u64, len: u64) -> Result<Response, Response> {
+    let entry = sh.store.get(file).map_err(|e| store_error(&e))?;
+    if entry.owner != session.user {
+        return Err(error(ErrorCode::NotFound, StoreError::NotFound.to_string()));
+    }
+    if offset % GROUP_SIZE != 0 || offset > entry.size || len > entry.size - offset {
+        return Err(error(ErrorCode::BadRequest, format!("range {offset}+{len} is not group-aligned or past the end of the file ({} bytes)", entry.size)));
+    }
+    let mut buf = vec![0u8; BATCH];
+    let mut cvs = Vec::with_capacity(BATCH / GROUP_SIZE as usize * tree::CV_LEN);
+    let mut pos = offset;
+    let end = offset + len;
+    let mut complete = entry.is_complete();
+    let result = async {
+        if len == 0 {
+            // An empty file has one empty group.
+            complete = sh.store.put(&entry, offset, &[], &mut cvs)?;
+        }
+        while pos < end {
+            let n = (end - pos).min(BATCH as u64) as usize;
+            recv.read_exact(&mut buf[..n]).await.map_err(|e| StoreError::BadRequest(format!("data cut short: {e}")))?;
+            complete = sh.store.put(&entry, pos, &buf[..n], &mut cvs)?;
+            pos += n as u64;
+        }
+        Ok::<_, StoreError>(())
+    }
+    .await;
+    if let Err(e) = sh.store.save_progress(&entry) {
+        warn!(file = %entry.id, error = %e, "saving upload progress failed");
+    }
+    result.map_err(|e| store_error(&e))?;
+    Ok(Response::Stored { complete })
+}
+
+async fn get(send: &mut quinn::SendStream, sh: &Shared, file: &str, offset: u64, len: Option<u64>) -> Result<Response, Response> {
+    let entry = sh.store.get(file).map_err(|e| store_error(&e))?;
+    if offset > entry.size {
+        return Err(error(ErrorCode::BadRequest, format!("offset {offset} is past the end of the file ({} bytes)", entry.size)));
+    }
+    let len = len.unwrap_or(entry.size - offset).min(entry.size - offset);
+    proto::write_frame(send, &Response::Data { offset, len }).await.map_err(|e| error(ErrorCode::BadRequest, e.to_string()))?;
+    if let Err(e) = send_range(send, sh, &entry, offset, len).await {
+        // The header is out: the only way to report now is to reset the stream.
+        debug!(file = %entry.id, error = %e, "download stopped");
+        let _ = send.reset(1u32.into());
+    }
+    Ok(Response::Data { offset, len })
+}
+
+/// Sends `len` bytes from `offset`, waiting for groups still being uploaded.
+pub(crate) async fn send_range(send: &mut quinn::SendStream, sh: &Shared, entry: &Entry, offset: u64, len: u64) -> Result<(), StoreError> {
+    let mut rx = entry.subscribe();
+    let mut pos = offset;
+    let end = offset + len;
+    while pos < end {
+        let g = pos / GROUP_SIZE;
+        let run = loop {
+            let n = entry.readable_from(g, (BATCH as u64) / GROUP_SIZE)?;
+            if n > 0 {
+                break n;
+            }
+            if rx.changed().await.is_err() {
+                return Err(StoreError::NotFound);
+            }
+        };
+        let stop = ((g + run) * GROUP_SIZE).min(end);
+        let n = (stop - pos) as usize;
+        let mut buf = BytesMut::zeroed(n);
+        let got = entry.read_at(&mut buf, pos)?;
+        if got != n {
+            return Err(StoreError::Io(std::io::Error::other("stored file is shorter than recorded")));
+        }
+        send.write_chunk(buf.freeze()).await.map_err(|e| StoreError::BadRequest(e.to_string()))?;
+        sh.metrics.bytes_sent.inc_by(n as u64);
+        pos = stop;
+    }
+    Ok(())
+}
+
+async fn outboard(send: &mut quinn::SendStream, sh: &Shared, file: &str) -> Result<Response, Response> {
+    let entry = sh.store.get(file).map_err(|e| store_error(&e))?;
+    let len = tree::outboard_len(entry.size);
+    if entry.hash().is_none() {
+        return Err(error(ErrorCode::BadRequest, "this file's hash is not known until its HTTP upload completes"));
+    }
+    proto::write_frame(send, &Response::OutboardData { len }).await.map_err(|e| error(ErrorCode::BadRequest, e.to_string()))?;
+    let mut pos = 0;
+    while pos < len {
+        let n = (len - pos).min(64 * 1024) as usize;
+        let mut buf = BytesMut::zeroed(n);
+        match entry.read_outboard(&mut buf, pos) {
+            Ok(Some(got)) if got == n => {}
+            _ => {
+                let _ = send.reset(1u32.into());
+                return Ok(Response::OutboardData { len });
+            }
+        }
+        if send.write_chunk(buf.freeze()).await.is_err() {
+            break;
+        }
+        pos += n as u64;
+    }
+    Ok(Response::OutboardData { len })
+}
+
+/// The transport settings of both ends.
+pub fn transport() -> quinn::TransportConfig {
+    let mut t = quinn::TransportConfig::default();
+    t.max_concurrent_bidi_streams(64u32.into());
+    t.max_concurrent_uni_streams(0u32.into());
+    t.stream_receive_window((4u32 << 20).into());
+    t.receive_window((12u32 << 20).into());
+    t.send_window(12 << 20);
+    t.keep_alive_interval(Some(Duration::from_secs(5)));
+    t.max_idle_timeout(Some(Duration::from_secs(30).try_into().unwrap()));
+    t
+}
+
+/// Binds the endpoint (inside the relay's runtime).
+pub(crate) fn bind(addr: SocketAddr, cfg: quinn::ServerConfig) -> std::io::Result<quinn::Endpoint> {
+    quinn::Endpoint::server(cfg, addr)
+}
