@@ -149,6 +149,11 @@ impl Relay {
         &self.fingerprint
     }
 
+    /// Deletes expired files now (the relay also does it every minute); returns how many.
+    pub fn sweep_expired(&self) -> usize {
+        self.shared.store.sweep()
+    }
+
     /// HTTP fallback routes (`/files/...`).
     pub fn router(&self) -> axum::Router {
         http::router(self.shared.clone())
