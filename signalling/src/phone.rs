@@ -37,5 +37,7 @@ mod tests {
         assert!(matches!(normalize("+14155552671", &allowed), Err(ApiError::CountryNotAllowed(1))));
         assert!(matches!(normalize("+7123", &allowed), Err(ApiError::InvalidPhone(_))));
         assert!(matches!(normalize("hello", &allowed), Err(ApiError::InvalidPhone(_))));
+        // UK 056 numbers are VoIP in the metadata.
+        assert!(matches!(normalize("+44 56 1234 5678", &[44]), Err(ApiError::VoipNumber)));
     }
 }

@@ -123,20 +123,36 @@ pub async fn run(app: Arc<App>, socket: WebSocket, caller: Caller) {
                 if failed { break }
             }
             ev = rx.recv(), if c.synced => {
-                match ev {
-                    None => { close = Some((4000, "lagged: reconnect and resume from your last sequence numbers")); break }
-                    Some(Out::Close(reason)) => { close = Some((4001, reason)); break }
-                    Some(Out::Ephemeral(j)) => {
-                        if sink.send(WsMessage::Text(j.as_ref().into())).await.is_err() { break }
-                    }
-                    Some(Out::Chat { chat_id, seq, json }) => {
-                        if let Some(l) = c.last.get_mut(&chat_id) {
-                            if seq <= *l { continue }
-                            *l = seq;
+                // Write what is queued (up to a batch) with one flush.
+                let mut next = ev;
+                let mut n = 0;
+                let mut failed = false;
+                loop {
+                    match next {
+                        None => { close = Some((4000, "lagged: reconnect and resume from your last sequence numbers")); break }
+                        Some(Out::Close(reason)) => { close = Some((4001, reason)); break }
+                        Some(Out::Ephemeral(j)) => {
+                            if sink.feed(WsMessage::Text(j.as_ref().into())).await.is_err() { failed = true; break }
                         }
-                        if sink.send(WsMessage::Text(json.as_ref().into())).await.is_err() { break }
+                        Some(Out::Chat { chat_id, seq, json }) => {
+                            let dup = match c.last.get_mut(&chat_id) {
+                                Some(l) if seq <= *l => true,
+                                Some(l) => { *l = seq; false }
+                                None => false,
+                            };
+                            if !dup && sink.feed(WsMessage::Text(json.as_ref().into())).await.is_err() { failed = true; break }
+                        }
+                    }
+                    n += 1;
+                    if n >= 64 { break }
+                    match rx.try_recv() {
+                        Ok(o) => next = Some(o),
+                        Err(tokio::sync::mpsc::error::TryRecvError::Empty) => break,
+                        Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => next = None,
                     }
                 }
+                if failed || sink.flush().await.is_err() { break }
+                if close.is_some() { break }
             }
         }
     }
