@@ -443,3 +443,66 @@ async fn all_on_postgres() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_new_device_presence() {
+    let cfg = signalling::Config { code_cooldown: std::time::Duration::ZERO, codes_per_ip_per_hour: 14, ..config(None) };
+    let s = start(cfg).await;
+    let a = s.addr;
+    // Per number: 10 a day.
+    let mut codes = Vec::new();
+    for i in 0..10 {
+        let (st, v) = http(a, "POST", "/api/auth/code", None, Some(json!({"phone": "+79160000031"}))).await;
+        assert_eq!(st, 200, "code {i}: {v}");
+        codes.push(dev_code(&s.data_dir, "+79160000031").0);
+    }
+    let (st, v) = http(a, "POST", "/api/auth/code", None, Some(json!({"phone": "+79160000031"}))).await;
+    assert_eq!((st, v["error"].as_str()), (429, Some("rate_limited")), "{v}");
+    // Only the latest code is valid.
+    let latest = codes.last().unwrap().clone();
+    if let Some(old) = codes.iter().rev().find(|c| **c != latest) {
+        let (st, v) = http(a, "POST", "/api/auth/verify", None, Some(json!({"phone": "+79160000031", "code": old}))).await;
+        assert_eq!((st, v["error"].as_str()), (401, Some("code_wrong")), "{v}");
+    }
+    let (st, v) = http(a, "POST", "/api/auth/verify", None, Some(json!({"phone": "+79160000031", "code": latest}))).await;
+    assert_eq!(st, 200, "{v}");
+    let first = login(a, &s.data_dir, "+79160000032", "phone").await; // request 12
+    // A new device of the same user: the first device is told.
+    let mut w1 = Ws::connect(a, &first.token).await;
+    w1.sync(json!([])).await;
+    let second = login(a, &s.data_dir, "+79160000032", "laptop").await; // request 13
+    assert_eq!(second.id, first.id);
+    let e = w1.next_of("new_login").await;
+    assert_eq!((e["session_id"].as_str(), e["device_name"].as_str()), (Some(second.session.as_str()), Some("laptop")));
+    let (_, v) = http(a, "GET", "/api/sessions", Some(&second.token), None).await;
+    assert_eq!(v["sessions"].as_array().unwrap().len(), 2);
+    // Per IP: request 14 passes, 15 is refused.
+    let (st, _) = http(a, "POST", "/api/auth/code", None, Some(json!({"phone": "+79160000033"}))).await;
+    assert_eq!(st, 200);
+    let (st, v) = http(a, "POST", "/api/auth/code", None, Some(json!({"phone": "+79160000034"}))).await;
+    assert_eq!((st, v["error"].as_str()), (429, Some("rate_limited")), "{v}");
+    let (code, _) = dev_code(&s.data_dir, "+79160000033");
+    let (_, v) = http(a, "POST", "/api/auth/verify", None, Some(json!({"phone": "+79160000033", "code": code}))).await;
+    let peer_token = v["access_token"].as_str().unwrap().to_string();
+
+    // Presence: a dialog peer sees the user go online and offline.
+    http(a, "POST", "/api/dialogs", Some(&peer_token), Some(json!({"user_id": first.id}))).await;
+    let mut wp = Ws::connect(a, &peer_token).await;
+    wp.sync(json!([])).await;
+    let (_, prof) = http(a, "GET", &format!("/api/users/{}", first.id), Some(&peer_token), None).await;
+    assert_eq!(prof["online"], true);
+    // Revoke the first device from the second: its socket closes, the user is offline.
+    let (st, _) = http(a, "DELETE", &format!("/api/sessions/{}", first.session), Some(&second.token), None).await;
+    assert_eq!(st, 200);
+    let e = wp.next_of("presence").await;
+    assert_eq!((e["user_id"].as_i64(), e["online"].as_bool()), (Some(first.id), Some(false)));
+    let (st, v) = http(a, "GET", "/api/chats", Some(&first.token), None).await;
+    assert_eq!((st, v["error"].as_str()), (401, Some("session_revoked")));
+    // Honouring privacy: with last_seen hidden, the peer sees neither.
+    http(a, "PATCH", "/api/me", Some(&second.token), Some(json!({"last_seen_privacy": "nobody", "phone_privacy": "nobody"}))).await;
+    let (_, prof) = http(a, "GET", &format!("/api/users/{}", first.id), Some(&peer_token), None).await;
+    assert_eq!(prof["last_seen"], "hidden");
+    assert!(prof.get("online").is_none() && prof.get("phone").is_none(), "{prof}");
+    let (st, _) = http(a, "POST", "/api/users/lookup", Some(&peer_token), Some(json!({"phone": "+79160000032"}))).await;
+    assert_eq!(st, 404);
+}
