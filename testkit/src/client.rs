@@ -158,6 +158,8 @@ struct Shared {
     sent: Arc<Observed<SendStats>>,
     mids: MidMap,
     ws_tx: tokio::sync::Mutex<Option<WsSink>>,
+    /// Set once the client closes its peer connections: failures after that are expected.
+    stopped: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -170,6 +172,10 @@ impl Shared {
     }
 
     fn record_error(&self, e: String) {
+        if self.stopped.load(std::sync::atomic::Ordering::Acquire) {
+            tracing::debug!("after close: {e}");
+            return;
+        }
         tracing::warn!("{e}");
         self.state.update(|s| s.errors.push(e));
     }
@@ -225,6 +231,7 @@ impl Client {
             sent: Observed::new(SendStats::default()),
             mids: Default::default(),
             ws_tx: tokio::sync::Mutex::new(None),
+            stopped: Default::default(),
         });
         let (offers, offers_rx) = mpsc::unbounded_channel();
         let mut tasks = vec![
@@ -376,7 +383,9 @@ impl Client {
         ];
         self.exchange_publisher_offer(offer, tracks.clone()).await?;
         let hash = identity_hash(&self.participant_id());
-        let tasks = av.start(hash, self.shared.sent.clone()).await?;
+        let tasks = av
+            .start(&self.publisher, hash, self.shared.sent.clone())
+            .await?;
         self.tasks.lock().expect("lock").extend(tasks);
         *local = Some((av, tracks));
         Ok(Published {
@@ -770,6 +779,9 @@ impl Client {
     }
 
     async fn stop(&self) {
+        self.shared
+            .stopped
+            .store(true, std::sync::atomic::Ordering::Release);
         for task in self.tasks.lock().expect("lock").drain(..) {
             task.abort();
         }

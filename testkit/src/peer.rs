@@ -185,6 +185,17 @@ impl Peer {
         ))
     }
 
+    /// A future that resolves once the connection is (or has been) `Connected`; never
+    /// resolves if it fails first.
+    pub fn connected(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.state.clone();
+        async move {
+            let _ = rx
+                .wait_for(|s| *s == RTCPeerConnectionState::Connected)
+                .await;
+        }
+    }
+
     /// The current connection state.
     pub fn state(&self) -> RTCPeerConnectionState {
         *self.state.borrow()
@@ -375,8 +386,12 @@ impl LocalAv {
     /// Starts sending (call once the answer is applied): 20 ms audio packets with the audio
     /// level extension, 30 fps VP8 frames with a keyframe every second and after every PLI/FIR.
     /// `sender_hash` goes into every payload's integrity record.
+    ///
+    /// Sending begins once `peer` is connected (packets written before DTLS completes
+    /// would be dropped by webrtc-rs anyway).
     pub async fn start(
         &self,
+        peer: &Peer,
         sender_hash: u32,
         stats: Arc<Observed<SendStats>>,
     ) -> Result<Vec<JoinHandle<()>>> {
@@ -386,7 +401,9 @@ impl LocalAv {
 
         let (track, stats_a) = (self.audio.clone(), stats.clone());
         let mut gen = AudioGenerator::new(self.audio_ssrc, audio_pt, sender_hash);
+        let connected = peer.connected();
         tasks.push(tokio::spawn(async move {
+            connected.await;
             let mut tick =
                 tokio::time::interval(Duration::from_millis(media::AUDIO_PACKET_INTERVAL_MS));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -408,7 +425,9 @@ impl LocalAv {
         let keyframe_wanted = Arc::new(AtomicBool::new(false));
         let (track, stats_v, wanted) = (self.video.clone(), stats.clone(), keyframe_wanted.clone());
         let mut gen = VideoGenerator::new(self.video_ssrc, video_pt, sender_hash);
+        let connected = peer.connected();
         tasks.push(tokio::spawn(async move {
+            connected.await;
             let mut tick =
                 tokio::time::interval(Duration::from_millis(media::VIDEO_FRAME_INTERVAL_MS));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -69,7 +69,7 @@ async fn synthetic_av_flows_between_two_webrtc_rs_peers() -> Result<()> {
     let recv = Observed::new(HashMap::<String, RemoteTrackStats>::new());
     let _receiver = spawn_receiver(b.pc.clone(), b_events.tracks, mids, recv.clone());
     let sent = Observed::new(SendStats::default());
-    let _senders = av.start(identity_hash("PA_1"), sent.clone()).await?;
+    let _senders = av.start(&a, identity_hash("PA_1"), sent.clone()).await?;
 
     a.wait_connected(TIMEOUT).await.context("a")?;
     b.wait_connected(TIMEOUT).await.context("b")?;
@@ -178,7 +178,7 @@ async fn tracks_added_by_renegotiation_are_received() -> Result<()> {
     let (am, vm) = first.mids().await?;
     map(&mids, am, "PA_1", "TR_1a");
     map(&mids, vm, "PA_1", "TR_1v");
-    tasks.extend(first.start(identity_hash("PA_1"), sent.clone()).await?);
+    tasks.extend(first.start(&a, identity_hash("PA_1"), sent.clone()).await?);
     a.wait_connected(TIMEOUT).await?;
 
     // A second participant's tracks arrive on new transceivers.
@@ -187,7 +187,11 @@ async fn tracks_added_by_renegotiation_are_received() -> Result<()> {
     let (am, vm) = second.mids().await?;
     map(&mids, am, "PA_2", "TR_2a");
     map(&mids, vm, "PA_2", "TR_2v");
-    tasks.extend(second.start(identity_hash("PA_2"), sent.clone()).await?);
+    tasks.extend(
+        second
+            .start(&a, identity_hash("PA_2"), sent.clone())
+            .await?,
+    );
 
     let all = recv
         .wait(
