@@ -136,6 +136,15 @@ fn vm_hwm_kib(pid: u32) -> u64 {
     s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).unwrap_or(0)
 }
 
+/// CPU seconds (user + system) a process has used.
+fn cpu_secs(pid: u32) -> f64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = s.rsplit(')').next().unwrap_or_default();
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks: u64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0) + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
+    ticks as f64 / 100.0
+}
+
 fn mib_s(bytes: u64, d: Duration) -> f64 {
     bytes as f64 / (1 << 20) as f64 / d.as_secs_f64()
 }
@@ -264,8 +273,13 @@ async fn bench() -> anyhow::Result<()> {
     let token = keys.mint_for("bench", None, None, common::Grants { files: true, ..Default::default() }, Duration::from_secs(3600));
     let opts = Options { server: relay_addr, server_name: "localhost".into(), token, trust: Trust::Pin(pin.clone()), streams: 4 };
 
+    let streams: usize = arg("--streams").map(|s| s.parse()).transpose()?.unwrap_or(4);
+    let opts = Options { streams, ..opts };
+    let c0 = cpu_secs(pid);
     let raw_up = raw_quinn(raw_addr, &pin, size, true).await?;
+    let c1 = cpu_secs(pid);
     let raw_down = raw_quinn(raw_addr, &pin, size, false).await?;
+    let c2 = cpu_secs(pid);
     let tcp_up = tcp(tcp_addr, size, true).await?;
     let tcp_down = tcp(tcp_addr, size, false).await?;
 
@@ -276,12 +290,15 @@ async fn bench() -> anyhow::Result<()> {
     };
     let hash_time = t.elapsed();
     let c = Client::connect(&opts).await?;
+    let c3 = cpu_secs(pid);
     let t = Instant::now();
     let id = c.upload_with(Arc::new(std::fs::File::open(&input)?), size, &ob, &root, "bench.bin", "application/octet-stream", Arc::new(Progress::default())).await?;
     let up = t.elapsed();
+    let c4 = cpu_secs(pid);
     let t = Instant::now();
     c.download(&id, &output, Arc::new(Progress::default())).await?;
     let down = t.elapsed();
+    let c5 = cpu_secs(pid);
     c.close().await;
     let peak_kib = vm_hwm_kib(pid);
     let same = std::fs::metadata(&output)?.len() == size;
@@ -296,10 +313,17 @@ async fn bench() -> anyhow::Result<()> {
     println!("|---|---|---|");
     println!("| raw quinn, 1 stream, no disk | {:.0} | {:.0} |", mib_s(size, raw_up), mib_s(size, raw_down));
     println!("| plain TCP, no TLS, no disk | {:.0} | {:.0} |", mib_s(size, tcp_up), mib_s(size, tcp_down));
-    println!("| relay (4 streams, verified, disk) | {:.0} | {:.0} |", mib_s(size, up), mib_s(size, down));
+    println!("| relay ({streams} streams, verified, disk) | {:.0} | {:.0} |", mib_s(size, up), mib_s(size, down));
     println!("| relay / raw quinn | {:.0} % | {:.0} % |", 100.0 * raw_up.as_secs_f64() / up.as_secs_f64(), 100.0 * raw_down.as_secs_f64() / down.as_secs_f64());
     println!("| relay / TCP | {:.0} % | {:.0} % |", 100.0 * tcp_up.as_secs_f64() / up.as_secs_f64(), 100.0 * tcp_down.as_secs_f64() / down.as_secs_f64());
     println!();
+    println!(
+        "Server CPU seconds per GiB: raw quinn up {:.2} / down {:.2}; relay up {:.2} / down {:.2}.",
+        (c1 - c0) / gib,
+        (c2 - c1) / gib,
+        (c4 - c3) / gib,
+        (c5 - c4) / gib
+    );
     println!("Client-side BLAKE3 outboard of the file before upload: {:.0} MiB/s ({:.2} s, not in the upload figure).", mib_s(size, hash_time), hash_time.as_secs_f64());
     println!("Server process peak RSS (VmHWM): {:.1} MiB after start, {:.1} MiB after all transfers. Output size ok: {same}.", idle_kib as f64 / 1024.0, peak_kib as f64 / 1024.0);
     Ok(())
