@@ -132,11 +132,11 @@ impl Client {
         let bind: SocketAddr = if opts.server.is_ipv6() { "[::]:0".parse().unwrap() } else { "0.0.0.0:0".parse().unwrap() };
         let mut endpoint = quinn::Endpoint::client(bind).map_err(|e| ClientError::Connect(e.to_string()))?;
         endpoint.set_default_client_config(cfg);
-        let conn = endpoint
-            .connect(opts.server, &opts.server_name)
-            .map_err(|e| ClientError::Connect(e.to_string()))?
-            .await
-            .map_err(|e| ClientError::Connect(format!("{} ({e})", opts.server)))?;
+        let connecting = endpoint.connect(opts.server, &opts.server_name).map_err(|e| ClientError::Connect(e.to_string()))?;
+        let conn = match tokio::time::timeout(std::time::Duration::from_secs(10), connecting).await {
+            Ok(c) => c.map_err(|e| ClientError::Connect(format!("{} ({e})", opts.server)))?,
+            Err(_) => return Err(ClientError::Connect(format!("no answer from {} within 10 s: is the relay running there, and is UDP let through?", opts.server))),
+        };
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| ClientError::Connect(e.to_string()))?;
         proto::write_frame(&mut send, &Request::Hello { version: proto::VERSION, token: opts.token.clone() }).await?;
         let _ = send.finish();

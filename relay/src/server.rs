@@ -203,7 +203,7 @@ async fn begin(
     let hash = proto::parse_hash(&hash).ok_or_else(|| error(ErrorCode::BadRequest, "hash must be 64 hex digits (BLAKE3)"))?;
     let store = &sh.store;
     let upload = |e: &Entry| Response::Upload { file: e.id.clone(), complete: e.is_complete(), missing: e.missing() };
-    match store.begin(&session.user, size, &hash).map_err(|e| store_error(&e))? {
+    match store.begin(&session.user, &name, size, &hash).map_err(|e| store_error(&e))? {
         Begin::Resume(e) => {
             info!(file = %e.id, size, "upload resumed");
             Ok(upload(&e))

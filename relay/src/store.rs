@@ -418,7 +418,9 @@ impl Store {
     }
 
     /// Declares an upload of `size` bytes with BLAKE3 `hash` by `owner`.
-    pub fn begin(&self, owner: &str, size: u64, hash: &[u8; 32]) -> Result<Begin, StoreError> {
+    /// Uploading again a file this user already has complete (same content and name)
+    /// gives that file back.
+    pub fn begin(&self, owner: &str, name: &str, size: u64, hash: &[u8; 32]) -> Result<Begin, StoreError> {
         if size > self.limits.max_file_size {
             return Err(StoreError::TooLarge { size, limit: self.limits.max_file_size });
         }
@@ -427,6 +429,18 @@ impl Store {
             let e = idx.files[id].clone();
             if e.size == size && e.expires > now() {
                 return Ok(Begin::Resume(e));
+            }
+        }
+        if idx.refs.contains_key(hash) {
+            let t = now();
+            let mine = idx.files.values().find(|e| {
+                e.owner == owner && e.name == name && e.size == size && e.expires > t && {
+                    let st = e.state.lock();
+                    st.complete && st.hash == Some(*hash)
+                }
+            });
+            if let Some(e) = mine {
+                return Ok(Begin::Resume(e.clone()));
             }
         }
         self.check_new(&idx, owner, size)?;

@@ -22,6 +22,10 @@ async fn round_trip(size: usize) {
     let p = progress();
     let id = within(120, c.upload(&path, "in.bin", "application/octet-stream", p.clone())).await.unwrap();
     assert_eq!(p.transferred.load(Ordering::Relaxed), size as u64);
+    // Uploading it again gives the same file, sending nothing.
+    let again = progress();
+    assert_eq!(c.upload(&path, "in.bin", "application/octet-stream", again.clone()).await.unwrap(), id);
+    assert_eq!(again.transferred.load(Ordering::Relaxed), 0);
     let info = c.stat(&id).await.unwrap();
     assert!(info.complete);
     assert_eq!(info.size, size as u64);
