@@ -62,6 +62,12 @@ pub async fn rtc_handler(
     if claims.room.is_none() {
         return refuse(StatusCode::FORBIDDEN, "access token opens no room: mint one with --room");
     }
+    // A client may name the room it expects; a token for another room is refused.
+    if let Some(room) = query.get("room") {
+        if claims.room.as_deref() != Some(room.as_str()) {
+            return refuse(StatusCode::FORBIDDEN, &common::TokenError::WrongRoom.to_string());
+        }
+    }
     if !claims.grants.publish && !claims.grants.subscribe {
         return refuse(StatusCode::FORBIDDEN, "access token grants neither publish nor subscribe");
     }

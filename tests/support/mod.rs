@@ -1,0 +1,140 @@
+//! Runs the real `maxd` binary for end-to-end tests: free ports, its own data directory,
+//! configuration through `MAXD_*` environment variables, killed on drop.
+
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Maxd {
+    child: Child,
+    pub dir: tempfile::TempDir,
+    pub http: SocketAddr,
+    pub media: SocketAddr,
+    env: Vec<(String, String)>,
+}
+
+/// A port free on loopback for both TCP and UDP.
+pub fn free_port() -> u16 {
+    loop {
+        let t = TcpListener::bind("127.0.0.1:0").expect("bind tcp");
+        let port = t.local_addr().unwrap().port();
+        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_maxd"))
+}
+
+impl Maxd {
+    /// Starts `maxd` with the given roles and waits for `/healthz`.
+    pub fn start(roles: &str) -> Maxd {
+        Self::start_with(roles, &[])
+    }
+
+    pub fn start_with(roles: &str, extra: &[(&str, &str)]) -> Maxd {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let media: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let relay = format!("127.0.0.1:{}", free_port());
+        let mut env = vec![
+            ("MAXD_DATA_DIR".to_string(), dir.path().join("data").display().to_string()),
+            ("MAXD_HTTP__LISTEN".to_string(), http.to_string()),
+            ("MAXD_SFU__UDP_LISTEN".to_string(), media.to_string()),
+            ("MAXD_SFU__TCP_LISTEN".to_string(), media.to_string()),
+            ("MAXD_RELAY__LISTEN".to_string(), relay),
+            ("MAXD_ROLES".to_string(), roles.to_string()),
+        ];
+        for (k, v) in extra {
+            env.push((k.to_string(), v.to_string()));
+        }
+        let log = std::fs::File::create(dir.path().join("maxd.log")).unwrap();
+        let child = Command::new(bin())
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn maxd");
+        let mut m = Maxd { child, dir, http, media, env };
+        m.wait_healthy(Duration::from_secs(30));
+        m
+    }
+
+    fn wait_healthy(&mut self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("maxd exited early ({status}):\n{}", self.log());
+            }
+            if std::net::TcpStream::connect_timeout(&self.http, Duration::from_millis(200)).is_ok() {
+                return;
+            }
+            assert!(Instant::now() < deadline, "maxd did not listen within {timeout:?}:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.http)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("maxd.log")).unwrap_or_default()
+    }
+
+    /// `maxd token ...` with this server's configuration.
+    pub fn token(&self, args: &[&str]) -> String {
+        let out = Command::new(bin())
+            .arg("token")
+            .args(args)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .output()
+            .expect("run maxd token");
+        assert!(out.status.success(), "maxd token failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    }
+
+    pub fn room_token(&self, room: &str, identity: &str) -> String {
+        self.token(&["--room", room, "--identity", identity])
+    }
+
+    /// The text of `/metrics`.
+    pub fn metrics(&self) -> String {
+        http_get(self.http, "/metrics").1
+    }
+}
+
+impl Drop for Maxd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A plain HTTP/1.1 GET: (status, body).
+pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).unwrap();
+    let status = buf.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+/// The value of a Prometheus sample (summed over label sets) in `text`.
+pub fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.split(|c| c == '{' || c == ' ').next() == Some(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
