@@ -1,6 +1,8 @@
 //! Manual check against a running maxd: every token joins, publishes audio+video, and
 //! waits to receive everyone else's media; prints what each received.
 //!
+//! Set `TESTKIT_TRICKLE=1` to also trickle the clients' ICE candidates.
+//!
 //! ```text
 //! cargo run -p maxd-testkit --example call -- http://127.0.0.1:8080 TOKEN_A TOKEN_B TOKEN_C
 //! ```
@@ -19,7 +21,11 @@ async fn main() -> Result<()> {
     let tokens: Vec<String> = args.collect();
     let mut clients = Vec::new();
     for token in &tokens {
-        let c = Client::connect(&base, token).await?;
+        let options = testkit::ClientOptions {
+            trickle: std::env::var_os("TESTKIT_TRICKLE").is_some(),
+            ..Default::default()
+        };
+        let c = Client::connect_with(&base, token, options).await?;
         println!("joined as {} ({})", c.participant_id(), c.identity());
         c.publish_av().await?;
         clients.push(c);

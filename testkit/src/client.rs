@@ -158,6 +158,9 @@ struct Shared {
     sent: Arc<Observed<SendStats>>,
     mids: MidMap,
     ws_tx: tokio::sync::Mutex<Option<WsSink>>,
+    /// Whether a publisher offer / subscriber answer has been sent (trickling waits for it).
+    offer_sent: tokio::sync::watch::Sender<bool>,
+    answer_sent: tokio::sync::watch::Sender<bool>,
     /// Set once the client closes its peer connections: failures after that are expected.
     stopped: std::sync::atomic::AtomicBool,
 }
@@ -232,6 +235,8 @@ impl Client {
             mids: Default::default(),
             ws_tx: tokio::sync::Mutex::new(None),
             stopped: Default::default(),
+            offer_sent: tokio::sync::watch::channel(false).0,
+            answer_sent: tokio::sync::watch::channel(false).0,
         });
         let (offers, offers_rx) = mpsc::unbounded_channel();
         let mut tasks = vec![
@@ -423,6 +428,7 @@ impl Client {
             tracks,
         })
         .await?;
+        self.shared.offer_sent.send_replace(true);
         let answer = self
             .wait_reply(since, "publisher answer", self.options.timeout, |m| {
                 matches!(m, ServerMsg::Answer { .. })
@@ -954,6 +960,8 @@ async fn answer_offers(
                     .await
                 {
                     tracing::debug!("answer to offer {offer_id} not sent: {e:#}");
+                } else {
+                    shared.answer_sent.send_replace(true);
                 }
             }
             Err(e) => shared.record_error(format!("subscriber offer {offer_id}: {e:#}")),
@@ -967,6 +975,15 @@ async fn trickle(
     mut candidates: mpsc::UnboundedReceiver<RTCIceCandidateInit>,
     shared: Arc<Shared>,
 ) {
+    // Candidates are gathered from set_local_description on, but the server only knows the
+    // connection once our description (publisher offer / subscriber answer) reached it.
+    let mut described = match pc {
+        PcKind::Publisher => shared.offer_sent.subscribe(),
+        PcKind::Subscriber => shared.answer_sent.subscribe(),
+    };
+    if described.wait_for(|sent| *sent).await.is_err() {
+        return;
+    }
     while let Some(c) = candidates.recv().await {
         let msg = ClientMsg::Trickle {
             pc,
