@@ -65,6 +65,34 @@ async fn main() -> Result<()> {
         "a was told b left during the resume"
     );
 
+    let n = b.message_count();
+    b.restart_subscriber_ice().await?;
+    b.wait_for_after(n, T, |m| matches!(m, ServerMsg::Offer { .. }))
+        .await
+        .context("ice restart offer")?;
+    let now = b
+        .wait_media_from(&a.participant_id(), TrackKind::Audio, 1, T)
+        .await?
+        .packets;
+    let later = b
+        .wait_media_from(&a.participant_id(), TrackKind::Audio, now + 50, T)
+        .await?;
+    println!(
+        "subscriber ICE restart: audio from a {now} -> {}",
+        later.packets
+    );
+    a.renegotiate_publisher(true)
+        .await
+        .context("publisher ICE restart")?;
+    let now = later.packets;
+    let later = b
+        .wait_media_from(&a.participant_id(), TrackKind::Audio, now + 50, T)
+        .await?;
+    println!(
+        "publisher ICE restart: audio from a {now} -> {}",
+        later.packets
+    );
+
     b.leave().await.context("leave")?;
     let left = a
         .wait_for(T, |m| matches!(m, ServerMsg::ParticipantLeft { .. }))
