@@ -55,22 +55,32 @@ async fn serve(dir: PathBuf) -> anyhow::Result<()> {
     scfg.transport_config(Arc::new(relay::transport()));
     let raw = quinn::Endpoint::server(scfg, "127.0.0.1:0".parse()?)?;
     let raw_addr = raw.local_addr()?;
+    let raw_dir = dir.clone();
     tokio::spawn(async move {
         while let Some(inc) = raw.accept().await {
+            let dir = raw_dir.clone();
             tokio::spawn(async move {
                 let Ok(conn) = inc.await else { return };
                 while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                    let dir = dir.clone();
                     tokio::spawn(async move {
                         let mut cmd = [0u8; 9];
                         if recv.read_exact(&mut cmd).await.is_err() {
                             return;
                         }
                         let n = u64::from_be_bytes(cmd[1..].try_into().unwrap());
-                        if cmd[0] == b'U' {
+                        if cmd[0] == b'U' || cmd[0] == b'W' {
+                            let sink = (cmd[0] == b'W').then(|| std::fs::File::create(dir.join("raw-sink.bin")).unwrap());
                             let mut got = 0u64;
                             while let Ok(Some(c)) = recv.read_chunk(usize::MAX, true).await {
+                                if let Some(f) = &sink {
+                                    use std::os::unix::fs::FileExt;
+                                    f.write_all_at(&c.bytes, c.offset - 9).unwrap();
+                                }
                                 got += c.bytes.len() as u64;
                             }
+                            drop(sink);
+                            let _ = std::fs::remove_file(dir.join("raw-sink.bin"));
                             let _ = send.write_all(&got.to_be_bytes()).await;
                         } else {
                             let block = Bytes::from(vec![7u8; 1 << 20]);
@@ -149,7 +159,8 @@ fn mib_s(bytes: u64, d: Duration) -> f64 {
     bytes as f64 / (1 << 20) as f64 / d.as_secs_f64()
 }
 
-async fn raw_quinn(addr: SocketAddr, pin: &str, n: u64, upload: bool) -> anyhow::Result<Duration> {
+/// Raw quinn transfer; with `disk`, the receiving side writes what it gets to a file.
+async fn raw_quinn(addr: SocketAddr, pin: &str, n: u64, upload: bool, disk: Option<&Path>) -> anyhow::Result<Duration> {
     let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
@@ -164,7 +175,7 @@ async fn raw_quinn(addr: SocketAddr, pin: &str, n: u64, upload: bool) -> anyhow:
     let conn = ep.connect(addr, "localhost")?.await?;
     let t0 = Instant::now();
     let (mut send, mut recv) = conn.open_bi().await?;
-    let mut cmd = vec![if upload { b'U' } else { b'D' }];
+    let mut cmd = vec![if upload && disk.is_some() { b'W' } else if upload { b'U' } else { b'D' }];
     cmd.extend_from_slice(&n.to_be_bytes());
     send.write_all(&cmd).await?;
     if upload {
@@ -181,11 +192,19 @@ async fn raw_quinn(addr: SocketAddr, pin: &str, n: u64, upload: bool) -> anyhow:
         assert_eq!(u64::from_be_bytes(got), n);
     } else {
         send.finish()?;
+        let sink = disk.map(std::fs::File::create).transpose()?;
         let mut got = 0u64;
         while let Some(c) = recv.read_chunk(usize::MAX, true).await? {
+            if let Some(f) = &sink {
+                use std::os::unix::fs::FileExt;
+                f.write_all_at(&c.bytes, c.offset)?;
+            }
             got += c.bytes.len() as u64;
         }
         assert_eq!(got, n);
+        if let Some(p) = disk {
+            let _ = std::fs::remove_file(p);
+        }
     }
     let d = t0.elapsed();
     conn.close(0u32.into(), b"");
@@ -276,10 +295,12 @@ async fn bench() -> anyhow::Result<()> {
     let streams: usize = arg("--streams").map(|s| s.parse()).transpose()?.unwrap_or(4);
     let opts = Options { streams, ..opts };
     let c0 = cpu_secs(pid);
-    let raw_up = raw_quinn(raw_addr, &pin, size, true).await?;
+    let raw_up = raw_quinn(raw_addr, &pin, size, true, None).await?;
     let c1 = cpu_secs(pid);
-    let raw_down = raw_quinn(raw_addr, &pin, size, false).await?;
+    let raw_down = raw_quinn(raw_addr, &pin, size, false, None).await?;
     let c2 = cpu_secs(pid);
+    let rawd_up = raw_quinn(raw_addr, &pin, size, true, Some(&output)).await?;
+    let rawd_down = raw_quinn(raw_addr, &pin, size, false, Some(&output)).await?;
     let tcp_up = tcp(tcp_addr, size, true).await?;
     let tcp_down = tcp(tcp_addr, size, false).await?;
 
@@ -312,9 +333,11 @@ async fn bench() -> anyhow::Result<()> {
     println!("| path | upload MiB/s | download MiB/s |");
     println!("|---|---|---|");
     println!("| raw quinn, 1 stream, no disk | {:.0} | {:.0} |", mib_s(size, raw_up), mib_s(size, raw_down));
+    println!("| raw quinn, 1 stream, receiver writes to disk | {:.0} | {:.0} |", mib_s(size, rawd_up), mib_s(size, rawd_down));
     println!("| plain TCP, no TLS, no disk | {:.0} | {:.0} |", mib_s(size, tcp_up), mib_s(size, tcp_down));
     println!("| relay ({streams} streams, verified, disk) | {:.0} | {:.0} |", mib_s(size, up), mib_s(size, down));
     println!("| relay / raw quinn | {:.0} % | {:.0} % |", 100.0 * raw_up.as_secs_f64() / up.as_secs_f64(), 100.0 * raw_down.as_secs_f64() / down.as_secs_f64());
+    println!("| relay / raw quinn with disk | {:.0} % | {:.0} % |", 100.0 * rawd_up.as_secs_f64() / up.as_secs_f64(), 100.0 * rawd_down.as_secs_f64() / down.as_secs_f64());
     println!("| relay / TCP | {:.0} % | {:.0} % |", 100.0 * tcp_up.as_secs_f64() / up.as_secs_f64(), 100.0 * tcp_down.as_secs_f64() / down.as_secs_f64());
     println!();
     println!(

@@ -433,17 +433,16 @@ async fn put_piece(conn: &quinn::Connection, file: &File, id: &str, size: u64, g
 #[allow(clippy::too_many_arguments)]
 async fn get_piece(
     conn: &quinn::Connection,
-    file: &File,
+    file: &Arc<File>,
     id: &str,
     size: u64,
-    outboard: &[u8],
+    outboard: &Arc<Vec<u8>>,
     g0: u64,
     g1: u64,
-    have: &Mutex<Bitmap>,
-    progress: &Progress,
+    have: &Arc<Mutex<Bitmap>>,
+    progress: &Arc<Progress>,
     save: &(dyn Fn() + Sync),
 ) -> Result<(), ClientError> {
-    let groups = tree::group_count(size);
     let start = g0 * GROUP_SIZE;
     let end = (g1 * GROUP_SIZE).min(size);
     let (mut send, mut recv) = conn.open_bi().await.map_err(|e| ClientError::Protocol(e.to_string()))?;
@@ -454,38 +453,71 @@ async fn get_piece(
         Response::Data { .. } => return Err(ClientError::Protocol("relay sent another range than asked".into())),
         other => return Err(refused(other)),
     }
-    let mut buf = vec![0u8; BATCH];
+    // Two buffers: one is verified and written on a blocking thread while the next is
+    // received, so the QUIC driver never waits on hashing or the disk.
+    type Job = tokio::task::JoinHandle<(Vec<u8>, Result<(), ClientError>)>;
+    let finish = |r: Result<(Vec<u8>, Result<(), ClientError>), tokio::task::JoinError>| match r {
+        Ok(t) => t,
+        Err(e) => (Vec::new(), Err(ClientError::Protocol(e.to_string()))),
+    };
+    let mut spare = vec![0u8; BATCH];
+    let mut pending: Option<Job> = None;
     let mut pos = start;
+    let mut since_save = 0u64;
     while pos < end {
         let n = (end - pos).min(BATCH as u64) as usize;
-        recv.read_exact(&mut buf[..n]).await?;
-        let first = pos / GROUP_SIZE;
-        let count = (n as u64).div_ceil(GROUP_SIZE);
-        for i in 0..count {
-            let g = first + i;
-            let s = (i * GROUP_SIZE) as usize;
-            let l = tree::group_len(size, g);
-            if tree::group_cv(&buf[s..s + l], g, groups)[..] != outboard[g as usize * CV_LEN..][..CV_LEN] {
-                return Err(ClientError::Corrupt(g));
-            }
+        recv.read_exact(&mut spare[..n]).await?;
+        let buf = std::mem::take(&mut spare);
+        if let Some(job) = pending.take() {
+            let (b, r) = finish(job.await);
+            r?;
+            spare = b;
+        } else {
+            spare = vec![0u8; BATCH];
         }
-        file.write_all_at(&buf[..n], pos)?;
-        {
-            let mut h = have.lock();
-            for i in 0..count {
-                h.set(first + i);
-            }
-        }
+        let (file, outboard, have, progress, at) = (file.clone(), outboard.clone(), have.clone(), progress.clone(), pos);
+        pending = Some(tokio::task::spawn_blocking(move || {
+            let r = verify_and_write(&file, size, &outboard, &buf[..n], at, &have, &progress);
+            (buf, r)
+        }));
         pos += n as u64;
-        progress.add(n as u64);
+        since_save += n as u64;
         // Record progress every 2 MiB, so a killed download resumes near where it was.
-        if (pos - start) % (8 * BATCH as u64) == 0 {
+        if since_save >= 8 * BATCH as u64 {
+            since_save = 0;
             save();
         }
+    }
+    if let Some(job) = pending.take() {
+        finish(job.await).1?;
     }
     if size == 0 {
         have.lock().set(0);
     }
+    Ok(())
+}
+
+/// Checks the groups of `buf` (bytes from `pos`) against the outboard, then writes them.
+fn verify_and_write(file: &File, size: u64, outboard: &[u8], buf: &[u8], pos: u64, have: &Mutex<Bitmap>, progress: &Progress) -> Result<(), ClientError> {
+    let groups = tree::group_count(size);
+    let first = pos / GROUP_SIZE;
+    let count = (buf.len() as u64).div_ceil(GROUP_SIZE);
+    for i in 0..count {
+        let g = first + i;
+        let s = (i * GROUP_SIZE) as usize;
+        let l = tree::group_len(size, g);
+        if tree::group_cv(&buf[s..s + l], g, groups)[..] != outboard[g as usize * CV_LEN..][..CV_LEN] {
+            return Err(ClientError::Corrupt(g));
+        }
+    }
+    file.write_all_at(buf, pos)?;
+    {
+        let mut h = have.lock();
+        for i in 0..count {
+            h.set(first + i);
+        }
+    }
+    progress.add(buf.len() as u64);
     Ok(())
 }
 

@@ -257,25 +257,55 @@ async fn put(recv: &mut quinn::RecvStream, sh: &Shared, session: &Session, file:
     if offset % GROUP_SIZE != 0 || offset > entry.size || len > entry.size - offset {
         return Err(error(ErrorCode::BadRequest, format!("range {offset}+{len} is not group-aligned or past the end of the file ({} bytes)", entry.size)));
     }
-    let mut buf = vec![0u8; BATCH];
-    let mut cvs = Vec::with_capacity(BATCH / GROUP_SIZE as usize * tree::CV_LEN);
     let mut pos = offset;
     let end = offset + len;
     let mut complete = entry.is_complete();
+    // Two buffers: while one batch is verified and written on a blocking thread, the
+    // next one is read from the stream, so the QUIC driver never waits on hashing.
+    let mut spare = vec![0u8; BATCH];
+    let mut spare_cvs = Vec::with_capacity(BATCH / GROUP_SIZE as usize * tree::CV_LEN);
+    type Job = tokio::task::JoinHandle<(Vec<u8>, Vec<u8>, Result<bool, StoreError>)>;
+    let mut pending: Option<Job> = None;
+    let finish = |r: Result<(Vec<u8>, Vec<u8>, Result<bool, StoreError>), tokio::task::JoinError>| match r {
+        Ok(t) => t,
+        Err(_) => (vec![0u8; BATCH], Vec::new(), Err(StoreError::Io(std::io::Error::other("verification task failed")))),
+    };
     let result = async {
         if len == 0 {
             // An empty file has one empty group.
-            complete = sh.store.put(&entry, offset, &[], &mut cvs)?;
+            complete = sh.store.put(&entry, offset, &[], &mut spare_cvs)?;
         }
         while pos < end {
             let n = (end - pos).min(BATCH as u64) as usize;
-            recv.read_exact(&mut buf[..n]).await.map_err(|e| StoreError::BadRequest(format!("data cut short: {e}")))?;
-            complete = sh.store.put(&entry, pos, &buf[..n], &mut cvs)?;
+            recv.read_exact(&mut spare[..n]).await.map_err(|e| StoreError::BadRequest(format!("data cut short: {e}")))?;
+            let mut buf = std::mem::take(&mut spare);
+            let mut cvs = std::mem::take(&mut spare_cvs);
+            if let Some(job) = pending.take() {
+                let (b, c, r) = finish(job.await);
+                spare = b;
+                spare_cvs = c;
+                complete = r?;
+            } else {
+                spare = vec![0u8; BATCH];
+            }
+            let (store, e, at) = (sh.store.clone(), entry.clone(), pos);
+            pending = Some(tokio::task::spawn_blocking(move || {
+                let r = store.put(&e, at, &buf[..n], &mut cvs);
+                buf.truncate(BATCH);
+                (buf, cvs, r)
+            }));
             pos += n as u64;
+        }
+        if let Some(job) = pending.take() {
+            complete = finish(job.await).2?;
         }
         Ok::<_, StoreError>(())
     }
     .await;
+    if let Some(job) = pending.take() {
+        // An error cut the stream: let the batch in flight land before saving progress.
+        let _ = job.await;
+    }
     if let Err(e) = sh.store.save_progress(&entry) {
         warn!(file = %entry.id, error = %e, "saving upload progress failed");
     }
