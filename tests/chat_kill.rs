@@ -18,11 +18,19 @@ use tokio_tungstenite::tungstenite::Message as WsMsg;
 const WAIT: Duration = Duration::from_secs(15);
 
 /// Plain HTTP/1.1 with `Connection: close`, enough for a test.
-fn http(addr: SocketAddr, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> (u16, Value) {
+fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> (u16, Value) {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(WAIT)).unwrap();
     let body = body.map(|b| b.to_string()).unwrap_or_default();
-    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     write!(
         s,
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\n{auth}Content-Length: {}\r\n\r\n{body}",
@@ -34,7 +42,10 @@ fn http(addr: SocketAddr, method: &str, path: &str, token: Option<&str>, body: O
     let text = String::from_utf8_lossy(&out);
     let status: u16 = text.split(' ').nth(1).unwrap().parse().unwrap();
     let (head, rest) = text.split_once("\r\n\r\n").unwrap();
-    let payload = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    let payload = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         // De-chunk.
         let mut r = rest;
         let mut b = String::new();
@@ -51,11 +62,18 @@ fn http(addr: SocketAddr, method: &str, path: &str, token: Option<&str>, body: O
     } else {
         rest.to_string()
     };
-    (status, serde_json::from_str(&payload).unwrap_or(Value::Null))
+    (
+        status,
+        serde_json::from_str(&payload).unwrap_or(Value::Null),
+    )
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn spawn_maxd(cfg: &Path) -> Child {
@@ -84,13 +102,33 @@ fn wait_ready(addr: SocketAddr, child: &mut Child) {
 }
 
 fn login(addr: SocketAddr, data: &Path, phone: &str) -> (i64, String) {
-    let (st, v) = http(addr, "POST", "/api/auth/code", None, Some(json!({"phone": phone})));
+    let (st, v) = http(
+        addr,
+        "POST",
+        "/api/auth/code",
+        None,
+        Some(json!({"phone": phone})),
+    );
     assert_eq!(st, 200, "{v}");
     let codes = std::fs::read_to_string(data.join("sms-codes.jsonl")).unwrap();
-    let line: Value = codes.lines().rev().map(|l| serde_json::from_str::<Value>(l).unwrap()).find(|v| v["to"] == phone).unwrap();
-    let (st, v) = http(addr, "POST", "/api/auth/verify", None, Some(json!({"phone": phone, "code": line["code"]})));
+    let line: Value = codes
+        .lines()
+        .rev()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|v| v["to"] == phone)
+        .unwrap();
+    let (st, v) = http(
+        addr,
+        "POST",
+        "/api/auth/verify",
+        None,
+        Some(json!({"phone": phone, "code": line["code"]})),
+    );
     assert_eq!(st, 200, "{v}");
-    (v["user_id"].as_i64().unwrap(), v["access_token"].as_str().unwrap().to_string())
+    (
+        v["user_id"].as_i64().unwrap(),
+        v["access_token"].as_str().unwrap().to_string(),
+    )
 }
 
 async fn scenario(database_url: &str) {
@@ -111,11 +149,20 @@ async fn scenario(database_url: &str) {
     wait_ready(addr, &mut child);
     let (_, alice) = login(addr, &data, "+79170000001");
     let (bob, _) = login(addr, &data, "+79170000002");
-    let (st, g) = http(addr, "POST", "/api/chats", Some(&alice), Some(json!({"kind": "group", "title": "K", "members": [bob]})));
+    let (st, g) = http(
+        addr,
+        "POST",
+        "/api/chats",
+        Some(&alice),
+        Some(json!({"kind": "group", "title": "K", "members": [bob]})),
+    );
     assert_eq!(st, 200, "{g}");
     let chat = g["id"].as_i64().unwrap();
 
-    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws?access_token={alice}")).await.unwrap();
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async(format!("ws://{addr}/ws?access_token={alice}"))
+            .await
+            .unwrap();
     // Pipeline many sends; kill -9 as soon as 150 acks are in, with more in flight.
     for i in 0..400 {
         let m = json!({"type": "send", "chat_id": chat, "client_id": format!("k{i}"), "text": format!("kill test {i}")});
@@ -123,11 +170,18 @@ async fn scenario(database_url: &str) {
     }
     let mut acked: HashMap<String, i64> = HashMap::new();
     while acked.len() < 150 {
-        let m = tokio::time::timeout(WAIT, ws.next()).await.expect("ack in time").expect("socket open").unwrap();
+        let m = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("ack in time")
+            .expect("socket open")
+            .unwrap();
         if let WsMsg::Text(t) = m {
             let v: Value = serde_json::from_str(&t).unwrap();
             if v["type"] == "ack" {
-                acked.insert(v["client_id"].as_str().unwrap().to_string(), v["seq"].as_i64().unwrap());
+                acked.insert(
+                    v["client_id"].as_str().unwrap().to_string(),
+                    v["seq"].as_i64().unwrap(),
+                );
             } else {
                 assert_ne!(v["type"], "error", "{v}");
             }
@@ -150,7 +204,10 @@ async fn scenario(database_url: &str) {
         let (st, h) = http(addr, "GET", &path, Some(&alice), None);
         assert_eq!(st, 200, "{h}");
         for m in h["messages"].as_array().unwrap() {
-            stored.insert(m["client_id"].as_str().unwrap().to_string(), m["seq"].as_i64().unwrap());
+            stored.insert(
+                m["client_id"].as_str().unwrap().to_string(),
+                m["seq"].as_i64().unwrap(),
+            );
         }
         match h["next_before"].as_i64() {
             Some(b) => before = Some(b),
@@ -158,7 +215,11 @@ async fn scenario(database_url: &str) {
         }
     }
     for (cid, seq) in &acked {
-        assert_eq!(stored.get(cid), Some(seq), "acknowledged message {cid} (seq {seq}) lost after kill -9");
+        assert_eq!(
+            stored.get(cid),
+            Some(seq),
+            "acknowledged message {cid} (seq {seq}) lost after kill -9"
+        );
     }
     // Sequence numbers have no holes.
     let mut seqs: Vec<i64> = stored.values().copied().collect();

@@ -18,14 +18,33 @@ use serde_json::{Value, json};
 use tokio::io::AsyncBufReadExt;
 use tokio_tungstenite::tungstenite::Message as WsMsg;
 
-type Client = hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Full<bytes::Bytes>>;
+type Client = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    Full<bytes::Bytes>,
+>;
 
-async fn http(c: &Client, addr: SocketAddr, method: &str, path: &str, token: Option<&str>, body: Value) -> Value {
-    let mut req = hyper::Request::builder().method(method).uri(format!("http://{addr}{path}")).header("content-type", "application/json");
+async fn http(
+    c: &Client,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Value,
+) -> Value {
+    let mut req = hyper::Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"))
+        .header("content-type", "application/json");
     if let Some(t) = token {
         req = req.header("authorization", format!("Bearer {t}"));
     }
-    let r = c.request(req.body(Full::new(bytes::Bytes::from(body.to_string()))).unwrap()).await.unwrap();
+    let r = c
+        .request(
+            req.body(Full::new(bytes::Bytes::from(body.to_string())))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
     let st = r.status();
     let b = r.into_body().collect().await.unwrap().to_bytes();
     let v: Value = serde_json::from_slice(&b).unwrap_or(Value::Null);
@@ -35,7 +54,12 @@ async fn http(c: &Client, addr: SocketAddr, method: &str, path: &str, token: Opt
 
 fn rss_kib(pid: u32) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)).unwrap().parse().unwrap()
+    s.lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap()
+        .parse()
+        .unwrap()
 }
 
 async fn server(dir: &str, port: u16) {
@@ -45,11 +69,23 @@ async fn server(dir: &str, port: u16) {
         keys: common::Keys::from_secret(&[3u8; 32]).unwrap(),
         registry: prometheus::Registry::new(),
     };
-    let cfg = signalling::Config { codes_per_ip_per_hour: 1_000_000, messages_per_second: 1_000_000, ..Default::default() };
+    let cfg = signalling::Config {
+        codes_per_ip_per_hour: 1_000_000,
+        messages_per_second: 1_000_000,
+        ..Default::default()
+    };
     let s = signalling::Signalling::start(cfg, ctx).await.unwrap();
-    let l = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+    let l = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
     println!("ready");
-    axum::serve(l, s.router().into_make_service_with_connect_info::<SocketAddr>()).await.unwrap();
+    axum::serve(
+        l,
+        s.router()
+            .into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .await
+    .unwrap();
 }
 
 fn pct(v: &mut [u64], p: f64) -> f64 {
@@ -68,7 +104,11 @@ async fn main() {
     let messages: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(200);
     let interval_ms: u64 = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(10);
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let mut child = tokio::process::Command::new(std::env::current_exe().unwrap())
         .args(["server", dir.path().to_str().unwrap(), &port.to_string()])
         .stdout(std::process::Stdio::piped())
@@ -79,40 +119,71 @@ async fn main() {
     let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
     assert_eq!(lines.next_line().await.unwrap().as_deref(), Some("ready"));
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let c: Client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+    let c: Client =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http();
 
     // Accounts, through the real code flow.
     let t0 = Instant::now();
-    let phones: Vec<String> = (0..members + 16).map(|i| format!("+7916{:07}", i)).collect();
+    let phones: Vec<String> = (0..members + 16)
+        .map(|i| format!("+7916{:07}", i))
+        .collect();
     stream::iter(phones.iter())
         .for_each_concurrent(16, |p| {
             let c = c.clone();
             async move {
-                http(&c, addr, "POST", "/api/auth/code", None, json!({"phone": p})).await;
+                http(
+                    &c,
+                    addr,
+                    "POST",
+                    "/api/auth/code",
+                    None,
+                    json!({"phone": p}),
+                )
+                .await;
             }
         })
         .await;
-    let codes: HashMap<String, String> = std::fs::read_to_string(dir.path().join(signalling::sms::DEV_SMS_FILE))
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let v: Value = serde_json::from_str(l).unwrap();
-            (v["to"].as_str().unwrap().to_string(), v["code"].as_str().unwrap().to_string())
-        })
-        .collect();
+    let codes: HashMap<String, String> =
+        std::fs::read_to_string(dir.path().join(signalling::sms::DEV_SMS_FILE))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let v: Value = serde_json::from_str(l).unwrap();
+                (
+                    v["to"].as_str().unwrap().to_string(),
+                    v["code"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
     let users: Vec<(i64, String)> = stream::iter(phones.iter())
         .map(|p| {
             let c = c.clone();
             let code = codes[p].clone();
             async move {
-                let v = http(&c, addr, "POST", "/api/auth/verify", None, json!({"phone": p, "code": code, "device_name": "bench"})).await;
-                (v["user_id"].as_i64().unwrap(), v["access_token"].as_str().unwrap().to_string())
+                let v = http(
+                    &c,
+                    addr,
+                    "POST",
+                    "/api/auth/verify",
+                    None,
+                    json!({"phone": p, "code": code, "device_name": "bench"}),
+                )
+                .await;
+                (
+                    v["user_id"].as_i64().unwrap(),
+                    v["access_token"].as_str().unwrap().to_string(),
+                )
             }
         })
         .buffered(16)
         .collect()
         .await;
-    eprintln!("{} accounts in {:.1} s", users.len(), t0.elapsed().as_secs_f64());
+    eprintln!(
+        "{} accounts in {:.1} s",
+        users.len(),
+        t0.elapsed().as_secs_f64()
+    );
 
     // Throughput: 16 senders, each in its own dialog, pipelining sends; acks counted.
     let per_sender = 500;
@@ -156,13 +227,28 @@ async fn main() {
     // The group of `members`, all online.
     let owner = &users[0];
     let others: Vec<i64> = users[1..members].iter().map(|u| u.0).collect();
-    let g = http(&c, addr, "POST", "/api/chats", Some(&owner.1), json!({"kind": "group", "title": "bench", "members": others})).await;
+    let g = http(
+        &c,
+        addr,
+        "POST",
+        "/api/chats",
+        Some(&owner.1),
+        json!({"kind": "group", "title": "bench", "members": others}),
+    )
+    .await;
     let chat = g["id"].as_i64().unwrap();
     let rss_before = rss_kib(pid);
     let mut conns = Vec::new();
     for (_, tok) in users[..members].iter() {
-        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws?access_token={tok}")).await.unwrap();
-        ws.send(WsMsg::Text(json!({"type": "sync", "since": []}).to_string().into())).await.unwrap();
+        let (mut ws, _) =
+            tokio_tungstenite::connect_async(format!("ws://{addr}/ws?access_token={tok}"))
+                .await
+                .unwrap();
+        ws.send(WsMsg::Text(
+            json!({"type": "sync", "since": []}).to_string().into(),
+        ))
+        .await
+        .unwrap();
         conns.push(ws);
     }
     for ws in conns.iter_mut() {
@@ -178,13 +264,19 @@ async fn main() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss_after = rss_kib(pid);
     let per_conn = (rss_after.saturating_sub(rss_before)) as f64 * 1024.0 / members as f64;
-    eprintln!("server RSS {rss_before} KiB -> {rss_after} KiB with {members} idle connections: {:.1} KiB each", per_conn / 1024.0);
+    eprintln!(
+        "server RSS {rss_before} KiB -> {rss_after} KiB with {members} idle connections: {:.1} KiB each",
+        per_conn / 1024.0
+    );
 
     // Fan-out: the owner sends `messages` messages, one every `interval_ms`; every member's
     // socket records when each arrives.
     let start = Instant::now();
-    let sent_at: Arc<Vec<std::sync::atomic::AtomicU64>> = Arc::new((0..messages).map(|_| Default::default()).collect());
-    let lat: Arc<parking_lot::Mutex<Vec<u64>>> = Arc::new(parking_lot::Mutex::new(Vec::with_capacity(members * messages)));
+    let sent_at: Arc<Vec<std::sync::atomic::AtomicU64>> =
+        Arc::new((0..messages).map(|_| Default::default()).collect());
+    let lat: Arc<parking_lot::Mutex<Vec<u64>>> = Arc::new(parking_lot::Mutex::new(
+        Vec::with_capacity(members * messages),
+    ));
     let mut sender_ws = conns.remove(0);
     let mut readers = Vec::new();
     for mut ws in conns {
@@ -194,7 +286,9 @@ async fn main() {
             let mut got = 0;
             let mut local = Vec::with_capacity(messages);
             while got < messages {
-                let Some(Ok(WsMsg::Text(t))) = ws.next().await else { continue };
+                let Some(Ok(WsMsg::Text(t))) = ws.next().await else {
+                    continue;
+                };
                 let now = start.elapsed().as_micros() as u64;
                 if let Some(i) = t.find("\"text\":\"f") {
                     let rest = &t[i + 9..];
@@ -211,9 +305,15 @@ async fn main() {
     let mut tick = tokio::time::interval(Duration::from_millis(interval_ms));
     for i in 0..messages {
         tick.tick().await;
-        sent_at[i].store(start.elapsed().as_micros() as u64, std::sync::atomic::Ordering::Relaxed);
+        sent_at[i].store(
+            start.elapsed().as_micros() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         let m = json!({"type": "send", "chat_id": chat, "client_id": format!("f{i}"), "text": format!("f{i}")});
-        sender_ws.send(WsMsg::Text(m.to_string().into())).await.unwrap();
+        sender_ws
+            .send(WsMsg::Text(m.to_string().into()))
+            .await
+            .unwrap();
     }
     for r in readers {
         r.await.unwrap();

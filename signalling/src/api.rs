@@ -29,8 +29,14 @@ impl<T: DeserializeOwned, St: Send + Sync> FromRequest<St> for Body<T> {
     async fn from_request(req: Request, state: &St) -> Result<Self, ApiError> {
         match Json::<T>::from_request(req, state).await {
             Ok(Json(v)) => Ok(Body(v)),
-            Err(JsonRejection::BytesRejection(e)) => Err(ApiError::TooLarge(format!("request body: {}", e.body_text()))),
-            Err(e) => Err(ApiError::BadRequest(format!("invalid JSON body: {}", e.body_text()))),
+            Err(JsonRejection::BytesRejection(e)) => Err(ApiError::TooLarge(format!(
+                "request body: {}",
+                e.body_text()
+            ))),
+            Err(e) => Err(ApiError::BadRequest(format!(
+                "invalid JSON body: {}",
+                e.body_text()
+            ))),
         }
     }
 }
@@ -53,18 +59,30 @@ pub fn router(app: Arc<App>) -> axum::Router {
         .route("/api/chats", get(list_chats).post(create_chat))
         .route("/api/chats/{id}", get(chat).patch(rename))
         .route("/api/chats/{id}/members", get(members).post(add_member))
-        .route("/api/chats/{id}/members/{user}", delete(remove_member).patch(set_role))
+        .route(
+            "/api/chats/{id}/members/{user}",
+            delete(remove_member).patch(set_role),
+        )
         .route("/api/chats/{id}/leave", post(leave))
         .route("/api/chats/{id}/messages", get(history).post(send))
-        .route("/api/chats/{id}/messages/{seq}", patch(edit).delete(delete_msg))
-        .route("/api/chats/{id}/messages/{seq}/reactions", post(react_add).delete(react_remove))
+        .route(
+            "/api/chats/{id}/messages/{seq}",
+            patch(edit).delete(delete_msg),
+        )
+        .route(
+            "/api/chats/{id}/messages/{seq}/reactions",
+            post(react_add).delete(react_remove),
+        )
         .route("/api/chats/{id}/events", get(events))
         .route("/api/chats/{id}/read", post(read))
         .route("/api/chats/{id}/delivered", post(delivered))
         .route("/api/chats/{id}/typing", post(typing))
         .route("/api/bots", post(create_bot))
         .route("/api/bot/{token}/getMe", get(bot_me).post(bot_me))
-        .route("/api/bot/{token}/getUpdates", get(bot_updates).post(bot_updates))
+        .route(
+            "/api/bot/{token}/getUpdates",
+            get(bot_updates).post(bot_updates),
+        )
         .route("/api/bot/{token}/sendMessage", post(bot_send))
         .route("/api/bot/{token}/setWebhook", post(bot_set_webhook))
         .route("/api/bot/{token}/deleteWebhook", post(bot_delete_webhook))
@@ -74,7 +92,11 @@ pub fn router(app: Arc<App>) -> axum::Router {
 }
 
 async fn openapi() -> Response {
-    ([(axum::http::header::CONTENT_TYPE, "application/json")], include_str!("../openapi.json")).into_response()
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        include_str!("../openapi.json"),
+    )
+        .into_response()
 }
 
 #[derive(Deserialize)]
@@ -82,7 +104,11 @@ struct CodeReq {
     phone: String,
 }
 
-async fn request_code(State(app): S, ConnectInfo(addr): ConnectInfo<SocketAddr>, Body(r): Body<CodeReq>) -> ApiResult<Json<Value>> {
+async fn request_code(
+    State(app): S,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    Body(r): Body<CodeReq>,
+) -> ApiResult<Json<Value>> {
     Ok(Json(app.request_code(&r.phone, addr.ip()).await?))
 }
 
@@ -96,7 +122,9 @@ struct VerifyReq {
 
 async fn verify(State(app): S, Body(r): Body<VerifyReq>) -> ApiResult<Json<Value>> {
     let t = app.verify_code(&r.phone, &r.code, &r.device_name).await?;
-    Ok(Json(serde_json::to_value(t).map_err(|e| ApiError::Internal(e.into()))?))
+    Ok(Json(
+        serde_json::to_value(t).map_err(|e| ApiError::Internal(e.into()))?,
+    ))
 }
 
 #[derive(Deserialize)]
@@ -106,7 +134,9 @@ struct RefreshReq {
 
 async fn refresh(State(app): S, Body(r): Body<RefreshReq>) -> ApiResult<Json<Value>> {
     let t = app.refresh(&r.refresh_token).await?;
-    Ok(Json(serde_json::to_value(t).map_err(|e| ApiError::Internal(e.into()))?))
+    Ok(Json(
+        serde_json::to_value(t).map_err(|e| ApiError::Internal(e.into()))?,
+    ))
 }
 
 async fn logout(State(app): S, c: Caller) -> ApiResult<Json<Value>> {
@@ -123,7 +153,11 @@ async fn sessions(State(app): S, c: Caller) -> ApiResult<Json<Value>> {
     Ok(Json(json!({"sessions": app.list_sessions(&c).await?})))
 }
 
-async fn revoke_session(State(app): S, c: Caller, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+async fn revoke_session(
+    State(app): S,
+    c: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
     app.revoke(&c, Some(&id)).await?;
     Ok(Json(json!({"revoked": 1})))
 }
@@ -132,7 +166,11 @@ async fn me(State(app): S, c: Caller) -> ApiResult<Json<Value>> {
     Ok(Json(app.me(&c).await?))
 }
 
-async fn update_me(State(app): S, c: Caller, Body(p): Body<ProfilePatch>) -> ApiResult<Json<Value>> {
+async fn update_me(
+    State(app): S,
+    c: Caller,
+    Body(p): Body<ProfilePatch>,
+) -> ApiResult<Json<Value>> {
     Ok(Json(app.update_me(&c, p).await?))
 }
 
@@ -162,8 +200,14 @@ struct CreateChat {
     members: Vec<i64>,
 }
 
-async fn create_chat(State(app): S, c: Caller, Body(r): Body<CreateChat>) -> ApiResult<Json<Value>> {
-    Ok(Json(json!(app.create_chat(&c, r.kind, &r.title, &r.members).await?)))
+async fn create_chat(
+    State(app): S,
+    c: Caller,
+    Body(r): Body<CreateChat>,
+) -> ApiResult<Json<Value>> {
+    Ok(Json(json!(
+        app.create_chat(&c, r.kind, &r.title, &r.members).await?
+    )))
 }
 
 async fn list_chats(State(app): S, c: Caller) -> ApiResult<Json<Value>> {
@@ -179,7 +223,12 @@ struct RenameReq {
     title: String,
 }
 
-async fn rename(State(app): S, c: Caller, Path(id): Path<i64>, Body(r): Body<RenameReq>) -> ApiResult<Json<Value>> {
+async fn rename(
+    State(app): S,
+    c: Caller,
+    Path(id): Path<i64>,
+    Body(r): Body<RenameReq>,
+) -> ApiResult<Json<Value>> {
     Ok(Json(json!({"seq": app.rename(&c, id, &r.title).await?})))
 }
 
@@ -187,11 +236,22 @@ async fn members(State(app): S, c: Caller, Path(id): Path<i64>) -> ApiResult<Jso
     Ok(Json(json!({"members": app.list_members(&c, id).await?})))
 }
 
-async fn add_member(State(app): S, c: Caller, Path(id): Path<i64>, Body(r): Body<DialogReq>) -> ApiResult<Json<Value>> {
-    Ok(Json(json!({"seq": app.add_member(&c, id, r.user_id).await?})))
+async fn add_member(
+    State(app): S,
+    c: Caller,
+    Path(id): Path<i64>,
+    Body(r): Body<DialogReq>,
+) -> ApiResult<Json<Value>> {
+    Ok(Json(
+        json!({"seq": app.add_member(&c, id, r.user_id).await?}),
+    ))
 }
 
-async fn remove_member(State(app): S, c: Caller, Path((id, user)): Path<(i64, i64)>) -> ApiResult<Json<Value>> {
+async fn remove_member(
+    State(app): S,
+    c: Caller,
+    Path((id, user)): Path<(i64, i64)>,
+) -> ApiResult<Json<Value>> {
     Ok(Json(json!({"seq": app.remove_member(&c, id, user).await?})))
 }
 
@@ -200,12 +260,21 @@ struct RoleReq {
     role: Role,
 }
 
-async fn set_role(State(app): S, c: Caller, Path((id, user)): Path<(i64, i64)>, Body(r): Body<RoleReq>) -> ApiResult<Json<Value>> {
-    Ok(Json(json!({"seq": app.set_role(&c, id, user, r.role).await?})))
+async fn set_role(
+    State(app): S,
+    c: Caller,
+    Path((id, user)): Path<(i64, i64)>,
+    Body(r): Body<RoleReq>,
+) -> ApiResult<Json<Value>> {
+    Ok(Json(
+        json!({"seq": app.set_role(&c, id, user, r.role).await?}),
+    ))
 }
 
 async fn leave(State(app): S, c: Caller, Path(id): Path<i64>) -> ApiResult<Json<Value>> {
-    Ok(Json(json!({"seq": app.remove_member(&c, id, c.user_id).await?})))
+    Ok(Json(
+        json!({"seq": app.remove_member(&c, id, c.user_id).await?}),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -214,12 +283,22 @@ struct Page {
     limit: Option<i64>,
 }
 
-async fn history(State(app): S, c: Caller, Path(id): Path<i64>, Query(p): Query<Page>) -> ApiResult<Json<Value>> {
+async fn history(
+    State(app): S,
+    c: Caller,
+    Path(id): Path<i64>,
+    Query(p): Query<Page>,
+) -> ApiResult<Json<Value>> {
     let (msgs, next) = app.history(&c, id, p.before, p.limit.unwrap_or(50)).await?;
     Ok(Json(json!({"messages": msgs, "next_before": next})))
 }
 
-async fn send(State(app): S, c: Caller, Path(id): Path<i64>, Body(m): Body<NewMessage>) -> ApiResult<Json<Value>> {
+async fn send(
+    State(app): S,
+    c: Caller,
+    Path(id): Path<i64>,
+    Body(m): Body<NewMessage>,
+) -> ApiResult<Json<Value>> {
     Ok(Json(json!(app.send_message(&c, id, m).await?)))
 }
 
@@ -228,8 +307,15 @@ struct EditReq {
     text: String,
 }
 
-async fn edit(State(app): S, c: Caller, Path((id, seq)): Path<(i64, i64)>, Body(r): Body<EditReq>) -> ApiResult<Json<Value>> {
-    Ok(Json(json!({"seq": app.edit_message(&c, id, seq, r.text).await?})))
+async fn edit(
+    State(app): S,
+    c: Caller,
+    Path((id, seq)): Path<(i64, i64)>,
+    Body(r): Body<EditReq>,
+) -> ApiResult<Json<Value>> {
+    Ok(Json(
+        json!({"seq": app.edit_message(&c, id, seq, r.text).await?}),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -238,8 +324,15 @@ struct DeleteQ {
     for_everyone: bool,
 }
 
-async fn delete_msg(State(app): S, c: Caller, Path((id, seq)): Path<(i64, i64)>, Query(q): Query<DeleteQ>) -> ApiResult<Json<Value>> {
-    Ok(Json(json!({"seq": app.delete_message(&c, id, seq, q.for_everyone).await?})))
+async fn delete_msg(
+    State(app): S,
+    c: Caller,
+    Path((id, seq)): Path<(i64, i64)>,
+    Query(q): Query<DeleteQ>,
+) -> ApiResult<Json<Value>> {
+    Ok(Json(
+        json!({"seq": app.delete_message(&c, id, seq, q.for_everyone).await?}),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -247,12 +340,26 @@ struct EmojiReq {
     emoji: String,
 }
 
-async fn react_add(State(app): S, c: Caller, Path((id, seq)): Path<(i64, i64)>, Body(r): Body<EmojiReq>) -> ApiResult<Json<Value>> {
-    Ok(Json(json!({"seq": app.react(&c, id, seq, &r.emoji, true).await?})))
+async fn react_add(
+    State(app): S,
+    c: Caller,
+    Path((id, seq)): Path<(i64, i64)>,
+    Body(r): Body<EmojiReq>,
+) -> ApiResult<Json<Value>> {
+    Ok(Json(
+        json!({"seq": app.react(&c, id, seq, &r.emoji, true).await?}),
+    ))
 }
 
-async fn react_remove(State(app): S, c: Caller, Path((id, seq)): Path<(i64, i64)>, Body(r): Body<EmojiReq>) -> ApiResult<Json<Value>> {
-    Ok(Json(json!({"seq": app.react(&c, id, seq, &r.emoji, false).await?})))
+async fn react_remove(
+    State(app): S,
+    c: Caller,
+    Path((id, seq)): Path<(i64, i64)>,
+    Body(r): Body<EmojiReq>,
+) -> ApiResult<Json<Value>> {
+    Ok(Json(
+        json!({"seq": app.react(&c, id, seq, &r.emoji, false).await?}),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -261,10 +368,20 @@ struct AfterQ {
     limit: Option<i64>,
 }
 
-async fn events(State(app): S, c: Caller, Path(id): Path<i64>, Query(q): Query<AfterQ>) -> ApiResult<Json<Value>> {
+async fn events(
+    State(app): S,
+    c: Caller,
+    Path(id): Path<i64>,
+    Query(q): Query<AfterQ>,
+) -> ApiResult<Json<Value>> {
     let (_, _, joined) = app.membership(id, c.user_id).await?;
-    let rows = app.events_after(id, q.after, joined, q.limit.unwrap_or(100).clamp(1, 500)).await?;
-    let evs: Vec<Value> = rows.into_iter().map(|(_, b)| serde_json::from_str(&b).unwrap_or(Value::Null)).collect();
+    let rows = app
+        .events_after(id, q.after, joined, q.limit.unwrap_or(100).clamp(1, 500))
+        .await?;
+    let evs: Vec<Value> = rows
+        .into_iter()
+        .map(|(_, b)| serde_json::from_str(&b).unwrap_or(Value::Null))
+        .collect();
     Ok(Json(json!({"events": evs})))
 }
 
@@ -273,12 +390,22 @@ struct SeqReq {
     seq: i64,
 }
 
-async fn read(State(app): S, c: Caller, Path(id): Path<i64>, Body(r): Body<SeqReq>) -> ApiResult<Json<Value>> {
+async fn read(
+    State(app): S,
+    c: Caller,
+    Path(id): Path<i64>,
+    Body(r): Body<SeqReq>,
+) -> ApiResult<Json<Value>> {
     app.receipt(&c, id, r.seq, true).await?;
     Ok(Json(json!({})))
 }
 
-async fn delivered(State(app): S, c: Caller, Path(id): Path<i64>, Body(r): Body<SeqReq>) -> ApiResult<Json<Value>> {
+async fn delivered(
+    State(app): S,
+    c: Caller,
+    Path(id): Path<i64>,
+    Body(r): Body<SeqReq>,
+) -> ApiResult<Json<Value>> {
     app.receipt(&c, id, r.seq, false).await?;
     Ok(Json(json!({})))
 }
@@ -311,9 +438,20 @@ struct UpdatesQ {
     timeout: u64,
 }
 
-async fn bot_updates(State(app): S, Path(token): Path<String>, Query(q): Query<UpdatesQ>) -> ApiResult<Json<Value>> {
+async fn bot_updates(
+    State(app): S,
+    Path(token): Path<String>,
+    Query(q): Query<UpdatesQ>,
+) -> ApiResult<Json<Value>> {
     let b = app.bot_caller(&token).await?;
-    let ups = app.get_updates(&b, q.offset, q.limit.unwrap_or(100), Duration::from_secs(q.timeout)).await?;
+    let ups = app
+        .get_updates(
+            &b,
+            q.offset,
+            q.limit.unwrap_or(100),
+            Duration::from_secs(q.timeout),
+        )
+        .await?;
     Ok(Json(json!({"ok": true, "result": ups})))
 }
 
@@ -324,9 +462,15 @@ struct BotSend {
     message: NewMessage,
 }
 
-async fn bot_send(State(app): S, Path(token): Path<String>, Body(r): Body<BotSend>) -> ApiResult<Json<Value>> {
+async fn bot_send(
+    State(app): S,
+    Path(token): Path<String>,
+    Body(r): Body<BotSend>,
+) -> ApiResult<Json<Value>> {
     let b = app.bot_caller(&token).await?;
-    Ok(Json(json!({"ok": true, "result": app.send_message(&b, r.chat_id, r.message).await?})))
+    Ok(Json(
+        json!({"ok": true, "result": app.send_message(&b, r.chat_id, r.message).await?}),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -335,9 +479,14 @@ struct HookReq {
     secret_token: Option<String>,
 }
 
-async fn bot_set_webhook(State(app): S, Path(token): Path<String>, Body(r): Body<HookReq>) -> ApiResult<Json<Value>> {
+async fn bot_set_webhook(
+    State(app): S,
+    Path(token): Path<String>,
+    Body(r): Body<HookReq>,
+) -> ApiResult<Json<Value>> {
     let b = app.bot_caller(&token).await?;
-    app.set_webhook(&b, Some(&r.url), r.secret_token.as_deref()).await?;
+    app.set_webhook(&b, Some(&r.url), r.secret_token.as_deref())
+        .await?;
     Ok(Json(json!({"ok": true})))
 }
 

@@ -59,38 +59,50 @@ impl App {
         self.ip_limit(ip)?;
         let now = now_ms();
         let cooldown = self.cfg.code_cooldown.as_millis() as i64;
-        let last: Option<i64> = sqlx::query_scalar("SELECT MAX(sent_at) FROM code_sends WHERE phone = $1")
-            .bind(&phone)
-            .fetch_one(&self.db.pool)
-            .await?;
+        let last: Option<i64> =
+            sqlx::query_scalar("SELECT MAX(sent_at) FROM code_sends WHERE phone = $1")
+                .bind(&phone)
+                .fetch_one(&self.db.pool)
+                .await?;
         if let Some(last) = last {
             if now - last < cooldown {
                 self.metrics.codes_refused.inc();
-                return Err(ApiError::RateLimited { retry_after: ((cooldown - (now - last)) / 1000 + 1) as u64 });
+                return Err(ApiError::RateLimited {
+                    retry_after: ((cooldown - (now - last)) / 1000 + 1) as u64,
+                });
             }
         }
-        let sent_today: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM code_sends WHERE phone = $1 AND sent_at > $2")
+        let sent_today: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM code_sends WHERE phone = $1 AND sent_at > $2")
+                .bind(&phone)
+                .bind(now - DAY_MS)
+                .fetch_one(&self.db.pool)
+                .await?;
+        if sent_today >= self.cfg.codes_per_number_per_day as i64 {
+            self.metrics.codes_refused.inc();
+            let oldest: Option<i64> = sqlx::query_scalar(
+                "SELECT MIN(sent_at) FROM code_sends WHERE phone = $1 AND sent_at > $2",
+            )
             .bind(&phone)
             .bind(now - DAY_MS)
             .fetch_one(&self.db.pool)
             .await?;
-        if sent_today >= self.cfg.codes_per_number_per_day as i64 {
-            self.metrics.codes_refused.inc();
-            let oldest: Option<i64> =
-                sqlx::query_scalar("SELECT MIN(sent_at) FROM code_sends WHERE phone = $1 AND sent_at > $2")
-                    .bind(&phone)
-                    .bind(now - DAY_MS)
-                    .fetch_one(&self.db.pool)
-                    .await?;
-            let retry = oldest.map(|o| (o + DAY_MS - now) / 1000 + 1).unwrap_or(3600);
-            return Err(ApiError::RateLimited { retry_after: retry.max(1) as u64 });
+            let retry = oldest
+                .map(|o| (o + DAY_MS - now) / 1000 + 1)
+                .unwrap_or(3600);
+            return Err(ApiError::RateLimited {
+                retry_after: retry.max(1) as u64,
+            });
         }
         // ThreadRng is a CSPRNG (ChaCha, seeded and reseeded from the OS).
         let code = format!("{:06}", rand::rng().random_range(0..1_000_000u32));
         let salt = random_token(12);
         let stored = format!("{salt}${}", code_hash(&phone, &code, &salt));
         let mut tx = self.db.pool.begin().await?;
-        sqlx::query("DELETE FROM login_codes WHERE phone = $1").bind(&phone).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM login_codes WHERE phone = $1")
+            .bind(&phone)
+            .execute(&mut *tx)
+            .await?;
         sqlx::query("INSERT INTO login_codes (phone, code_hash, expires_at, attempts, created_at) VALUES ($1, $2, $3, 0, $4)")
             .bind(&phone)
             .bind(&stored)
@@ -103,13 +115,27 @@ impl App {
             .bind(now)
             .execute(&mut *tx)
             .await?;
-        sqlx::query("DELETE FROM code_sends WHERE sent_at < $1").bind(now - 2 * DAY_MS).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM code_sends WHERE sent_at < $1")
+            .bind(now - 2 * DAY_MS)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         let text = crate::sms::login_text(&code, &self.cfg.sms_domain);
-        if let Err(e) = self.sms.send(Sms { to: &phone, text: &text, code: &code }).await {
+        if let Err(e) = self
+            .sms
+            .send(Sms {
+                to: &phone,
+                text: &text,
+                code: &code,
+            })
+            .await
+        {
             tracing::warn!(phone = %common::pii::Pii(&phone), error = %e, "SMS not sent");
             // Undo: no code, and the failed send does not count against the limits.
-            sqlx::query("DELETE FROM login_codes WHERE phone = $1").bind(&phone).execute(&self.db.pool).await?;
+            sqlx::query("DELETE FROM login_codes WHERE phone = $1")
+                .bind(&phone)
+                .execute(&self.db.pool)
+                .await?;
             sqlx::query("DELETE FROM code_sends WHERE phone = $1 AND sent_at = $2")
                 .bind(&phone)
                 .bind(now)
@@ -138,24 +164,37 @@ impl App {
         }
         if e.1 >= self.cfg.codes_per_ip_per_hour {
             self.metrics.codes_refused.inc();
-            return Err(ApiError::RateLimited { retry_after: ((e.0 + 3_600_000 - now) / 1000 + 1) as u64 });
+            return Err(ApiError::RateLimited {
+                retry_after: ((e.0 + 3_600_000 - now) / 1000 + 1) as u64,
+            });
         }
         e.1 += 1;
         Ok(())
     }
 
     /// Checks a code and opens a session for a new device.
-    pub async fn verify_code(&self, phone_in: &str, code: &str, device_name: &str) -> ApiResult<Tokens> {
+    pub async fn verify_code(
+        &self,
+        phone_in: &str,
+        code: &str,
+        device_name: &str,
+    ) -> ApiResult<Tokens> {
         let phone = crate::phone::normalize(phone_in, &self.cfg.allowed_country_codes)?;
         let now = now_ms();
-        let row: Option<(String, i64, i64)> =
-            sqlx::query_as("SELECT code_hash, expires_at, attempts FROM login_codes WHERE phone = $1")
-                .bind(&phone)
-                .fetch_optional(&self.db.pool)
-                .await?;
-        let Some((stored, expires_at, attempts)) = row else { return Err(ApiError::CodeExpired) };
+        let row: Option<(String, i64, i64)> = sqlx::query_as(
+            "SELECT code_hash, expires_at, attempts FROM login_codes WHERE phone = $1",
+        )
+        .bind(&phone)
+        .fetch_optional(&self.db.pool)
+        .await?;
+        let Some((stored, expires_at, attempts)) = row else {
+            return Err(ApiError::CodeExpired);
+        };
         if expires_at < now || attempts >= self.cfg.code_max_attempts as i64 {
-            sqlx::query("DELETE FROM login_codes WHERE phone = $1").bind(&phone).execute(&self.db.pool).await?;
+            sqlx::query("DELETE FROM login_codes WHERE phone = $1")
+                .bind(&phone)
+                .execute(&self.db.pool)
+                .await?;
             return Err(ApiError::CodeExpired);
         }
         let (salt, hash) = stored.split_once('$').unwrap_or(("", ""));
@@ -179,7 +218,9 @@ impl App {
                     .await?;
                 return Err(ApiError::CodeExpired);
             }
-            return Err(ApiError::CodeWrong { remaining: (max - used) as u32 });
+            return Err(ApiError::CodeWrong {
+                remaining: (max - used) as u32,
+            });
         }
         // Single use: only the request that deletes the row wins.
         let del = sqlx::query("DELETE FROM login_codes WHERE phone = $1 AND code_hash = $2")
@@ -208,7 +249,11 @@ impl App {
             }
         };
         let device = device_name.chars().take(64).collect::<String>();
-        let device = if device.trim().is_empty() { "unknown device".to_string() } else { device };
+        let device = if device.trim().is_empty() {
+            "unknown device".to_string()
+        } else {
+            device
+        };
         let tokens = self.open_session(user_id, &device, new_user).await?;
         if !new_user {
             self.hub.send_user_except(
@@ -222,7 +267,12 @@ impl App {
         Ok(tokens)
     }
 
-    pub async fn open_session(&self, user_id: i64, device: &str, new_user: bool) -> ApiResult<Tokens> {
+    pub async fn open_session(
+        &self,
+        user_id: i64,
+        device: &str,
+        new_user: bool,
+    ) -> ApiResult<Tokens> {
         let now = now_ms();
         let sid = random_token(12);
         let refresh = format!("{sid}.{}", random_token(32));
@@ -253,7 +303,11 @@ impl App {
             sub: user_id.to_string(),
             name: None,
             room: None,
-            grants: common::Grants { chat: true, files: true, ..Default::default() },
+            grants: common::Grants {
+                chat: true,
+                files: true,
+                ..Default::default()
+            },
             sid: Some(sid.to_string()),
             iat,
             exp: iat + self.cfg.access_ttl.as_secs().max(1),
@@ -270,7 +324,9 @@ impl App {
         .bind(&old)
         .fetch_optional(&self.db.pool)
         .await?;
-        let Some((sid, user_id, exp, revoked)) = row else { return Err(ApiError::RefreshInvalid) };
+        let Some((sid, user_id, exp, revoked)) = row else {
+            return Err(ApiError::RefreshInvalid);
+        };
         if revoked != 0 || exp < now {
             return Err(ApiError::RefreshInvalid);
         }
@@ -334,12 +390,16 @@ impl App {
                 r.rows_affected()
             }
             None => {
-                let ids: Vec<String> =
-                    sqlx::query_scalar("SELECT id FROM sessions WHERE user_id = $1 AND revoked = 0")
-                        .bind(c.user_id)
-                        .fetch_all(&self.db.pool)
-                        .await?;
-                sqlx::query("UPDATE sessions SET revoked = 1 WHERE user_id = $1").bind(c.user_id).execute(&self.db.pool).await?;
+                let ids: Vec<String> = sqlx::query_scalar(
+                    "SELECT id FROM sessions WHERE user_id = $1 AND revoked = 0",
+                )
+                .bind(c.user_id)
+                .fetch_all(&self.db.pool)
+                .await?;
+                sqlx::query("UPDATE sessions SET revoked = 1 WHERE user_id = $1")
+                    .bind(c.user_id)
+                    .execute(&self.db.pool)
+                    .await?;
                 let mut rv = self.revoked.lock();
                 for id in &ids {
                     rv.insert(id.clone());
@@ -357,12 +417,20 @@ impl App {
         if !claims.grants.chat {
             return Err(ApiError::Token(common::TokenError::NotGranted("chat")));
         }
-        let user_id: i64 = claims.sub.parse().map_err(|_| ApiError::Token(common::TokenError::Invalid))?;
-        let sid = claims.sid.ok_or(ApiError::Token(common::TokenError::Invalid))?;
+        let user_id: i64 = claims
+            .sub
+            .parse()
+            .map_err(|_| ApiError::Token(common::TokenError::Invalid))?;
+        let sid = claims
+            .sid
+            .ok_or(ApiError::Token(common::TokenError::Invalid))?;
         if self.revoked.lock().contains(&sid) {
             return Err(ApiError::SessionRevoked);
         }
-        Ok(Caller { user_id, session_id: sid })
+        Ok(Caller {
+            user_id,
+            session_id: sid,
+        })
     }
 }
 
@@ -384,7 +452,10 @@ struct TokenQuery {
 impl FromRequestParts<std::sync::Arc<App>> for Caller {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, app: &std::sync::Arc<App>) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        app: &std::sync::Arc<App>,
+    ) -> Result<Self, Self::Rejection> {
         let header = parts
             .headers
             .get(axum::http::header::AUTHORIZATION)
@@ -397,7 +468,7 @@ impl FromRequestParts<std::sync::Arc<App>> for Caller {
                 let q: TokenQuery = parts
                     .uri
                     .query()
-                    .and_then(|q| serde_urlencoded_lite(q))
+                    .and_then(serde_urlencoded_lite)
                     .unwrap_or(TokenQuery { access_token: None });
                 q.access_token.unwrap_or_default()
             }
@@ -409,9 +480,10 @@ impl FromRequestParts<std::sync::Arc<App>> for Caller {
 fn serde_urlencoded_lite(q: &str) -> Option<TokenQuery> {
     for pair in q.split('&') {
         if let Some(v) = pair.strip_prefix("access_token=") {
-            return Some(TokenQuery { access_token: Some(v.to_string()) });
+            return Some(TokenQuery {
+                access_token: Some(v.to_string()),
+            });
         }
     }
     None
 }
-

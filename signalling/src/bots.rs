@@ -20,7 +20,9 @@ impl App {
     pub async fn create_bot(&self, c: &Caller, name: &str) -> ApiResult<Value> {
         let name = name.trim();
         if name.is_empty() || name.chars().count() > 64 {
-            return Err(ApiError::BadRequest("bot name must be 1 to 64 characters".into()));
+            return Err(ApiError::BadRequest(
+                "bot name must be 1 to 64 characters".into(),
+            ));
         }
         let id = new_id();
         let secret = {
@@ -43,27 +45,46 @@ impl App {
 
     /// The bot a token belongs to, as a caller (bots have no device session).
     pub async fn bot_caller(&self, token: &str) -> ApiResult<Caller> {
-        let id: i64 = token.split(':').next().and_then(|s| s.parse().ok()).ok_or(ApiError::Token(common::TokenError::Invalid))?;
-        let h: Option<Option<String>> = sqlx::query_scalar("SELECT bot_token_hash FROM users WHERE id = $1 AND is_bot = 1")
-            .bind(id)
-            .fetch_optional(&self.db.pool)
-            .await?;
-        let Some(Some(stored)) = h else { return Err(ApiError::Token(common::TokenError::Invalid)) };
+        let id: i64 = token
+            .split(':')
+            .next()
+            .and_then(|s| s.parse().ok())
+            .ok_or(ApiError::Token(common::TokenError::Invalid))?;
+        let h: Option<Option<String>> =
+            sqlx::query_scalar("SELECT bot_token_hash FROM users WHERE id = $1 AND is_bot = 1")
+                .bind(id)
+                .fetch_optional(&self.db.pool)
+                .await?;
+        let Some(Some(stored)) = h else {
+            return Err(ApiError::Token(common::TokenError::Invalid));
+        };
         if !bool::from(hash_secret(token).as_bytes().ct_eq(stored.as_bytes())) {
             return Err(ApiError::Token(common::TokenError::Invalid));
         }
-        Ok(Caller { user_id: id, session_id: format!("bot:{id}") })
+        Ok(Caller {
+            user_id: id,
+            session_id: format!("bot:{id}"),
+        })
     }
 
     /// Acknowledges updates below `offset`, then returns those from `offset` on, waiting
     /// up to `timeout` for one when there is none.
-    pub async fn get_updates(&self, bot: &Caller, offset: i64, limit: i64, timeout: Duration) -> ApiResult<Vec<Value>> {
-        let hook: Option<Option<String>> = sqlx::query_scalar("SELECT bot_webhook_url FROM users WHERE id = $1")
-            .bind(bot.user_id)
-            .fetch_optional(&self.db.pool)
-            .await?;
+    pub async fn get_updates(
+        &self,
+        bot: &Caller,
+        offset: i64,
+        limit: i64,
+        timeout: Duration,
+    ) -> ApiResult<Vec<Value>> {
+        let hook: Option<Option<String>> =
+            sqlx::query_scalar("SELECT bot_webhook_url FROM users WHERE id = $1")
+                .bind(bot.user_id)
+                .fetch_optional(&self.db.pool)
+                .await?;
         if hook.flatten().is_some() {
-            return Err(ApiError::Conflict("a webhook is set: delete it before using getUpdates".into()));
+            return Err(ApiError::Conflict(
+                "a webhook is set: delete it before using getUpdates".into(),
+            ));
         }
         if offset > 0 {
             sqlx::query("DELETE FROM bot_updates WHERE bot_id = $1 AND update_id < $2")
@@ -97,18 +118,34 @@ impl App {
         }
     }
 
-    pub async fn set_webhook(&self, bot: &Caller, url: Option<&str>, secret: Option<&str>) -> ApiResult<()> {
+    pub async fn set_webhook(
+        &self,
+        bot: &Caller,
+        url: Option<&str>,
+        secret: Option<&str>,
+    ) -> ApiResult<()> {
         if let Some(u) = url {
-            let parsed: hyper::Uri = u.parse().map_err(|_| ApiError::BadRequest("webhook url is not a URL".into()))?;
+            let parsed: hyper::Uri = u
+                .parse()
+                .map_err(|_| ApiError::BadRequest("webhook url is not a URL".into()))?;
             if parsed.scheme_str() != Some("http") && parsed.scheme_str() != Some("https") {
                 return Err(ApiError::BadRequest("webhook url must be http(s)".into()));
             }
             if parsed.scheme_str() == Some("https") {
-                return Err(ApiError::BadRequest("https webhooks are not supported yet: put a local http proxy in front".into()));
+                return Err(ApiError::BadRequest(
+                    "https webhooks are not supported yet: put a local http proxy in front".into(),
+                ));
             }
         }
-        if secret.is_some_and(|s| s.len() > 256 || !s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')) {
-            return Err(ApiError::BadRequest("secret_token is 1-256 characters A-Z, a-z, 0-9, _ and -".into()));
+        if secret.is_some_and(|s| {
+            s.len() > 256
+                || !s
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        }) {
+            return Err(ApiError::BadRequest(
+                "secret_token is 1-256 characters A-Z, a-z, 0-9, _ and -".into(),
+            ));
         }
         sqlx::query("UPDATE users SET bot_webhook_url = $1, bot_webhook_secret = $2 WHERE id = $3")
             .bind(url)
@@ -124,7 +161,9 @@ impl App {
 
     /// Starts the webhook delivery task of a bot if it has a webhook and none runs.
     pub fn webhook_kick(&self, bot_id: i64) {
-        let Some(me) = self.me_weak.get().and_then(|w| w.upgrade()) else { return };
+        let Some(me) = self.me_weak.get().and_then(|w| w.upgrade()) else {
+            return;
+        };
         if !self.webhooks_running.lock().insert(bot_id) {
             // Already running: it re-reads the table before it stops.
             self.hub.bot_waker(bot_id).notify_waiters();
@@ -140,19 +179,24 @@ impl App {
     }
 
     async fn deliver_webhook(self: &Arc<Self>, bot_id: i64) -> ApiResult<()> {
-        let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http::<Full<bytes::Bytes>>();
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http::<Full<bytes::Bytes>>();
         let mut backoff = Duration::from_millis(200);
         let waker = self.hub.bot_waker(bot_id);
         loop {
             let notified = waker.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let hook: Option<(Option<String>, Option<String>)> =
-                sqlx::query_as("SELECT bot_webhook_url, bot_webhook_secret FROM users WHERE id = $1")
-                    .bind(bot_id)
-                    .fetch_optional(&self.db.pool)
-                    .await?;
-            let Some((Some(url), secret)) = hook else { return Ok(()) };
+            let hook: Option<(Option<String>, Option<String>)> = sqlx::query_as(
+                "SELECT bot_webhook_url, bot_webhook_secret FROM users WHERE id = $1",
+            )
+            .bind(bot_id)
+            .fetch_optional(&self.db.pool)
+            .await?;
+            let Some((Some(url), secret)) = hook else {
+                return Ok(());
+            };
             let rows: Vec<(i64, String)> =
                 sqlx::query_as("SELECT update_id, body FROM bot_updates WHERE bot_id = $1 ORDER BY update_id LIMIT 100")
                     .bind(bot_id)
@@ -160,7 +204,10 @@ impl App {
                     .await?;
             if rows.is_empty() {
                 // Idle: wait a little for more, then stop.
-                if tokio::time::timeout(Duration::from_secs(30), notified).await.is_err() {
+                if tokio::time::timeout(Duration::from_secs(30), notified)
+                    .await
+                    .is_err()
+                {
                     return Ok(());
                 }
                 continue;
@@ -171,8 +218,12 @@ impl App {
                 if let Some(s) = &secret {
                     req = req.header(WEBHOOK_SECRET_HEADER, s);
                 }
-                let Ok(req) = req.body(Full::new(bytes::Bytes::from(payload))) else { return Ok(()) };
-                let ok = match tokio::time::timeout(Duration::from_secs(10), client.request(req)).await {
+                let Ok(req) = req.body(Full::new(bytes::Bytes::from(payload))) else {
+                    return Ok(());
+                };
+                let ok = match tokio::time::timeout(Duration::from_secs(10), client.request(req))
+                    .await
+                {
                     Ok(Ok(resp)) => {
                         let s = resp.status();
                         let _ = resp.into_body().collect().await;

@@ -20,12 +20,27 @@ pub struct Members {
 }
 
 type Row = (i64, i64, i64, String, String, i64, Option<i64>, i64);
-const MSG_COLS: &str = "chat_id, seq, sender_id, client_id, content, created_at, edited_at, deleted";
+const MSG_COLS: &str =
+    "chat_id, seq, sender_id, client_id, content, created_at, edited_at, deleted";
 
 fn row_to_message(r: Row) -> Message {
     let (chat_id, seq, sender_id, client_id, content, date, edited_at, deleted) = r;
-    let content: Content = if deleted != 0 { Content::default() } else { serde_json::from_str(&content).unwrap_or_default() };
-    Message { chat_id, seq, sender_id, client_id, date, content, edited_at, deleted: deleted != 0, reactions: BTreeMap::new() }
+    let content: Content = if deleted != 0 {
+        Content::default()
+    } else {
+        serde_json::from_str(&content).unwrap_or_default()
+    };
+    Message {
+        chat_id,
+        seq,
+        sender_id,
+        client_id,
+        date,
+        content,
+        edited_at,
+        deleted: deleted != 0,
+        reactions: BTreeMap::new(),
+    }
 }
 
 impl App {
@@ -68,20 +83,27 @@ impl App {
         match row {
             None => Err(ApiError::NotFound("chat")),
             Some((_, None, _)) => Err(ApiError::NotMember),
-            Some((kind, Some(role), joined)) => Ok((ChatKind::parse(&kind), Role::parse(&role), joined.unwrap_or(0))),
+            Some((kind, Some(role), joined)) => Ok((
+                ChatKind::parse(&kind),
+                Role::parse(&role),
+                joined.unwrap_or(0),
+            )),
         }
     }
 
     async fn begin_event(&self, chat_id: i64) -> ApiResult<(Transaction<'static, Any>, i64)> {
         let mut tx = self.db.pool.begin().await?;
-        let seq: Option<i64> = sqlx::query_scalar("UPDATE chats SET last_seq = last_seq + 1 WHERE id = $1 RETURNING last_seq")
-            .bind(chat_id)
-            .fetch_optional(&mut *tx)
-            .await?;
+        let seq: Option<i64> = sqlx::query_scalar(
+            "UPDATE chats SET last_seq = last_seq + 1 WHERE id = $1 RETURNING last_seq",
+        )
+        .bind(chat_id)
+        .fetch_optional(&mut *tx)
+        .await?;
         Ok((tx, seq.ok_or(ApiError::NotFound("chat"))?))
     }
 
     /// Stores the event, commits, then fans it out (caller holds the chat lock).
+    #[allow(clippy::too_many_arguments)]
     async fn finish_event(
         &self,
         mut tx: Transaction<'static, Any>,
@@ -103,7 +125,11 @@ impl App {
             .await?;
         // Bots of the chat as this transaction sees them (the cache is only filled from
         // committed state, after commit).
-        let cached = self.members_cache.read().get(&chat_id).map(|m| m.bots.clone());
+        let cached = self
+            .members_cache
+            .read()
+            .get(&chat_id)
+            .map(|m| m.bots.clone());
         let bots = match cached {
             Some(b) if !reload => b,
             _ => sqlx::query_scalar("SELECT m.user_id FROM members m JOIN users u ON u.id = m.user_id WHERE m.chat_id = $1 AND u.is_bot = 1")
@@ -135,7 +161,9 @@ impl App {
         let members = self.members(chat_id).await?;
         self.metrics.events.inc();
         let json: Arc<str> = body.into();
-        let n = self.hub.publish_chat(&members.users, chat_id, seq, json.clone());
+        let n = self
+            .hub
+            .publish_chat(&members.users, chat_id, seq, json.clone());
         if !also.is_empty() {
             self.hub.publish_chat(also, chat_id, seq, json.clone());
         }
@@ -156,7 +184,10 @@ impl App {
     }
 
     async fn user_exists(&self, user_id: i64) -> ApiResult<()> {
-        let x: Option<i64> = sqlx::query_scalar("SELECT id FROM users WHERE id = $1").bind(user_id).fetch_optional(&self.db.pool).await?;
+        let x: Option<i64> = sqlx::query_scalar("SELECT id FROM users WHERE id = $1")
+            .bind(user_id)
+            .fetch_optional(&self.db.pool)
+            .await?;
         x.map(|_| ()).ok_or(ApiError::NotFound("user"))
     }
 
@@ -167,34 +198,52 @@ impl App {
         }
         self.user_exists(peer).await?;
         let key = format!("{}:{}", c.user_id.min(peer), c.user_id.max(peer));
-        let existing: Option<i64> = sqlx::query_scalar("SELECT id FROM chats WHERE dialog_key = $1")
-            .bind(&key)
-            .fetch_optional(&self.db.pool)
-            .await?;
+        let existing: Option<i64> =
+            sqlx::query_scalar("SELECT id FROM chats WHERE dialog_key = $1")
+                .bind(&key)
+                .fetch_optional(&self.db.pool)
+                .await?;
         if let Some(id) = existing {
             return self.chat_info(c.user_id, id).await;
         }
-        let id = self.create_chat_rows(c.user_id, ChatKind::Dialog, "", Some(&key), &[peer]).await?;
+        let id = self
+            .create_chat_rows(c.user_id, ChatKind::Dialog, "", Some(&key), &[peer])
+            .await?;
         self.chat_info(c.user_id, id).await
     }
 
     /// Creates a group or channel with the caller as owner.
-    pub async fn create_chat(&self, c: &Caller, kind: ChatKind, title: &str, members: &[i64]) -> ApiResult<ChatInfo> {
+    pub async fn create_chat(
+        &self,
+        c: &Caller,
+        kind: ChatKind,
+        title: &str,
+        members: &[i64],
+    ) -> ApiResult<ChatInfo> {
         if kind == ChatKind::Dialog {
-            return Err(ApiError::BadRequest("use POST /api/dialogs to open a dialog".into()));
+            return Err(ApiError::BadRequest(
+                "use POST /api/dialogs to open a dialog".into(),
+            ));
         }
         let title = title.trim();
         if title.is_empty() || title.chars().count() > 128 {
-            return Err(ApiError::BadRequest("title must be 1 to 128 characters".into()));
+            return Err(ApiError::BadRequest(
+                "title must be 1 to 128 characters".into(),
+            ));
         }
         let limit = self.limit(kind);
         if members.len() + 1 > limit as usize {
-            return Err(ApiError::TooLarge(format!("a {} has at most {limit} members", kind.as_str())));
+            return Err(ApiError::TooLarge(format!(
+                "a {} has at most {limit} members",
+                kind.as_str()
+            )));
         }
         for &m in members {
             self.user_exists(m).await?;
         }
-        let id = self.create_chat_rows(c.user_id, kind, title, None, members).await?;
+        let id = self
+            .create_chat_rows(c.user_id, kind, title, None, members)
+            .await?;
         self.chat_info(c.user_id, id).await
     }
 
@@ -206,7 +255,14 @@ impl App {
         }
     }
 
-    async fn create_chat_rows(&self, owner: i64, kind: ChatKind, title: &str, key: Option<&str>, others: &[i64]) -> ApiResult<i64> {
+    async fn create_chat_rows(
+        &self,
+        owner: i64,
+        kind: ChatKind,
+        title: &str,
+        key: Option<&str>,
+        others: &[i64],
+    ) -> ApiResult<i64> {
         let id = new_id();
         let now = now_ms();
         let mut all: Vec<i64> = vec![owner];
@@ -233,10 +289,11 @@ impl App {
             // Two users opening the same dialog at once: the other one won.
             if key.is_some() {
                 drop(tx);
-                let existing: Option<i64> = sqlx::query_scalar("SELECT id FROM chats WHERE dialog_key = $1")
-                    .bind(key)
-                    .fetch_optional(&self.db.pool)
-                    .await?;
+                let existing: Option<i64> =
+                    sqlx::query_scalar("SELECT id FROM chats WHERE dialog_key = $1")
+                        .bind(key)
+                        .fetch_optional(&self.db.pool)
+                        .await?;
                 if let Some(x) = existing {
                     return Ok(x);
                 }
@@ -244,7 +301,13 @@ impl App {
             return Err(e.into());
         }
         for &u in &all {
-            let role = if kind == ChatKind::Dialog { Role::Member } else if u == owner { Role::Owner } else { Role::Member };
+            let role = if kind == ChatKind::Dialog {
+                Role::Member
+            } else if u == owner {
+                Role::Owner
+            } else {
+                Role::Member
+            };
             sqlx::query("INSERT INTO members (chat_id, user_id, role, joined_seq, read_seq) VALUES ($1, $2, $3, 1, 0)")
                 .bind(id)
                 .bind(u)
@@ -273,7 +336,11 @@ impl App {
         self.to_info(user_id, r).await
     }
 
-    async fn to_info(&self, user_id: i64, r: (i64, String, String, i64, i64, String, i64)) -> ApiResult<ChatInfo> {
+    async fn to_info(
+        &self,
+        user_id: i64,
+        r: (i64, String, String, i64, i64, String, i64),
+    ) -> ApiResult<ChatInfo> {
         let (id, kind, title, last_seq, member_count, role, read_seq) = r;
         let unread: i64 = sqlx::query_scalar(
             "SELECT COUNT(*) FROM messages WHERE chat_id = $1 AND seq > $2 AND sender_id <> $3 AND deleted = 0",
@@ -283,7 +350,16 @@ impl App {
         .bind(user_id)
         .fetch_one(&self.db.pool)
         .await?;
-        Ok(ChatInfo { id, kind: ChatKind::parse(&kind), title, last_seq, member_count, role: Role::parse(&role), read_seq, unread })
+        Ok(ChatInfo {
+            id,
+            kind: ChatKind::parse(&kind),
+            title,
+            last_seq,
+            member_count,
+            role: Role::parse(&role),
+            read_seq,
+            unread,
+        })
     }
 
     pub async fn list_chats(&self, c: &Caller) -> ApiResult<Vec<ChatInfo>> {
@@ -302,11 +378,15 @@ impl App {
 
     pub async fn list_members(&self, c: &Caller, chat_id: i64) -> ApiResult<Vec<Value>> {
         self.membership(chat_id, c.user_id).await?;
-        let rows: Vec<(i64, String)> = sqlx::query_as("SELECT user_id, role FROM members WHERE chat_id = $1 ORDER BY user_id")
-            .bind(chat_id)
-            .fetch_all(&self.db.pool)
-            .await?;
-        Ok(rows.into_iter().map(|(u, r)| json!({"user_id": u, "role": r})).collect())
+        let rows: Vec<(i64, String)> =
+            sqlx::query_as("SELECT user_id, role FROM members WHERE chat_id = $1 ORDER BY user_id")
+                .bind(chat_id)
+                .fetch_all(&self.db.pool)
+                .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(u, r)| json!({"user_id": u, "role": r}))
+            .collect())
     }
 
     pub async fn rename(&self, c: &Caller, chat_id: i64, title: &str) -> ApiResult<i64> {
@@ -316,16 +396,32 @@ impl App {
             return Err(ApiError::Forbidden("a dialog has no title".into()));
         }
         if role < Role::Admin {
-            return Err(ApiError::Forbidden("only admins and the owner rename a chat".into()));
+            return Err(ApiError::Forbidden(
+                "only admins and the owner rename a chat".into(),
+            ));
         }
         if title.is_empty() || title.chars().count() > 128 {
-            return Err(ApiError::BadRequest("title must be 1 to 128 characters".into()));
+            return Err(ApiError::BadRequest(
+                "title must be 1 to 128 characters".into(),
+            ));
         }
         let _g = self.chat_lock(chat_id).lock().await;
         let (mut tx, seq) = self.begin_event(chat_id).await?;
-        sqlx::query("UPDATE chats SET title = $1 WHERE id = $2").bind(title).bind(chat_id).execute(&mut *tx).await?;
-        self.finish_event(tx, chat_id, seq, json!({"type": "chat_renamed", "title": title, "by": c.user_id}), c.user_id, &[], false)
+        sqlx::query("UPDATE chats SET title = $1 WHERE id = $2")
+            .bind(title)
+            .bind(chat_id)
+            .execute(&mut *tx)
             .await?;
+        self.finish_event(
+            tx,
+            chat_id,
+            seq,
+            json!({"type": "chat_renamed", "title": title, "by": c.user_id}),
+            c.user_id,
+            &[],
+            false,
+        )
+        .await?;
         Ok(seq)
     }
 
@@ -334,16 +430,22 @@ impl App {
         let kind = match self.membership(chat_id, c.user_id).await {
             Ok((kind, role, _)) => {
                 if kind == ChatKind::Dialog {
-                    return Err(ApiError::Forbidden("a dialog has exactly two members".into()));
+                    return Err(ApiError::Forbidden(
+                        "a dialog has exactly two members".into(),
+                    ));
                 }
                 if role < Role::Admin {
-                    return Err(ApiError::Forbidden("only admins and the owner add members".into()));
+                    return Err(ApiError::Forbidden(
+                        "only admins and the owner add members".into(),
+                    ));
                 }
                 kind
             }
             Err(ApiError::NotMember) if user_id == c.user_id => {
-                let (kind,): (String,) =
-                    sqlx::query_as("SELECT kind FROM chats WHERE id = $1").bind(chat_id).fetch_one(&self.db.pool).await?;
+                let (kind,): (String,) = sqlx::query_as("SELECT kind FROM chats WHERE id = $1")
+                    .bind(chat_id)
+                    .fetch_one(&self.db.pool)
+                    .await?;
                 if ChatKind::parse(&kind) != ChatKind::Channel {
                     return Err(ApiError::NotMember);
                 }
@@ -353,21 +455,28 @@ impl App {
         };
         self.user_exists(user_id).await?;
         let _g = self.chat_lock(chat_id).lock().await;
-        let exists: Option<String> = sqlx::query_scalar("SELECT role FROM members WHERE chat_id = $1 AND user_id = $2")
-            .bind(chat_id)
-            .bind(user_id)
-            .fetch_optional(&self.db.pool)
-            .await?;
+        let exists: Option<String> =
+            sqlx::query_scalar("SELECT role FROM members WHERE chat_id = $1 AND user_id = $2")
+                .bind(chat_id)
+                .bind(user_id)
+                .fetch_optional(&self.db.pool)
+                .await?;
         if exists.is_some() {
             return Err(ApiError::Conflict("already a member".into()));
         }
         let (mut tx, seq) = self.begin_event(chat_id).await?;
-        let count: i64 = sqlx::query_scalar("UPDATE chats SET member_count = member_count + 1 WHERE id = $1 RETURNING member_count")
-            .bind(chat_id)
-            .fetch_one(&mut *tx)
-            .await?;
+        let count: i64 = sqlx::query_scalar(
+            "UPDATE chats SET member_count = member_count + 1 WHERE id = $1 RETURNING member_count",
+        )
+        .bind(chat_id)
+        .fetch_one(&mut *tx)
+        .await?;
         if count > self.limit(kind) as i64 {
-            return Err(ApiError::TooLarge(format!("a {} has at most {} members", kind.as_str(), self.limit(kind))));
+            return Err(ApiError::TooLarge(format!(
+                "a {} has at most {} members",
+                kind.as_str(),
+                self.limit(kind)
+            )));
         }
         sqlx::query("INSERT INTO members (chat_id, user_id, role, joined_seq, read_seq) VALUES ($1, $2, 'member', $3, $4)")
             .bind(chat_id)
@@ -377,8 +486,11 @@ impl App {
             .execute(&mut *tx)
             .await?;
         self.forget_members(chat_id);
-        let ev = json!({"type": "member_added", "user_id": user_id, "role": "member", "by": c.user_id});
-        let r = self.finish_event(tx, chat_id, seq, ev, c.user_id, &[], true).await;
+        let ev =
+            json!({"type": "member_added", "user_id": user_id, "role": "member", "by": c.user_id});
+        let r = self
+            .finish_event(tx, chat_id, seq, ev, c.user_id, &[], true)
+            .await;
         self.forget_members(chat_id);
         r?;
         Ok(seq)
@@ -388,22 +500,36 @@ impl App {
     pub async fn remove_member(&self, c: &Caller, chat_id: i64, user_id: i64) -> ApiResult<i64> {
         let (kind, role, _) = self.membership(chat_id, c.user_id).await?;
         if kind == ChatKind::Dialog {
-            return Err(ApiError::Forbidden("a dialog cannot be left; delete for me instead".into()));
+            return Err(ApiError::Forbidden(
+                "a dialog cannot be left; delete for me instead".into(),
+            ));
         }
         let _g = self.chat_lock(chat_id).lock().await;
-        let target: Option<String> = sqlx::query_scalar("SELECT role FROM members WHERE chat_id = $1 AND user_id = $2")
-            .bind(chat_id)
-            .bind(user_id)
-            .fetch_optional(&self.db.pool)
-            .await?;
-        let Some(target) = target.map(|r| Role::parse(&r)) else { return Err(ApiError::NotFound("member")) };
+        let target: Option<String> =
+            sqlx::query_scalar("SELECT role FROM members WHERE chat_id = $1 AND user_id = $2")
+                .bind(chat_id)
+                .bind(user_id)
+                .fetch_optional(&self.db.pool)
+                .await?;
+        let Some(target) = target.map(|r| Role::parse(&r)) else {
+            return Err(ApiError::NotFound("member"));
+        };
         let leaving = user_id == c.user_id;
         if !leaving && (role < Role::Admin || target >= role) {
-            return Err(ApiError::Forbidden("admins remove members; only the owner removes admins".into()));
+            return Err(ApiError::Forbidden(
+                "admins remove members; only the owner removes admins".into(),
+            ));
         }
         let (mut tx, seq) = self.begin_event(chat_id).await?;
-        sqlx::query("DELETE FROM members WHERE chat_id = $1 AND user_id = $2").bind(chat_id).bind(user_id).execute(&mut *tx).await?;
-        sqlx::query("UPDATE chats SET member_count = member_count - 1 WHERE id = $1").bind(chat_id).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM members WHERE chat_id = $1 AND user_id = $2")
+            .bind(chat_id)
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("UPDATE chats SET member_count = member_count - 1 WHERE id = $1")
+            .bind(chat_id)
+            .execute(&mut *tx)
+            .await?;
         let mut promoted = None;
         if target == Role::Owner {
             // The owner left: the longest-standing admin, else member, takes over.
@@ -414,7 +540,13 @@ impl App {
             .fetch_optional(&mut *tx)
             .await?;
             if let Some((n,)) = next {
-                sqlx::query("UPDATE members SET role = 'owner' WHERE chat_id = $1 AND user_id = $2").bind(chat_id).bind(n).execute(&mut *tx).await?;
+                sqlx::query(
+                    "UPDATE members SET role = 'owner' WHERE chat_id = $1 AND user_id = $2",
+                )
+                .bind(chat_id)
+                .bind(n)
+                .execute(&mut *tx)
+                .await?;
                 promoted = Some(n);
             }
         }
@@ -424,19 +556,29 @@ impl App {
         } else {
             json!({"type": "member_removed", "user_id": user_id, "by": c.user_id})
         };
-        let r = self.finish_event(tx, chat_id, seq, ev, c.user_id, &[user_id], true).await;
+        let r = self
+            .finish_event(tx, chat_id, seq, ev, c.user_id, &[user_id], true)
+            .await;
         self.forget_members(chat_id);
         r?;
         Ok(seq)
     }
 
-    pub async fn set_role(&self, c: &Caller, chat_id: i64, user_id: i64, new_role: Role) -> ApiResult<i64> {
+    pub async fn set_role(
+        &self,
+        c: &Caller,
+        chat_id: i64,
+        user_id: i64,
+        new_role: Role,
+    ) -> ApiResult<i64> {
         let (kind, role, _) = self.membership(chat_id, c.user_id).await?;
         if kind == ChatKind::Dialog || role != Role::Owner {
             return Err(ApiError::Forbidden("only the owner changes roles".into()));
         }
         if new_role == Role::Owner || user_id == c.user_id {
-            return Err(ApiError::BadRequest("role must be admin or member, of another member".into()));
+            return Err(ApiError::BadRequest(
+                "role must be admin or member, of another member".into(),
+            ));
         }
         let _g = self.chat_lock(chat_id).lock().await;
         let (mut tx, seq) = self.begin_event(chat_id).await?;
@@ -450,7 +592,8 @@ impl App {
             return Err(ApiError::NotFound("member"));
         }
         let ev = json!({"type": "role_changed", "user_id": user_id, "role": new_role.as_str(), "by": c.user_id});
-        self.finish_event(tx, chat_id, seq, ev, c.user_id, &[], false).await?;
+        self.finish_event(tx, chat_id, seq, ev, c.user_id, &[], false)
+            .await?;
         Ok(seq)
     }
 
@@ -475,31 +618,52 @@ impl App {
 
     fn validate_content(&self, m: &NewMessage) -> ApiResult<()> {
         if m.client_id.is_empty() || m.client_id.len() > 64 {
-            return Err(ApiError::BadRequest("client_id must be 1 to 64 characters".into()));
+            return Err(ApiError::BadRequest(
+                "client_id must be 1 to 64 characters".into(),
+            ));
         }
         if let Some(t) = &m.text {
             let n = t.chars().count();
             if n > self.cfg.max_text_chars {
-                return Err(ApiError::TooLarge(format!("text is {n} characters; at most {} are allowed", self.cfg.max_text_chars)));
+                return Err(ApiError::TooLarge(format!(
+                    "text is {n} characters; at most {} are allowed",
+                    self.cfg.max_text_chars
+                )));
             }
         }
         if m.attachments.len() > 10 {
-            return Err(ApiError::TooLarge("at most 10 attachments per message".into()));
+            return Err(ApiError::TooLarge(
+                "at most 10 attachments per message".into(),
+            ));
         }
         for a in &m.attachments {
-            if a.file_id.is_empty() || a.file_id.len() > 128 || a.name.len() > 256 || a.mime.len() > 128 {
-                return Err(ApiError::BadRequest("attachment needs a file_id (up to 128), a name (up to 256) and a mime type".into()));
+            if a.file_id.is_empty()
+                || a.file_id.len() > 128
+                || a.name.len() > 256
+                || a.mime.len() > 128
+            {
+                return Err(ApiError::BadRequest(
+                    "attachment needs a file_id (up to 128), a name (up to 256) and a mime type"
+                        .into(),
+                ));
             }
             if a.waveform.as_ref().is_some_and(|w| w.len() > 128) {
-                return Err(ApiError::TooLarge("waveform has at most 128 samples".into()));
+                return Err(ApiError::TooLarge(
+                    "waveform has at most 128 samples".into(),
+                ));
             }
             if a.waveform.is_some() && a.duration_ms.is_none() {
-                return Err(ApiError::BadRequest("a voice message needs duration_ms".into()));
+                return Err(ApiError::BadRequest(
+                    "a voice message needs duration_ms".into(),
+                ));
             }
         }
         let empty_text = m.text.as_deref().is_none_or(|t| t.trim().is_empty());
-        if empty_text && m.sticker.is_none() && m.attachments.is_empty() && m.forward_from.is_none() {
-            return Err(ApiError::BadRequest("a message needs text, a sticker, an attachment or forward_from".into()));
+        if empty_text && m.sticker.is_none() && m.attachments.is_empty() && m.forward_from.is_none()
+        {
+            return Err(ApiError::BadRequest(
+                "a message needs text, a sticker, an attachment or forward_from".into(),
+            ));
         }
         Ok(())
     }
@@ -515,23 +679,37 @@ impl App {
             return Ok(ack);
         }
         self.check_rate(c.user_id)?;
-        let mut content =
-            Content { text: m.text, sticker: m.sticker, attachments: m.attachments, reply_to: m.reply_to, forwarded: None };
+        let mut content = Content {
+            text: m.text,
+            sticker: m.sticker,
+            attachments: m.attachments,
+            reply_to: m.reply_to,
+            forwarded: None,
+        };
         if let Some(f) = &m.forward_from {
             self.membership(f.chat_id, c.user_id).await?;
             let src = self.get_message(f.chat_id, f.seq).await?;
             if src.deleted {
                 return Err(ApiError::NotFound("message"));
             }
-            let fwd = src.content.forwarded.clone().unwrap_or(Forwarded { chat_id: f.chat_id, seq: f.seq, sender_id: src.sender_id });
-            content = Content { forwarded: Some(fwd), reply_to: content.reply_to, ..src.content };
+            let fwd = src.content.forwarded.clone().unwrap_or(Forwarded {
+                chat_id: f.chat_id,
+                seq: f.seq,
+                sender_id: src.sender_id,
+            });
+            content = Content {
+                forwarded: Some(fwd),
+                reply_to: content.reply_to,
+                ..src.content
+            };
         }
         if let Some(r) = content.reply_to {
-            let ok: Option<i64> = sqlx::query_scalar("SELECT seq FROM messages WHERE chat_id = $1 AND seq = $2")
-                .bind(chat_id)
-                .bind(r)
-                .fetch_optional(&self.db.pool)
-                .await?;
+            let ok: Option<i64> =
+                sqlx::query_scalar("SELECT seq FROM messages WHERE chat_id = $1 AND seq = $2")
+                    .bind(chat_id)
+                    .bind(r)
+                    .fetch_optional(&self.db.pool)
+                    .await?;
             if ok.is_none() {
                 return Err(ApiError::NotFound("message replied to"));
             }
@@ -542,7 +720,8 @@ impl App {
         }
         let now = now_ms();
         let (mut tx, seq) = self.begin_event(chat_id).await?;
-        let content_json = serde_json::to_string(&content).map_err(|e| ApiError::Internal(e.into()))?;
+        let content_json =
+            serde_json::to_string(&content).map_err(|e| ApiError::Internal(e.into()))?;
         sqlx::query("INSERT INTO messages (chat_id, seq, sender_id, client_id, content, created_at, deleted) VALUES ($1, $2, $3, $4, $5, $6, 0)")
             .bind(chat_id)
             .bind(seq)
@@ -564,12 +743,24 @@ impl App {
             reactions: BTreeMap::new(),
         };
         let ev = json!({"type": "message", "message": msg});
-        self.finish_event(tx, chat_id, seq, ev, c.user_id, &[], false).await?;
+        self.finish_event(tx, chat_id, seq, ev, c.user_id, &[], false)
+            .await?;
         self.metrics.messages.inc();
-        Ok(Ack { chat_id, seq, client_id: m.client_id, date: now, duplicate: false })
+        Ok(Ack {
+            chat_id,
+            seq,
+            client_id: m.client_id,
+            date: now,
+            duplicate: false,
+        })
     }
 
-    async fn existing_ack(&self, chat_id: i64, sender: i64, client_id: &str) -> ApiResult<Option<Ack>> {
+    async fn existing_ack(
+        &self,
+        chat_id: i64,
+        sender: i64,
+        client_id: &str,
+    ) -> ApiResult<Option<Ack>> {
         let r: Option<(i64, i64)> = sqlx::query_as(
             "SELECT seq, created_at FROM messages WHERE chat_id = $1 AND sender_id = $2 AND client_id = $3",
         )
@@ -578,28 +769,47 @@ impl App {
         .bind(client_id)
         .fetch_optional(&self.db.pool)
         .await?;
-        Ok(r.map(|(seq, date)| Ack { chat_id, seq, client_id: client_id.to_string(), date, duplicate: true }))
+        Ok(r.map(|(seq, date)| Ack {
+            chat_id,
+            seq,
+            client_id: client_id.to_string(),
+            date,
+            duplicate: true,
+        }))
     }
 
     pub async fn get_message(&self, chat_id: i64, seq: i64) -> ApiResult<Message> {
-        let r: Option<Row> = sqlx::query_as(&format!("SELECT {MSG_COLS} FROM messages WHERE chat_id = $1 AND seq = $2"))
-            .bind(chat_id)
-            .bind(seq)
-            .fetch_optional(&self.db.pool)
-            .await?;
+        let r: Option<Row> = sqlx::query_as(&format!(
+            "SELECT {MSG_COLS} FROM messages WHERE chat_id = $1 AND seq = $2"
+        ))
+        .bind(chat_id)
+        .bind(seq)
+        .fetch_optional(&self.db.pool)
+        .await?;
         r.map(row_to_message).ok_or(ApiError::NotFound("message"))
     }
 
-    pub async fn edit_message(&self, c: &Caller, chat_id: i64, seq: i64, text: String) -> ApiResult<i64> {
+    pub async fn edit_message(
+        &self,
+        c: &Caller,
+        chat_id: i64,
+        seq: i64,
+        text: String,
+    ) -> ApiResult<i64> {
         self.membership(chat_id, c.user_id).await?;
         let n = text.chars().count();
         if n > self.cfg.max_text_chars || text.trim().is_empty() {
-            return Err(ApiError::BadRequest(format!("text must be 1 to {} characters", self.cfg.max_text_chars)));
+            return Err(ApiError::BadRequest(format!(
+                "text must be 1 to {} characters",
+                self.cfg.max_text_chars
+            )));
         }
         let _g = self.chat_lock(chat_id).lock().await;
         let mut msg = self.get_message(chat_id, seq).await?;
         if msg.sender_id != c.user_id {
-            return Err(ApiError::Forbidden("only the sender edits a message".into()));
+            return Err(ApiError::Forbidden(
+                "only the sender edits a message".into(),
+            ));
         }
         if msg.deleted {
             return Err(ApiError::NotFound("message"));
@@ -607,22 +817,31 @@ impl App {
         msg.content.text = Some(text);
         let now = now_ms();
         let (mut tx, ev_seq) = self.begin_event(chat_id).await?;
-        sqlx::query("UPDATE messages SET content = $1, edited_at = $2 WHERE chat_id = $3 AND seq = $4")
-            .bind(serde_json::to_string(&msg.content).map_err(|e| ApiError::Internal(e.into()))?)
-            .bind(now)
-            .bind(chat_id)
-            .bind(seq)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "UPDATE messages SET content = $1, edited_at = $2 WHERE chat_id = $3 AND seq = $4",
+        )
+        .bind(serde_json::to_string(&msg.content).map_err(|e| ApiError::Internal(e.into()))?)
+        .bind(now)
+        .bind(chat_id)
+        .bind(seq)
+        .execute(&mut *tx)
+        .await?;
         msg.edited_at = Some(now);
         let ev = json!({"type": "message_edited", "message": msg});
-        self.finish_event(tx, chat_id, ev_seq, ev, c.user_id, &[], false).await?;
+        self.finish_event(tx, chat_id, ev_seq, ev, c.user_id, &[], false)
+            .await?;
         Ok(ev_seq)
     }
 
     /// Deletes a message for everyone (sender, or admins of groups and channels) or hides
     /// it for the caller only.
-    pub async fn delete_message(&self, c: &Caller, chat_id: i64, seq: i64, for_everyone: bool) -> ApiResult<Option<i64>> {
+    pub async fn delete_message(
+        &self,
+        c: &Caller,
+        chat_id: i64,
+        seq: i64,
+        for_everyone: bool,
+    ) -> ApiResult<Option<i64>> {
         let (kind, role, _) = self.membership(chat_id, c.user_id).await?;
         let msg = self.get_message(chat_id, seq).await?;
         if !for_everyone {
@@ -635,24 +854,29 @@ impl App {
             let _ = r;
             self.hub.send_ephemeral(
                 &[c.user_id],
-                json!({"type": "message_hidden", "chat_id": chat_id, "message_seq": seq}).to_string(),
+                json!({"type": "message_hidden", "chat_id": chat_id, "message_seq": seq})
+                    .to_string(),
                 Some(&c.session_id),
             );
             return Ok(None);
         }
         if msg.sender_id != c.user_id && !(kind != ChatKind::Dialog && role >= Role::Admin) {
-            return Err(ApiError::Forbidden("only the sender or an admin deletes a message for everyone".into()));
+            return Err(ApiError::Forbidden(
+                "only the sender or an admin deletes a message for everyone".into(),
+            ));
         }
         if msg.deleted {
             return Err(ApiError::NotFound("message"));
         }
         let _g = self.chat_lock(chat_id).lock().await;
         let (mut tx, ev_seq) = self.begin_event(chat_id).await?;
-        sqlx::query("UPDATE messages SET deleted = 1, content = '{}' WHERE chat_id = $1 AND seq = $2")
-            .bind(chat_id)
-            .bind(seq)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "UPDATE messages SET deleted = 1, content = '{}' WHERE chat_id = $1 AND seq = $2",
+        )
+        .bind(chat_id)
+        .bind(seq)
+        .execute(&mut *tx)
+        .await?;
         // The text leaves the event log too: resuming clients see the deletion only.
         let redacted = json!({"type": "message", "chat_id": chat_id, "seq": seq, "message": {
             "chat_id": chat_id, "seq": seq, "sender_id": msg.sender_id, "client_id": msg.client_id, "date": msg.date, "deleted": true}})
@@ -663,15 +887,32 @@ impl App {
             .bind(seq)
             .execute(&mut *tx)
             .await?;
-        sqlx::query("DELETE FROM reactions WHERE chat_id = $1 AND seq = $2").bind(chat_id).bind(seq).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM reactions WHERE chat_id = $1 AND seq = $2")
+            .bind(chat_id)
+            .bind(seq)
+            .execute(&mut *tx)
+            .await?;
         let ev = json!({"type": "message_deleted", "message_seq": seq, "by": c.user_id});
-        self.finish_event(tx, chat_id, ev_seq, ev, c.user_id, &[], false).await?;
+        self.finish_event(tx, chat_id, ev_seq, ev, c.user_id, &[], false)
+            .await?;
         Ok(Some(ev_seq))
     }
 
-    pub async fn react(&self, c: &Caller, chat_id: i64, seq: i64, emoji: &str, add: bool) -> ApiResult<i64> {
+    pub async fn react(
+        &self,
+        c: &Caller,
+        chat_id: i64,
+        seq: i64,
+        emoji: &str,
+        add: bool,
+    ) -> ApiResult<i64> {
         self.membership(chat_id, c.user_id).await?;
-        if emoji.is_empty() || emoji.chars().count() > 8 || emoji.chars().any(|ch| ch.is_ascii_alphanumeric() || ch.is_whitespace()) {
+        if emoji.is_empty()
+            || emoji.chars().count() > 8
+            || emoji
+                .chars()
+                .any(|ch| ch.is_ascii_alphanumeric() || ch.is_whitespace())
+        {
             return Err(ApiError::BadRequest("emoji must be one emoji".into()));
         }
         let msg = self.get_message(chat_id, seq).await?;
@@ -696,12 +937,19 @@ impl App {
             return Ok(0);
         }
         let ev = json!({"type": "reaction", "message_seq": seq, "user_id": c.user_id, "emoji": emoji, "added": add});
-        self.finish_event(tx, chat_id, ev_seq, ev, c.user_id, &[], false).await?;
+        self.finish_event(tx, chat_id, ev_seq, ev, c.user_id, &[], false)
+            .await?;
         Ok(ev_seq)
     }
 
     /// A page of history, newest first, before `before` (exclusive; none = latest).
-    pub async fn history(&self, c: &Caller, chat_id: i64, before: Option<i64>, limit: i64) -> ApiResult<(Vec<Message>, Option<i64>)> {
+    pub async fn history(
+        &self,
+        c: &Caller,
+        chat_id: i64,
+        before: Option<i64>,
+        limit: i64,
+    ) -> ApiResult<(Vec<Message>, Option<i64>)> {
         self.membership(chat_id, c.user_id).await?;
         let limit = limit.clamp(1, 200);
         let before = before.unwrap_or(i64::MAX);
@@ -715,7 +963,8 @@ impl App {
         .fetch_all(&self.db.pool)
         .await?;
         let mut msgs: Vec<Message> = rows.into_iter().map(row_to_message).collect();
-        if let (Some(first), Some(last)) = (msgs.last().map(|m| m.seq), msgs.first().map(|m| m.seq)) {
+        if let (Some(first), Some(last)) = (msgs.last().map(|m| m.seq), msgs.first().map(|m| m.seq))
+        {
             let rs: Vec<(i64, String, i64)> = sqlx::query_as(
                 "SELECT seq, emoji, COUNT(*) FROM reactions WHERE chat_id = $1 AND seq >= $2 AND seq <= $3 GROUP BY seq, emoji",
             )
@@ -730,12 +979,22 @@ impl App {
                 }
             }
         }
-        let next = if msgs.len() as i64 == limit { msgs.last().map(|m| m.seq) } else { None };
+        let next = if msgs.len() as i64 == limit {
+            msgs.last().map(|m| m.seq)
+        } else {
+            None
+        };
         Ok((msgs, next))
     }
 
     /// Stored events of a chat after `after`, up to `limit`, from the caller's join on.
-    pub async fn events_after(&self, chat_id: i64, after: i64, joined: i64, limit: i64) -> ApiResult<Vec<(i64, String)>> {
+    pub async fn events_after(
+        &self,
+        chat_id: i64,
+        after: i64,
+        joined: i64,
+        limit: i64,
+    ) -> ApiResult<Vec<(i64, String)>> {
         Ok(sqlx::query_as("SELECT seq, body FROM events WHERE chat_id = $1 AND seq > $2 AND seq >= $3 ORDER BY seq LIMIT $4")
             .bind(chat_id)
             .bind(after)
@@ -748,7 +1007,11 @@ impl App {
     /// Delivery or read receipt of one device; a read also moves the unread counter.
     pub async fn receipt(&self, c: &Caller, chat_id: i64, seq: i64, read: bool) -> ApiResult<()> {
         let (kind, _, _) = self.membership(chat_id, c.user_id).await?;
-        let (col, ev) = if read { ("read_seq", "read") } else { ("delivered_seq", "delivered") };
+        let (col, ev) = if read {
+            ("read_seq", "read")
+        } else {
+            ("delivered_seq", "delivered")
+        };
         sqlx::query(&format!(
             "INSERT INTO receipts (chat_id, session_id, user_id, {col}) VALUES ($1, $2, $3, $4) ON CONFLICT (chat_id, session_id) DO UPDATE SET {col} = CASE WHEN receipts.{col} < $4 THEN $4 ELSE receipts.{col} END"
         ))
@@ -769,7 +1032,8 @@ impl App {
         if kind != ChatKind::Channel {
             let m = self.members(chat_id).await?;
             let j = json!({"type": "receipt", "kind": ev, "chat_id": chat_id, "seq": seq, "user_id": c.user_id, "session_id": c.session_id});
-            self.hub.send_ephemeral(&m.users, j.to_string(), Some(&c.session_id));
+            self.hub
+                .send_ephemeral(&m.users, j.to_string(), Some(&c.session_id));
         }
         Ok(())
     }
@@ -779,7 +1043,8 @@ impl App {
         if kind != ChatKind::Channel {
             let m = self.members(chat_id).await?;
             let j = json!({"type": "typing", "chat_id": chat_id, "user_id": c.user_id});
-            self.hub.send_ephemeral(&m.users, j.to_string(), Some(&c.session_id));
+            self.hub
+                .send_ephemeral(&m.users, j.to_string(), Some(&c.session_id));
         }
         Ok(())
     }

@@ -141,7 +141,10 @@ impl Db {
         sqlx::any::install_default_drivers();
         let (url, engine) = if url.is_empty() {
             let path = data_dir.join("signalling.db");
-            (format!("sqlite://{}?mode=rwc", path.display()), Engine::Sqlite)
+            (
+                format!("sqlite://{}?mode=rwc", path.display()),
+                Engine::Sqlite,
+            )
         } else if url.starts_with("postgres") {
             (url.to_string(), Engine::Postgres)
         } else if url.starts_with("sqlite:") {
@@ -180,15 +183,19 @@ impl Db {
         for (version, sql) in MIGRATIONS {
             let mut tx = self.pool.begin().await?;
             // Inside the transaction so two nodes starting together apply it once.
-            let done: Option<i64> = sqlx::query_scalar("SELECT version FROM schema_migrations WHERE version = $1")
-                .bind(*version)
-                .fetch_optional(&mut *tx)
-                .await?;
+            let done: Option<i64> =
+                sqlx::query_scalar("SELECT version FROM schema_migrations WHERE version = $1")
+                    .bind(*version)
+                    .fetch_optional(&mut *tx)
+                    .await?;
             if done.is_some() {
                 continue;
             }
             for stmt in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
-                sqlx::query(stmt).execute(&mut *tx).await.with_context(|| format!("migration {version}"))?;
+                sqlx::query(stmt)
+                    .execute(&mut *tx)
+                    .await
+                    .with_context(|| format!("migration {version}"))?;
             }
             sqlx::query("INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)")
                 .bind(*version)

@@ -20,7 +20,9 @@ pub enum ApiError {
     RateLimited { retry_after: u64 },
     #[error("wrong code: {remaining} tries left")]
     CodeWrong { remaining: u32 },
-    #[error("no valid code for this number (expired, used, or too many wrong tries): request a new one")]
+    #[error(
+        "no valid code for this number (expired, used, or too many wrong tries): request a new one"
+    )]
     CodeExpired,
     #[error("{0}")]
     Token(#[from] common::TokenError),
@@ -88,7 +90,9 @@ impl ApiError {
             | ApiError::CodeExpired
             | ApiError::RefreshInvalid
             | ApiError::SessionRevoked => StatusCode::UNAUTHORIZED,
-            ApiError::Token(t) => StatusCode::from_u16(t.http_status()).unwrap_or(StatusCode::UNAUTHORIZED),
+            ApiError::Token(t) => {
+                StatusCode::from_u16(t.http_status()).unwrap_or(StatusCode::UNAUTHORIZED)
+            }
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::NotMember | ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,

@@ -13,7 +13,11 @@ use tokio::sync::mpsc;
 #[derive(Debug, Clone)]
 pub enum Out {
     /// A stored chat event (has a per-chat sequence number).
-    Chat { chat_id: i64, seq: i64, json: Arc<str> },
+    Chat {
+        chat_id: i64,
+        seq: i64,
+        json: Arc<str>,
+    },
     /// An ephemeral event (typing, receipts, presence, new login).
     Ephemeral(Arc<str>),
     /// Close the connection with this reason.
@@ -47,7 +51,11 @@ impl Hub {
         let mut c = self.conns.write();
         let v = c.entry(user_id).or_default();
         let first = v.is_empty();
-        v.push(Conn { id, session_id: session_id.into(), tx });
+        v.push(Conn {
+            id,
+            session_id: session_id.into(),
+            tx,
+        });
         (id, rx, first)
     }
 
@@ -85,7 +93,12 @@ impl Hub {
         self.members.write().remove(&chat_id);
     }
 
-    fn deliver(&self, users: impl IntoIterator<Item = i64>, out: &Out, except_session: Option<&str>) -> usize {
+    fn deliver(
+        &self,
+        users: impl IntoIterator<Item = i64>,
+        out: &Out,
+        except_session: Option<&str>,
+    ) -> usize {
         let mut lagged = Vec::new();
         let mut n = 0;
         {
@@ -127,15 +140,27 @@ impl Hub {
 
     /// Sends a stored chat event to every connection of `users`.
     pub fn publish_chat(&self, users: &[i64], chat_id: i64, seq: i64, json: Arc<str>) -> usize {
-        self.deliver(users.iter().copied(), &Out::Chat { chat_id, seq, json }, None)
+        self.deliver(
+            users.iter().copied(),
+            &Out::Chat { chat_id, seq, json },
+            None,
+        )
     }
 
     pub fn send_ephemeral(&self, users: &[i64], json: String, except_session: Option<&str>) {
-        self.deliver(users.iter().copied(), &Out::Ephemeral(json.into()), except_session);
+        self.deliver(
+            users.iter().copied(),
+            &Out::Ephemeral(json.into()),
+            except_session,
+        );
     }
 
     pub fn send_user_except(&self, user_id: i64, except_session: &str, json: String) {
-        self.deliver([user_id], &Out::Ephemeral(json.into()), Some(except_session));
+        self.deliver(
+            [user_id],
+            &Out::Ephemeral(json.into()),
+            Some(except_session),
+        );
     }
 
     /// Closes the connections of one revoked session.

@@ -34,7 +34,10 @@ use prometheus::{IntCounter, IntGauge, Opts};
 pub use config::Config;
 
 pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 /// Prometheus metrics of the control plane.
@@ -66,18 +69,29 @@ impl Metrics {
             reg.register(Box::new(m.clone()))?;
             Ok(m)
         };
-        let connections = IntGauge::with_opts(Opts::new("connections", "Open chat WebSocket connections").namespace("signalling"))?;
+        let connections = IntGauge::with_opts(
+            Opts::new("connections", "Open chat WebSocket connections").namespace("signalling"),
+        )?;
         reg.register(Box::new(connections.clone()))?;
         Ok(Metrics {
             messages: c("messages_total", "Messages stored")?,
             events: c("events_total", "Chat events stored")?,
-            deliveries: c("deliveries_total", "Chat events handed to WebSocket connections")?,
+            deliveries: c(
+                "deliveries_total",
+                "Chat events handed to WebSocket connections",
+            )?,
             connections,
             codes_sent: c("codes_sent_total", "Login codes sent by SMS")?,
-            codes_refused: c("codes_refused_total", "Login code requests refused by rate limits")?,
+            codes_refused: c(
+                "codes_refused_total",
+                "Login code requests refused by rate limits",
+            )?,
             codes_wrong: c("codes_wrong_total", "Wrong login codes entered")?,
             logins: c("logins_total", "Successful logins")?,
-            rate_limited: c("rate_limited_total", "Messages refused by the per-user rate limit")?,
+            rate_limited: c(
+                "rate_limited_total",
+                "Messages refused by the per-user rate limit",
+            )?,
         })
     }
 }
@@ -110,22 +124,32 @@ impl Signalling {
         let sms: Box<dyn sms::SmsSender> = match config.sms_provider.as_str() {
             "dev" => {
                 if !ctx.dev {
-                    anyhow::bail!("signalling.sms_provider = \"dev\" works in dev mode only: configure the http provider");
+                    anyhow::bail!(
+                        "signalling.sms_provider = \"dev\" works in dev mode only: configure the http provider"
+                    );
                 }
                 Box::new(sms::DevFileSms::new(ctx.data_dir.join(sms::DEV_SMS_FILE)))
             }
-            "http" => Box::new(sms::HttpSms::new(&config.sms_gateway_url, &config.sms_gateway_auth)?),
-            other => anyhow::bail!("signalling.sms_provider {other:?}: expected \"dev\" or \"http\""),
+            "http" => Box::new(sms::HttpSms::new(
+                &config.sms_gateway_url,
+                &config.sms_gateway_auth,
+            )?),
+            other => {
+                anyhow::bail!("signalling.sms_provider {other:?}: expected \"dev\" or \"http\"")
+            }
         };
         if config.allowed_country_codes.is_empty() {
             anyhow::bail!("signalling.allowed_country_codes is empty: nobody could register");
         }
-        let db = db::Db::open(&config.database_url, &ctx.data_dir).await.context("opening the chat database")?;
+        let db = db::Db::open(&config.database_url, &ctx.data_dir)
+            .await
+            .context("opening the chat database")?;
         // Sessions revoked before a restart stay refused while their tokens could live.
-        let revoked: Vec<String> = sqlx::query_scalar("SELECT id FROM sessions WHERE revoked = 1 AND last_used_at > $1")
-            .bind(now_ms() - config.access_ttl.as_millis() as i64 * 2 - 86_400_000)
-            .fetch_all(&db.pool)
-            .await?;
+        let revoked: Vec<String> =
+            sqlx::query_scalar("SELECT id FROM sessions WHERE revoked = 1 AND last_used_at > $1")
+                .bind(now_ms() - config.access_ttl.as_millis() as i64 * 2 - 86_400_000)
+                .fetch_all(&db.pool)
+                .await?;
         let metrics = Metrics::new(&ctx.registry)?;
         let app = Arc::new(App {
             cfg: config,
@@ -144,7 +168,9 @@ impl Signalling {
         });
         let _ = app.me_weak.set(Arc::downgrade(&app));
         // Resume webhook deliveries left pending by a previous run.
-        let pending: Vec<i64> = sqlx::query_scalar("SELECT DISTINCT bot_id FROM bot_updates").fetch_all(&app.db.pool).await?;
+        let pending: Vec<i64> = sqlx::query_scalar("SELECT DISTINCT bot_id FROM bot_updates")
+            .fetch_all(&app.db.pool)
+            .await?;
         for b in pending {
             app.webhook_kick(b);
         }

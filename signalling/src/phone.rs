@@ -7,13 +7,24 @@ use crate::error::ApiError;
 pub fn normalize(input: &str, allowed: &[u16]) -> Result<String, ApiError> {
     let trimmed = input.trim();
     if trimmed.is_empty() || trimmed.len() > 32 {
-        return Err(ApiError::InvalidPhone("give the number in international form, like +79161234567".into()));
+        return Err(ApiError::InvalidPhone(
+            "give the number in international form, like +79161234567".into(),
+        ));
     }
-    let with_plus = if trimmed.starts_with('+') { trimmed.to_string() } else { format!("+{trimmed}") };
-    let n = phonenumber::parse(None, &with_plus)
-        .map_err(|e| ApiError::InvalidPhone(format!("{e}; give it in international form, like +79161234567")))?;
+    let with_plus = if trimmed.starts_with('+') {
+        trimmed.to_string()
+    } else {
+        format!("+{trimmed}")
+    };
+    let n = phonenumber::parse(None, &with_plus).map_err(|e| {
+        ApiError::InvalidPhone(format!(
+            "{e}; give it in international form, like +79161234567"
+        ))
+    })?;
     if !n.is_valid() {
-        return Err(ApiError::InvalidPhone("not a valid number for its country".into()));
+        return Err(ApiError::InvalidPhone(
+            "not a valid number for its country".into(),
+        ));
     }
     let cc = n.code().value();
     if !allowed.contains(&cc) {
@@ -32,12 +43,30 @@ mod tests {
     #[test]
     fn normalises_and_refuses() {
         let allowed = [7, 375];
-        assert_eq!(normalize("+7 916 123-45-67", &allowed).unwrap(), "+79161234567");
-        assert_eq!(normalize("375291234567", &allowed).unwrap(), "+375291234567");
-        assert!(matches!(normalize("+14155552671", &allowed), Err(ApiError::CountryNotAllowed(1))));
-        assert!(matches!(normalize("+7123", &allowed), Err(ApiError::InvalidPhone(_))));
-        assert!(matches!(normalize("hello", &allowed), Err(ApiError::InvalidPhone(_))));
+        assert_eq!(
+            normalize("+7 916 123-45-67", &allowed).unwrap(),
+            "+79161234567"
+        );
+        assert_eq!(
+            normalize("375291234567", &allowed).unwrap(),
+            "+375291234567"
+        );
+        assert!(matches!(
+            normalize("+14155552671", &allowed),
+            Err(ApiError::CountryNotAllowed(1))
+        ));
+        assert!(matches!(
+            normalize("+7123", &allowed),
+            Err(ApiError::InvalidPhone(_))
+        ));
+        assert!(matches!(
+            normalize("hello", &allowed),
+            Err(ApiError::InvalidPhone(_))
+        ));
         // UK 056 numbers are VoIP in the metadata.
-        assert!(matches!(normalize("+44 56 1234 5678", &[44]), Err(ApiError::VoipNumber)));
+        assert!(matches!(
+            normalize("+44 56 1234 5678", &[44]),
+            Err(ApiError::VoipNumber)
+        ));
     }
 }

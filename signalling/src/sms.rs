@@ -27,7 +27,10 @@ pub struct Sms<'a> {
 }
 
 pub trait SmsSender: Send + Sync {
-    fn send<'a>(&'a self, sms: Sms<'a>) -> futures_util::future::BoxFuture<'a, Result<(), SmsError>>;
+    fn send<'a>(
+        &'a self,
+        sms: Sms<'a>,
+    ) -> futures_util::future::BoxFuture<'a, Result<(), SmsError>>;
 }
 
 /// Dev mode only: appends `{"to","code","text"}` lines to `<data_dir>/sms-codes.jsonl`.
@@ -38,16 +41,26 @@ pub struct DevFileSms {
 
 impl DevFileSms {
     pub fn new(path: PathBuf) -> Self {
-        DevFileSms { path, lock: parking_lot::Mutex::new(()) }
+        DevFileSms {
+            path,
+            lock: parking_lot::Mutex::new(()),
+        }
     }
 }
 
 impl SmsSender for DevFileSms {
-    fn send<'a>(&'a self, sms: Sms<'a>) -> futures_util::future::BoxFuture<'a, Result<(), SmsError>> {
+    fn send<'a>(
+        &'a self,
+        sms: Sms<'a>,
+    ) -> futures_util::future::BoxFuture<'a, Result<(), SmsError>> {
         Box::pin(async move {
-            let line = serde_json::json!({ "to": sms.to, "code": sms.code, "text": sms.text }).to_string();
+            let line =
+                serde_json::json!({ "to": sms.to, "code": sms.code, "text": sms.text }).to_string();
             let _g = self.lock.lock();
-            let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&self.path)?;
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.path)?;
             writeln!(f, "{line}")?;
             Ok(())
         })
@@ -63,24 +76,38 @@ pub struct HttpSms {
 
 impl HttpSms {
     pub fn new(url: &str, auth: &str) -> anyhow::Result<Self> {
-        let url: hyper::Uri = url.parse().map_err(|e| anyhow::anyhow!("signalling.sms_gateway_url: {e}"))?;
+        let url: hyper::Uri = url
+            .parse()
+            .map_err(|e| anyhow::anyhow!("signalling.sms_gateway_url: {e}"))?;
         if url.scheme_str() != Some("http") {
-            anyhow::bail!("signalling.sms_gateway_url must be an http:// URL (put TLS in a local proxy)");
+            anyhow::bail!(
+                "signalling.sms_gateway_url must be an http:// URL (put TLS in a local proxy)"
+            );
         }
         let client = Client::builder(TokioExecutor::new()).build_http();
-        Ok(HttpSms { url, auth: auth.to_string(), client })
+        Ok(HttpSms {
+            url,
+            auth: auth.to_string(),
+            client,
+        })
     }
 }
 
 impl SmsSender for HttpSms {
-    fn send<'a>(&'a self, sms: Sms<'a>) -> futures_util::future::BoxFuture<'a, Result<(), SmsError>> {
+    fn send<'a>(
+        &'a self,
+        sms: Sms<'a>,
+    ) -> futures_util::future::BoxFuture<'a, Result<(), SmsError>> {
         Box::pin(async move {
             let body = serde_json::json!({ "to": sms.to, "text": sms.text }).to_string();
-            let mut req = hyper::Request::post(self.url.clone()).header("content-type", "application/json");
+            let mut req =
+                hyper::Request::post(self.url.clone()).header("content-type", "application/json");
             if !self.auth.is_empty() {
                 req = req.header("authorization", &self.auth);
             }
-            let req = req.body(Full::new(bytes::Bytes::from(body))).map_err(|e| SmsError::Gateway(e.to_string()))?;
+            let req = req
+                .body(Full::new(bytes::Bytes::from(body)))
+                .map_err(|e| SmsError::Gateway(e.to_string()))?;
             let fut = self.client.request(req);
             let resp = tokio::time::timeout(std::time::Duration::from_secs(10), fut)
                 .await
@@ -98,5 +125,7 @@ impl SmsSender for HttpSms {
 
 /// The text of a login SMS: a warning, and the domain-bound last line for autofill.
 pub fn login_text(code: &str, domain: &str) -> String {
-    format!("Your maxd login code: {code}\nNever tell this code to anyone, including support.\n\n@{domain} #{code}")
+    format!(
+        "Your maxd login code: {code}\nNever tell this code to anyone, including support.\n\n@{domain} #{code}"
+    )
 }

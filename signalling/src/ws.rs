@@ -98,7 +98,12 @@ pub async fn run(app: Arc<App>, socket: WebSocket, caller: Caller) {
         let _ = app.presence_changed(caller.user_id, true).await;
     }
     let (mut sink, mut stream) = socket.split();
-    let mut c = Conn { app: app.clone(), caller, synced: false, last: HashMap::new() };
+    let mut c = Conn {
+        app: app.clone(),
+        caller,
+        synced: false,
+        last: HashMap::new(),
+    };
     let mut close: Option<(u16, &'static str)> = None;
     loop {
         tokio::select! {
@@ -157,7 +162,12 @@ pub async fn run(app: Arc<App>, socket: WebSocket, caller: Caller) {
         }
     }
     if let Some((code, reason)) = close {
-        let _ = sink.send(WsMessage::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
+        let _ = sink
+            .send(WsMessage::Close(Some(CloseFrame {
+                code,
+                reason: reason.into(),
+            })))
+            .await;
     }
     app.metrics.connections.dec();
     if app.hub.disconnect(c.caller.user_id, conn_id) {
@@ -168,14 +178,21 @@ pub async fn run(app: Arc<App>, socket: WebSocket, caller: Caller) {
 impl Conn {
     async fn handle(&mut self, text: &str, out: &mut Vec<String>) {
         if text.len() > self.app.cfg.max_frame_bytes {
-            let e = ApiError::TooLarge(format!("frame is {} bytes; at most {} are allowed", text.len(), self.app.cfg.max_frame_bytes));
+            let e = ApiError::TooLarge(format!(
+                "frame is {} bytes; at most {} are allowed",
+                text.len(),
+                self.app.cfg.max_frame_bytes
+            ));
             out.push(error_event(&e, &Value::Null));
             return;
         }
         let v: Value = match serde_json::from_str(text) {
             Ok(v) => v,
             Err(e) => {
-                out.push(error_event(&ApiError::BadRequest(format!("invalid JSON: {e}")), &Value::Null));
+                out.push(error_event(
+                    &ApiError::BadRequest(format!("invalid JSON: {e}")),
+                    &Value::Null,
+                ));
                 return;
             }
         };
@@ -183,7 +200,10 @@ impl Conn {
         let msg: ClientMsg = match serde_json::from_value(v) {
             Ok(m) => m,
             Err(e) => {
-                out.push(error_event(&ApiError::BadRequest(format!("invalid request: {e}")), &req_id));
+                out.push(error_event(
+                    &ApiError::BadRequest(format!("invalid request: {e}")),
+                    &req_id,
+                ));
                 return;
             }
         };
@@ -199,20 +219,28 @@ impl Conn {
         }
     }
 
-    async fn dispatch(&mut self, msg: ClientMsg, out: &mut Vec<String>) -> ApiResult<Option<Value>> {
+    async fn dispatch(
+        &mut self,
+        msg: ClientMsg,
+        out: &mut Vec<String>,
+    ) -> ApiResult<Option<Value>> {
         let app = self.app.clone();
         let c = &self.caller;
         Ok(match msg {
             ClientMsg::Sync { since } => {
                 if self.synced {
-                    return Err(ApiError::Conflict("already synced on this connection".into()));
+                    return Err(ApiError::Conflict(
+                        "already synced on this connection".into(),
+                    ));
                 }
                 let chats = app.user_chats(c.user_id).await?;
                 let want: HashMap<i64, i64> = since.iter().map(|s| (s.chat_id, s.seq)).collect();
                 let mut list = Vec::new();
                 for (chat_id, joined, last_seq) in &chats {
                     list.push(json!({"chat_id": chat_id, "last_seq": last_seq}));
-                    let Some(&from) = want.get(chat_id) else { continue };
+                    let Some(&from) = want.get(chat_id) else {
+                        continue;
+                    };
                     let mut pos = from;
                     loop {
                         let batch = app.events_after(*chat_id, pos, *joined, SYNC_BATCH).await?;
@@ -245,11 +273,20 @@ impl Conn {
                 let s = app.edit_message(c, chat_id, seq, text).await?;
                 Some(json!({"type": "ok", "chat_id": chat_id, "seq": s}))
             }
-            ClientMsg::Delete { chat_id, seq, for_everyone } => {
+            ClientMsg::Delete {
+                chat_id,
+                seq,
+                for_everyone,
+            } => {
                 let s = app.delete_message(c, chat_id, seq, for_everyone).await?;
                 Some(json!({"type": "ok", "chat_id": chat_id, "seq": s}))
             }
-            ClientMsg::React { chat_id, seq, emoji, remove } => {
+            ClientMsg::React {
+                chat_id,
+                seq,
+                emoji,
+                remove,
+            } => {
                 let s = app.react(c, chat_id, seq, &emoji, !remove).await?;
                 Some(json!({"type": "ok", "chat_id": chat_id, "seq": s}))
             }

@@ -7,7 +7,8 @@ use serde_json::{Value, json};
 use support::*;
 
 fn blocks(tag: &str) -> Vec<String> {
-    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/chat.md")).unwrap();
+    let doc =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/chat.md")).unwrap();
     let mut out = Vec::new();
     let mut cur: Option<String> = None;
     for line in doc.lines() {
@@ -45,7 +46,14 @@ async fn documented_examples_run_against_the_server() {
     let a = s.addr;
     let u = login(a, &s.data_dir, "+79160000041", "d").await;
     let v = login(a, &s.data_dir, "+79160000042", "d").await;
-    let (_, g) = http(a, "POST", "/api/chats", Some(&u.token), Some(json!({"kind": "group", "title": "Docs", "members": [v.id]}))).await;
+    let (_, g) = http(
+        a,
+        "POST",
+        "/api/chats",
+        Some(&u.token),
+        Some(json!({"kind": "group", "title": "Docs", "members": [v.id]})),
+    )
+    .await;
     let chat = g["id"].as_i64().unwrap();
     let mut ws = Ws::connect(a, &u.token).await;
     for b in blocks("client") {
@@ -56,7 +64,10 @@ async fn documented_examples_run_against_the_server() {
         if f["type"] == "sync" {
             f["since"] = json!([{"chat_id": chat, "seq": 0}]);
         }
-        if matches!(f["type"].as_str(), Some("edit" | "delete" | "react" | "delivered" | "read")) {
+        if matches!(
+            f["type"].as_str(),
+            Some("edit" | "delete" | "react" | "delivered" | "read")
+        ) {
             f["seq"] = json!(2);
         }
         let ty = f["type"].as_str().unwrap().to_string();
@@ -88,17 +99,24 @@ async fn http_sms_provider_posts_to_the_gateway() {
     let fail2 = fail.clone();
     let gw = axum::Router::new().route(
         "/sms",
-        axum::routing::post(move |h: axum::http::HeaderMap, axum::Json(v): axum::Json<Value>| {
-            let tx = tx.clone();
-            let fail = fail2.clone();
-            async move {
-                if fail.load(std::sync::atomic::Ordering::SeqCst) {
-                    return axum::http::StatusCode::BAD_GATEWAY;
+        axum::routing::post(
+            move |h: axum::http::HeaderMap, axum::Json(v): axum::Json<Value>| {
+                let tx = tx.clone();
+                let fail = fail2.clone();
+                async move {
+                    if fail.load(std::sync::atomic::Ordering::SeqCst) {
+                        return axum::http::StatusCode::BAD_GATEWAY;
+                    }
+                    tx.send((
+                        h.get("authorization")
+                            .map(|v| v.to_str().unwrap().to_string()),
+                        v,
+                    ))
+                    .unwrap();
+                    axum::http::StatusCode::OK
                 }
-                tx.send((h.get("authorization").map(|v| v.to_str().unwrap().to_string()), v)).unwrap();
-                axum::http::StatusCode::OK
-            }
-        }),
+            },
+        ),
     );
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let gw_addr = l.local_addr().unwrap();
@@ -111,27 +129,63 @@ async fn http_sms_provider_posts_to_the_gateway() {
         ..Default::default()
     };
     let s = start(cfg).await;
-    let (st, v) = http(s.addr, "POST", "/api/auth/code", None, Some(json!({"phone": "+375 29 765-43-21"}))).await;
+    let (st, v) = http(
+        s.addr,
+        "POST",
+        "/api/auth/code",
+        None,
+        Some(json!({"phone": "+375 29 765-43-21"})),
+    )
+    .await;
     assert_eq!(st, 200, "{v}");
     let (auth, body) = rx.recv().await.unwrap();
     assert_eq!(auth.as_deref(), Some("Bearer gw-key"));
     assert_eq!(body["to"], "+375297654321");
     let text = body["text"].as_str().unwrap();
-    let code = text.lines().last().unwrap().strip_prefix("@max.example #").expect("domain-bound last line");
+    let code = text
+        .lines()
+        .last()
+        .unwrap()
+        .strip_prefix("@max.example #")
+        .expect("domain-bound last line");
     assert_eq!(code.len(), 6);
     // The code from the SMS logs in; no dev file was written.
     assert!(!s.data_dir.join(signalling::sms::DEV_SMS_FILE).exists());
-    let (st, v) = http(s.addr, "POST", "/api/auth/verify", None, Some(json!({"phone": "+375297654321", "code": code}))).await;
+    let (st, v) = http(
+        s.addr,
+        "POST",
+        "/api/auth/verify",
+        None,
+        Some(json!({"phone": "+375297654321", "code": code})),
+    )
+    .await;
     assert_eq!(st, 200, "{v}");
     // A failing gateway gives a specific error and leaves no usable code behind.
     fail.store(true, std::sync::atomic::Ordering::SeqCst);
-    let (st, v) = http(s.addr, "POST", "/api/auth/code", None, Some(json!({"phone": "+375297654322"}))).await;
-    assert_eq!((st, v["error"].as_str()), (503, Some("sms_unavailable")), "{v}");
+    let (st, v) = http(
+        s.addr,
+        "POST",
+        "/api/auth/code",
+        None,
+        Some(json!({"phone": "+375297654322"})),
+    )
+    .await;
+    assert_eq!(
+        (st, v["error"].as_str()),
+        (503, Some("sms_unavailable")),
+        "{v}"
+    );
     // OpenAPI is served and names the main paths.
     let (st, v) = http(s.addr, "GET", "/api/openapi.json", None, None).await;
     assert_eq!(st, 200);
     assert_eq!(v["openapi"].as_str().map(|s| &s[..2]), Some("3."));
-    for p in ["/api/auth/code", "/api/auth/verify", "/api/chats/{id}/messages", "/ws", "/api/bot/{token}/getUpdates"] {
+    for p in [
+        "/api/auth/code",
+        "/api/auth/verify",
+        "/api/chats/{id}/messages",
+        "/ws",
+        "/api/bot/{token}/getUpdates",
+    ] {
         assert!(v["paths"].get(p).is_some(), "openapi lacks {p}");
     }
 }

@@ -37,24 +37,50 @@ pub async fn start(cfg: signalling::Config) -> Server {
         keys: keys.clone(),
         registry: prometheus::Registry::new(),
     };
-    let sig = signalling::Signalling::start(cfg, ctx).await.expect("signalling starts");
+    let sig = signalling::Signalling::start(cfg, ctx)
+        .await
+        .expect("signalling starts");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let app = sig.router();
     let task = tokio::spawn(async move {
-        axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await.unwrap();
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+        .unwrap();
     });
-    Server { addr, data_dir: tmp.path().to_path_buf(), sig, keys, _tmp: tmp, task }
+    Server {
+        addr,
+        data_dir: tmp.path().to_path_buf(),
+        sig,
+        keys,
+        _tmp: tmp,
+        task,
+    }
 }
 
 /// A config for tests: SQLite, or PostgreSQL when `url` is given.
 pub fn config(url: Option<&str>) -> signalling::Config {
-    signalling::Config { database_url: url.unwrap_or("").to_string(), ..Default::default() }
+    signalling::Config {
+        database_url: url.unwrap_or("").to_string(),
+        ..Default::default()
+    }
 }
 
-pub async fn http(addr: SocketAddr, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> (u16, Value) {
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http::<Full<bytes::Bytes>>();
-    let mut req = hyper::Request::builder().method(method).uri(format!("http://{addr}{path}"));
+pub async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Full<bytes::Bytes>>();
+    let mut req = hyper::Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"));
     if let Some(t) = token {
         req = req.header("authorization", format!("Bearer {t}"));
     }
@@ -65,30 +91,62 @@ pub async fn http(addr: SocketAddr, method: &str, path: &str, token: Option<&str
         }
         None => bytes::Bytes::new(),
     };
-    let resp = tokio::time::timeout(WAIT, client.request(req.body(Full::new(body)).unwrap())).await.expect("http timeout").expect("http");
+    let resp = tokio::time::timeout(WAIT, client.request(req.body(Full::new(body)).unwrap()))
+        .await
+        .expect("http timeout")
+        .expect("http");
     let status = resp.status().as_u16();
     let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    let v = serde_json::from_slice(&bytes).unwrap_or_else(|_| json!({"raw": String::from_utf8_lossy(&bytes)}));
+    let v = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| json!({"raw": String::from_utf8_lossy(&bytes)}));
     (status, v)
 }
 
-pub async fn http_raw(addr: SocketAddr, method: &str, path: &str, token: Option<&str>, body: &str) -> (u16, Value) {
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http::<Full<bytes::Bytes>>();
-    let mut req = hyper::Request::builder().method(method).uri(format!("http://{addr}{path}")).header("content-type", "application/json");
+pub async fn http_raw(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> (u16, Value) {
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Full<bytes::Bytes>>();
+    let mut req = hyper::Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"))
+        .header("content-type", "application/json");
     if let Some(t) = token {
         req = req.header("authorization", format!("Bearer {t}"));
     }
-    let resp = client.request(req.body(Full::new(bytes::Bytes::from(body.to_string()))).unwrap()).await.unwrap();
+    let resp = client
+        .request(
+            req.body(Full::new(bytes::Bytes::from(body.to_string())))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
     let status = resp.status().as_u16();
     let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
 }
 
 /// The latest code the dev SMS provider wrote for `phone`, with its full text.
 pub fn dev_code(data_dir: &Path, phone: &str) -> (String, String) {
-    let s = std::fs::read_to_string(data_dir.join(signalling::sms::DEV_SMS_FILE)).expect("dev SMS file");
-    let line = s.lines().rev().map(|l| serde_json::from_str::<Value>(l).unwrap()).find(|v| v["to"] == phone).expect("a code for this number");
-    (line["code"].as_str().unwrap().to_string(), line["text"].as_str().unwrap().to_string())
+    let s = std::fs::read_to_string(data_dir.join(signalling::sms::DEV_SMS_FILE))
+        .expect("dev SMS file");
+    let line = s
+        .lines()
+        .rev()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|v| v["to"] == phone)
+        .expect("a code for this number");
+    (
+        line["code"].as_str().unwrap().to_string(),
+        line["text"].as_str().unwrap().to_string(),
+    )
 }
 
 pub struct User {
@@ -100,10 +158,24 @@ pub struct User {
 
 /// Registers (or logs in) `phone` with the code read from the dev provider.
 pub async fn login(addr: SocketAddr, data_dir: &Path, phone: &str, device: &str) -> User {
-    let (st, v) = http(addr, "POST", "/api/auth/code", None, Some(json!({"phone": phone}))).await;
+    let (st, v) = http(
+        addr,
+        "POST",
+        "/api/auth/code",
+        None,
+        Some(json!({"phone": phone})),
+    )
+    .await;
     assert_eq!(st, 200, "{v}");
     let (code, _) = dev_code(data_dir, phone);
-    let (st, v) = http(addr, "POST", "/api/auth/verify", None, Some(json!({"phone": phone, "code": code, "device_name": device}))).await;
+    let (st, v) = http(
+        addr,
+        "POST",
+        "/api/auth/verify",
+        None,
+        Some(json!({"phone": phone, "code": code, "device_name": device})),
+    )
+    .await;
     assert_eq!(st, 200, "{v}");
     User {
         id: v["user_id"].as_i64().unwrap(),
@@ -114,27 +186,40 @@ pub async fn login(addr: SocketAddr, data_dir: &Path, phone: &str, device: &str)
 }
 
 pub struct Ws {
-    pub inner: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    pub inner: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
 }
 
 impl Ws {
     pub async fn connect(addr: SocketAddr, token: &str) -> Ws {
-        let (inner, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws?access_token={token}")).await.expect("ws connects");
+        let (inner, _) =
+            tokio_tungstenite::connect_async(format!("ws://{addr}/ws?access_token={token}"))
+                .await
+                .expect("ws connects");
         Ws { inner }
     }
 
     pub async fn send(&mut self, v: Value) {
-        self.inner.send(WsMsg::Text(v.to_string().into())).await.unwrap();
+        self.inner
+            .send(WsMsg::Text(v.to_string().into()))
+            .await
+            .unwrap();
     }
 
     pub async fn send_text(&mut self, s: &str) {
-        self.inner.send(WsMsg::Text(s.to_string().into())).await.unwrap();
+        self.inner
+            .send(WsMsg::Text(s.to_string().into()))
+            .await
+            .unwrap();
     }
 
     /// Next JSON event, or panics after [`WAIT`].
     pub async fn next(&mut self) -> Value {
         loop {
-            let m = tokio::time::timeout(WAIT, self.inner.next()).await.expect("timed out waiting for an event");
+            let m = tokio::time::timeout(WAIT, self.inner.next())
+                .await
+                .expect("timed out waiting for an event");
             match m {
                 Some(Ok(WsMsg::Text(t))) => return serde_json::from_str(&t).unwrap(),
                 Some(Ok(WsMsg::Close(f))) => panic!("closed: {f:?}"),
@@ -158,7 +243,10 @@ impl Ws {
     pub async fn next_stored(&mut self) -> Value {
         loop {
             let v = self.next().await;
-            if !matches!(v["type"].as_str(), Some("presence" | "typing" | "receipt" | "new_login")) {
+            if !matches!(
+                v["type"].as_str(),
+                Some("presence" | "typing" | "receipt" | "new_login")
+            ) {
                 return v;
             }
         }
@@ -189,4 +277,5 @@ impl Ws {
 }
 
 pub mod pg;
+#[allow(unused_imports)]
 pub use pg::postgres;

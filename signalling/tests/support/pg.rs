@@ -27,11 +27,17 @@ fn pg_bin() -> PathBuf {
         .filter(|p| p.join("initdb").exists())
         .collect();
     versions.sort();
-    versions.pop().expect("no initdb under /usr/lib/postgresql/*/bin: install the postgresql package")
+    versions
+        .pop()
+        .expect("no initdb under /usr/lib/postgresql/*/bin: install the postgresql package")
 }
 
 fn as_pg_user(bin: &Path) -> Command {
-    let root = std::process::Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0")).unwrap_or(false);
+    let root = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.starts_with(b"0"))
+        .unwrap_or(false);
     if root {
         let mut c = Command::new("runuser");
         c.args(["-u", "postgres", "--"]).arg(bin);
@@ -43,18 +49,28 @@ fn as_pg_user(bin: &Path) -> Command {
 
 pub async fn postgres() -> Postgres {
     let bin = pg_bin();
-    let dir = tempfile::Builder::new().prefix("maxd-pg-").tempdir().unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("maxd-pg-")
+        .tempdir()
+        .unwrap();
     let data = dir.path().join("data");
     std::fs::create_dir(&data).unwrap();
     let _ = Command::new("chmod").arg("755").arg(dir.path()).status();
-    let _ = Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir.path()).status();
+    let _ = Command::new("chown")
+        .args(["-R", "postgres:postgres"])
+        .arg(dir.path())
+        .status();
     let out = as_pg_user(&bin.join("initdb"))
         .args(["-D"])
         .arg(&data)
         .args(["-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8"])
         .output()
         .expect("running initdb");
-    assert!(out.status.success(), "initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "initdb failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
@@ -62,7 +78,16 @@ pub async fn postgres() -> Postgres {
     let child = as_pg_user(&bin.join("postgres"))
         .arg("-D")
         .arg(&data)
-        .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "max_connections=100"])
+        .args([
+            "-p",
+            &port.to_string(),
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-c",
+            "fsync=off",
+            "-c",
+            "max_connections=100",
+        ])
         .arg("-k")
         .arg(dir.path())
         .stdout(std::process::Stdio::null())
@@ -70,12 +95,25 @@ pub async fn postgres() -> Postgres {
         .spawn()
         .expect("starting postgres");
     let url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
-    let pg = Postgres { url, child, _dir: dir };
+    let pg = Postgres {
+        url,
+        child,
+        _dir: dir,
+    };
     // Ready when pg_isready says so (polling a readiness probe, with a deadline).
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
         let ok = Command::new(bin.join("pg_isready"))
-            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres", "-d", "postgres"])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+            ])
             .stdout(std::process::Stdio::null())
             .status()
             .map(|s| s.success())
@@ -83,7 +121,10 @@ pub async fn postgres() -> Postgres {
         if ok {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "PostgreSQL did not become ready");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "PostgreSQL did not become ready"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     pg
