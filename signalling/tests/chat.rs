@@ -1145,3 +1145,93 @@ async fn limits_new_device_presence() {
     .await;
     assert_eq!(st, 404);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn message_rate_limit_and_limits_leave_nothing_half() {
+    let cfg = signalling::Config {
+        messages_per_second: 1,
+        ..config(None)
+    };
+    let s = start(cfg).await;
+    let a = s.addr;
+    let u = login(a, &s.data_dir, "+79160000051", "a").await;
+    let v = login(a, &s.data_dir, "+79160000052", "b").await;
+    let (_, d) = http(
+        a,
+        "POST",
+        "/api/dialogs",
+        Some(&u.token),
+        Some(json!({"user_id": v.id})),
+    )
+    .await;
+    let chat = d["id"].as_i64().unwrap();
+    let mut ws = Ws::connect(a, &u.token).await;
+    ws.sync(json!([])).await;
+    // Burst of two passes, the third is refused with a specific error; the socket stays.
+    for i in 0..3 {
+        ws.send(json!({"type": "send", "chat_id": chat, "client_id": format!("r{i}"), "text": "x", "req_id": i})).await;
+    }
+    let mut acks = 0;
+    let mut limited = 0;
+    while acks + limited < 3 {
+        let e = ws.next().await;
+        match e["type"].as_str() {
+            Some("ack") => acks += 1,
+            Some("error") => {
+                assert_eq!(e["code"], "rate_limited");
+                assert_eq!(e["retry_after"], 1);
+                limited += 1;
+            }
+            _ => {}
+        }
+    }
+    assert_eq!((acks, limited), (2, 1));
+    // A retry of an already stored message is answered even while limited.
+    ws.send(json!({"type": "send", "chat_id": chat, "client_id": "r0", "text": "x"}))
+        .await;
+    assert_eq!(ws.next_of("ack").await["duplicate"], true);
+    let (_, info) = http(
+        a,
+        "GET",
+        &format!("/api/chats/{chat}"),
+        Some(&u.token),
+        None,
+    )
+    .await;
+    assert_eq!(info["last_seq"], 3);
+    // Bad attachment: refused whole.
+    let (st, v2) = http(
+        a,
+        "POST",
+        &format!("/api/chats/{chat}/messages"),
+        Some(&v.token),
+        Some(json!({"client_id": "bad", "attachments": [{"file_id": "f", "name": "v.ogg", "size": 1, "mime": "audio/ogg", "waveform": [1, 2]}]})),
+    )
+    .await;
+    assert_eq!(
+        (st, v2["error"].as_str()),
+        (400, Some("bad_request")),
+        "{v2}"
+    );
+    let (st, v2) = http_raw(
+        a,
+        "POST",
+        &format!("/api/chats/{chat}/messages"),
+        Some(&v.token),
+        &format!(
+            "{{\"client_id\":\"big\",\"text\":\"{}\"}}",
+            "a".repeat(70_000)
+        ),
+    )
+    .await;
+    assert_eq!((st, v2["error"].as_str()), (413, Some("too_large")), "{v2}");
+    let (_, info) = http(
+        a,
+        "GET",
+        &format!("/api/chats/{chat}"),
+        Some(&u.token),
+        None,
+    )
+    .await;
+    assert_eq!(info["last_seq"], 3);
+}
