@@ -208,3 +208,55 @@ async fn websocket_drop_then_resume_keeps_media_flowing() {
     a.close().await;
     b.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_frame_closes_with_1009_and_others_stay() {
+    let m = Maxd::start(r#"["sfu"]"#);
+    let a = Client::connect(&m.base_url(), &m.room_token("main", "a")).await.unwrap();
+    let b = Client::connect(&m.base_url(), &m.room_token("main", "b")).await.unwrap();
+    let big = format!(r#"{{"type":"ping","pad":"{}"}}"#, "x".repeat(70 * 1024));
+    a.send_raw_text(&big).await.unwrap();
+    let closed = a.wait_ws_closed(T).await.expect("closed");
+    assert_eq!(closed.code, Some(1009), "{closed:?}");
+    b.send_raw_text(r#"{"type":"ping"}"#).await.unwrap();
+    b.wait_for_type("pong", T).await.expect("others unaffected");
+    a.close().await;
+    b.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ice_restart_on_both_connections_keeps_media_flowing() {
+    let m = Maxd::start(r#"["sfu"]"#);
+    let a = Client::connect(&m.base_url(), &m.room_token("main", "a")).await.unwrap();
+    a.publish_av().await.unwrap();
+    let b = Client::connect(&m.base_url(), &m.room_token("main", "b")).await.unwrap();
+    b.publish_av().await.unwrap();
+    let (ai, bi) = (a.participant_id(), b.participant_id());
+    a.wait_av_from_all(std::slice::from_ref(&bi), 30, T).await.unwrap();
+    b.wait_av_from_all(std::slice::from_ref(&ai), 30, T).await.unwrap();
+
+    a.renegotiate_publisher(true).await.expect("publisher ICE restart");
+    let base = received(&b, &ai, TrackKind::Video).await;
+    flows(&b, &ai, TrackKind::Video, base, 30).await;
+
+    let ufrag = |sdp: &str| sdp.lines().find_map(|l| l.strip_prefix("a=ice-ufrag:")).map(str::to_string);
+    let last_offer = a
+        .messages()
+        .iter()
+        .rev()
+        .find_map(|r| match &r.msg {
+            ServerMsg::Offer { sdp, .. } => ufrag(sdp),
+            _ => None,
+        })
+        .expect("an earlier subscriber offer");
+    let before = a.message_count();
+    a.restart_subscriber_ice().await.expect("subscriber ICE restart");
+    let offer = a.wait_for_after(before, T, |m| matches!(m, ServerMsg::Offer { .. })).await.expect("a new offer");
+    let new_ufrag = ufrag(offer.raw["sdp"].as_str().unwrap()).expect("ufrag");
+    assert_ne!(new_ufrag, last_offer, "the new offer restarts ICE with new credentials");
+    let base = received(&a, &bi, TrackKind::Video).await;
+    flows(&a, &bi, TrackKind::Video, base, 30).await;
+    assert!(a.errors().is_empty(), "{:?}", a.errors());
+    a.close().await;
+    b.close().await;
+}

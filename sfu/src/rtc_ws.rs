@@ -17,8 +17,10 @@ use tokio::sync::mpsc;
 use crate::engine::{Command, ConnId};
 use crate::proto::{ClientMsg, ErrorCode, ServerMsg};
 
-/// Largest text frame accepted.
+/// Largest text frame accepted; a larger one closes the WebSocket with 1009.
 pub const MAX_FRAME: usize = 64 * 1024;
+/// Hard limit below which frames are read (so the 1009 close can be sent politely).
+const HARD_FRAME_LIMIT: usize = 1024 * 1024;
 /// Messages a client may send per second (burst), sustained rate below.
 const RATE_BURST: f64 = 50.0;
 const RATE_PER_SEC: f64 = 20.0;
@@ -74,8 +76,8 @@ pub async fn rtc_handler(
     let Ok(ws) = ws else {
         return refuse(StatusCode::BAD_REQUEST, "this endpoint expects a WebSocket upgrade");
     };
-    ws.max_message_size(MAX_FRAME)
-        .max_frame_size(MAX_FRAME)
+    ws.max_message_size(HARD_FRAME_LIMIT)
+        .max_frame_size(HARD_FRAME_LIMIT)
         .on_upgrade(move |socket| session(socket, st, claims))
 }
 
@@ -123,6 +125,12 @@ async fn session(socket: WebSocket, st: RtcState, claims: common::Claims) {
                     _ => break,
                 };
                 let raw = match frame {
+                    Message::Text(t) if t.len() > MAX_FRAME => {
+                        let e = ServerMsg::Error { code: ErrorCode::Limit, message: format!("message of {} bytes is over the {MAX_FRAME}-byte limit", t.len()) };
+                        let _ = sink.send(text(&e)).await;
+                        let _ = sink.send(Message::Close(Some(CloseFrame { code: 1009, reason: "message too big".into() }))).await;
+                        break;
+                    }
                     Message::Text(t) => t,
                     Message::Close(_) => break,
                     Message::Binary(_) => {

@@ -238,6 +238,10 @@ impl Engine {
                 Ok(true) => {
                     self.counters.rtp_forwarded += 1;
                     self.forwarded_in_input += 1;
+                    // str0m releases queued RTP on time input: send it now, not on the
+                    // worker's next turn.
+                    self.drain(peer_key, io);
+                    self.peer_input(peer_key, str0m::Input::Timeout(now));
                     self.drain(peer_key, io);
                 }
                 Ok(false) => {}

@@ -1,0 +1,443 @@
+//! A call on a virtual clock: str0m clients (not ice-lite, RTP mode) talk to the
+//! engine over the seeded network model. Shared by tests and benches.
+
+#![allow(dead_code)]
+
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use super::netsim::{Link, Net};
+use sfu::engine::{Command, ConnId, Engine, EngineConfig, Io};
+use sfu::proto::{ClientMsg, PublishTrack, ServerMsg, Source};
+use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
+use str0m::format::Codec;
+use str0m::media::{Direction, MediaKind, Mid, Pt, Rid, Simulcast, SimulcastLayer};
+use str0m::net::{Protocol, Receive};
+use str0m::rtp::RtpWrite;
+use str0m::{Candidate, Event, Input, Output, Rtc};
+use tokio::sync::mpsc;
+
+pub const SERVER: &str = "10.0.0.1:7882";
+
+pub fn server() -> SocketAddr {
+    SERVER.parse().unwrap()
+}
+
+pub struct NetIo<'a> {
+    pub net: &'a mut Net,
+    pub now: Instant,
+}
+
+impl Io for NetIo<'_> {
+    fn transmit(&mut self, _p: Protocol, _s: SocketAddr, d: SocketAddr, data: &[u8]) -> bool {
+        self.net.send(self.now, server(), d, data);
+        true
+    }
+}
+
+/// What a publisher puts in a payload: who, which layer, which frame; the rest is a
+/// pattern derived from those, so the receiver can check every byte.
+pub fn payload(sender: u8, layer: u8, index: u32, key: bool, video: bool) -> Vec<u8> {
+    let mut p = Vec::with_capacity(300);
+    if video {
+        p.push(0x10); // VP8 descriptor: S=1, PID=0
+        p.push(if key { 0x00 } else { 0x01 }); // frame tag, P bit
+    }
+    p.push(sender);
+    p.push(layer);
+    p.extend_from_slice(&index.to_be_bytes());
+    let len = if video { 200 + (index % 50) as usize } else { 60 };
+    for i in 0..len {
+        p.push((i as u32 ^ index ^ sender as u32 * 31) as u8);
+    }
+    p
+}
+
+/// Checks a payload against what its sender would have made; returns (sender, layer,
+/// index, key).
+pub fn check(p: &[u8], video: bool) -> Option<(u8, u8, u32, bool)> {
+    let off = if video { 2 } else { 0 };
+    let sender = *p.get(off)?;
+    let layer = *p.get(off + 1)?;
+    let index = u32::from_be_bytes(p.get(off + 2..off + 6)?.try_into().ok()?);
+    let key = video && p[1] & 1 == 0;
+    (payload(sender, layer, index, key, video) == p).then_some((sender, layer, index, key))
+}
+
+#[derive(Default, Debug, Clone)]
+pub struct Received {
+    /// (out seq, sender, layer, index, key, rtp ts) in arrival order.
+    pub packets: Vec<(u64, u8, u8, u32, bool, u32)>,
+    pub bad: u64,
+}
+
+pub struct Client {
+    pub id: u8,
+    pub conn: ConnId,
+    pub rx: mpsc::Receiver<ServerMsg>,
+    pub pid: String,
+    pub pub_addr: SocketAddr,
+    pub sub_addr: SocketAddr,
+    pub publisher: Option<Rtc>,
+    pub pending: Option<SdpPendingOffer>,
+    pub subscriber: Option<Rtc>,
+    pub audio_mid: Option<Mid>,
+    pub video_mid: Option<Mid>,
+    pub simulcast: bool,
+    /// Subscriber mid -> track id, from offers.
+    pub mid_track: HashMap<String, String>,
+    pub track_video: HashMap<String, bool>,
+    pub received: HashMap<String, Received>,
+    pub keyframe_requests: u64,
+    pub force_key: bool,
+    pub msgs: Vec<ServerMsg>,
+    pub next_frame: u32,
+    pub next_audio: u32,
+}
+
+impl Client {
+    pub fn drain(rtc: &mut Rtc, now: Instant, net: &mut Net, events: &mut Vec<Event>) {
+        loop {
+            match rtc.poll_output().expect("client rtc works") {
+                Output::Timeout(_) => break,
+                Output::Transmit(t) => net.send(now, t.source, t.destination, &t.contents),
+                Output::Event(e) => events.push(e),
+            }
+        }
+    }
+}
+
+pub fn client_rtc(now: Instant, addr: SocketAddr) -> Rtc {
+    let mut rtc = Rtc::builder().set_rtp_mode(true).build(now);
+    rtc.add_local_candidate(Candidate::host(addr, "udp").unwrap());
+    rtc
+}
+
+pub struct World {
+    pub now: Instant,
+    pub net: Net,
+    pub engine: Engine,
+    pub clients: Vec<Client>,
+}
+
+impl World {
+    pub fn new(seed: u64, link: Link) -> World {
+        let now = Instant::now();
+        let cfg = EngineConfig {
+            udp_candidate: server(),
+            tcp_candidate: None,
+            empty_room_grace: Duration::from_secs(5),
+            resume_window: Duration::from_secs(10),
+            keyframe_interval: Duration::from_millis(500),
+            max_participants: 100,
+        };
+        World { now, net: Net::new(seed, link), engine: Engine::new(cfg, None, now).unwrap(), clients: Vec::new() }
+    }
+
+    pub fn join(&mut self, identity: &str) -> usize {
+        let i = self.clients.len();
+        let (tx, rx) = mpsc::channel(1024);
+        let conn = ConnId(i as u64 + 1);
+        let claims = common::Claims {
+            sub: identity.into(),
+            name: None,
+            room: Some("r".into()),
+            grants: common::Grants::parse_list("publish,subscribe").unwrap(),
+            sid: None,
+            iat: 0,
+            exp: u64::MAX,
+        };
+        let mut io = NetIo { net: &mut self.net, now: self.now };
+        self.engine.handle_command(self.now, Command::Join { conn, claims, tx, auto_subscribe: true }, &mut io);
+        self.clients.push(Client {
+            id: i as u8,
+            conn,
+            rx,
+            pid: String::new(),
+            pub_addr: format!("10.0.1.{}:5000", i + 1).parse().unwrap(),
+            sub_addr: format!("10.0.1.{}:6000", i + 1).parse().unwrap(),
+            publisher: None,
+            pending: None,
+            subscriber: None,
+            audio_mid: None,
+            video_mid: None,
+            simulcast: false,
+            mid_track: HashMap::new(),
+            track_video: HashMap::new(),
+            received: HashMap::new(),
+            keyframe_requests: 0,
+            force_key: false,
+            msgs: Vec::new(),
+            next_frame: 0,
+            next_audio: 0,
+        });
+        self.pump();
+        i
+    }
+
+    pub fn command(&mut self, i: usize, msg: ClientMsg) {
+        let conn = self.clients[i].conn;
+        let mut io = NetIo { net: &mut self.net, now: self.now };
+        self.engine.handle_command(self.now, Command::Client { conn, msg }, &mut io);
+    }
+
+    pub fn publish(&mut self, i: usize, simulcast: bool) {
+        let now = self.now;
+        let c = &mut self.clients[i];
+        let mut rtc = client_rtc(now, c.pub_addr);
+        let mut api = rtc.sdp_api();
+        let a = api.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None);
+        let sim = simulcast.then(|| {
+            let mut s = Simulcast::new();
+            for rid in ["q", "h", "f"] {
+                s.add_send_layer(SimulcastLayer::new(rid));
+            }
+            s
+        });
+        let v = api.add_media(MediaKind::Video, Direction::SendOnly, None, None, sim);
+        let (offer, pending) = api.apply().unwrap();
+        c.audio_mid = Some(a);
+        c.video_mid = Some(v);
+        c.simulcast = simulcast;
+        c.pending = Some(pending);
+        c.publisher = Some(rtc);
+        let tracks = vec![
+            PublishTrack { mid: a.to_string(), source: Source::Microphone, name: None },
+            PublishTrack { mid: v.to_string(), source: Source::Camera, name: None },
+        ];
+        self.command(i, ClientMsg::Offer { sdp: offer.to_sdp_string(), tracks });
+        self.pump();
+    }
+
+    /// Handles signalling both ways until nothing is left to do.
+    pub fn pump(&mut self) {
+        loop {
+            let mut any = false;
+            for i in 0..self.clients.len() {
+                while let Ok(m) = self.clients[i].rx.try_recv() {
+                    any = true;
+                    self.on_msg(i, m);
+                }
+            }
+            if !any {
+                break;
+            }
+        }
+    }
+
+    pub fn on_msg(&mut self, i: usize, m: ServerMsg) {
+        let now = self.now;
+        let c = &mut self.clients[i];
+        c.msgs.push(m.clone());
+        match m {
+            ServerMsg::Joined { participant, .. } => c.pid = participant.id,
+            ServerMsg::Answer { sdp } => {
+                let rtc = c.publisher.as_mut().unwrap();
+                rtc.sdp_api().accept_answer(c.pending.take().unwrap(), SdpAnswer::from_sdp_string(&sdp).unwrap()).unwrap();
+                let mut ev = Vec::new();
+                Client::drain(rtc, now, &mut self.net, &mut ev);
+            }
+            ServerMsg::Offer { sdp, offer_id, tracks } => {
+                let addr = c.sub_addr;
+                let rtc = c.subscriber.get_or_insert_with(|| client_rtc(now, addr));
+                let answer = rtc.sdp_api().accept_offer(SdpOffer::from_sdp_string(&sdp).unwrap()).unwrap();
+                let mut ev = Vec::new();
+                Client::drain(rtc, now, &mut self.net, &mut ev);
+                for t in tracks {
+                    c.mid_track.insert(t.mid, t.track_id);
+                }
+                self.command(i, ClientMsg::Answer { sdp: answer.to_sdp_string(), offer_id });
+            }
+            ServerMsg::TrackPublished { track } => {
+                for c in self.clients.iter_mut() {
+                    c.track_video.insert(track.id.clone(), track.kind == sfu::proto::TrackKind::Video);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    pub fn pt(rtc: &Rtc, codec: Codec) -> Pt {
+        rtc.codec_config().find(|p| p.spec().codec == codec).unwrap().pt()
+    }
+
+    /// Publishers send: audio every 20 ms, video (one packet per frame, every layer)
+    /// every 33 ms, keyframe every 60 frames or when asked.
+    pub fn send_media(&mut self, step: u64) {
+        let now = self.now;
+        for c in self.clients.iter_mut() {
+            let Some(rtc) = c.publisher.as_mut() else { continue };
+            if !rtc.is_connected() {
+                continue;
+            }
+            let mut wrote = false;
+            if step % 20 == 0 {
+                let pt = World::pt(rtc, Codec::Opus);
+                let n = c.next_audio;
+                c.next_audio += 1;
+                let mid = c.audio_mid.unwrap();
+                if let Some(tx) = rtc.direct_api().stream_tx_by_mid(mid, None) {
+                    let p = payload(c.id, 0, n, false, false);
+                    tx.write_rtp(RtpWrite::new(pt, (n as u64 + 1).into(), n * 960, now, p).marker(n == 0));
+                    wrote = true;
+                }
+            }
+            if step % 33 == 0 {
+                let pt = World::pt(rtc, Codec::Vp8);
+                let n = c.next_frame;
+                c.next_frame += 1;
+                let key = n % 60 == 0 || std::mem::take(&mut c.force_key);
+                let mid = c.video_mid.unwrap();
+                let layers: Vec<Option<Rid>> =
+                    if c.simulcast { vec![Some("q".into()), Some("h".into()), Some("f".into())] } else { vec![None] };
+                for (l, rid) in layers.into_iter().enumerate() {
+                    if let Some(tx) = rtc.direct_api().stream_tx_by_mid(mid, rid) {
+                        let p = payload(c.id, l as u8, n, key, true);
+                        tx.write_rtp(
+                            RtpWrite::new(pt, (n as u64 + 1).into(), n * 3000, now, p).marker(true).nackable(true),
+                        );
+                        wrote = true;
+                    }
+                    let mut ev = Vec::new();
+                    Client::drain(rtc, now, &mut self.net, &mut ev);
+                }
+            }
+            if wrote {
+                let mut ev = Vec::new();
+                Client::drain(rtc, now, &mut self.net, &mut ev);
+            }
+        }
+    }
+
+    /// Advances one millisecond: deliveries, timers, signalling, media.
+    pub fn step(&mut self, step: u64, garbage: bool) {
+        self.now += Duration::from_millis(1);
+        let now = self.now;
+        while let Some(d) = self.net.pop_due(now) {
+            if d.to == server() {
+                let mut io = NetIo { net: &mut self.net, now };
+                self.engine.handle_datagram(now, Protocol::Udp, d.from, d.to, &d.data, &mut io);
+                continue;
+            }
+            for c in self.clients.iter_mut() {
+                let rtc = if d.to == c.pub_addr {
+                    c.publisher.as_mut()
+                } else if d.to == c.sub_addr {
+                    c.subscriber.as_mut()
+                } else {
+                    None
+                };
+                if let Some(rtc) = rtc {
+                    let r = Receive::new(Protocol::Udp, d.from, d.to, &d.data).unwrap();
+                    rtc.handle_input(Input::Receive(now, r)).unwrap();
+                    let mut ev = Vec::new();
+                    Client::drain(rtc, now, &mut self.net, &mut ev);
+                    World::client_events(c, ev);
+                }
+            }
+        }
+        if garbage && step % 50 == 0 {
+            // Garbage from a participant's own address and from strangers.
+            let from = self.clients[0].pub_addr;
+            let junk: Vec<u8> = (0..100u8).map(|x| x.wrapping_mul(step as u8)).collect();
+            let mut io = NetIo { net: &mut self.net, now };
+            self.engine.handle_datagram(now, Protocol::Udp, from, server(), &junk, &mut io);
+            let mut rtp_like = vec![0x80, 0x60];
+            rtp_like.extend_from_slice(&junk);
+            self.engine.handle_datagram(now, Protocol::Udp, from, server(), &rtp_like, &mut io);
+            self.engine.handle_datagram(now, Protocol::Udp, "10.9.9.9:1".parse().unwrap(), server(), &rtp_like, &mut io);
+        }
+        let mut io = NetIo { net: &mut self.net, now };
+        if self.engine.poll_timeout() <= now {
+            self.engine.handle_timeout(now, &mut io);
+        }
+        for c in self.clients.iter_mut() {
+            for rtc in [c.publisher.as_mut(), c.subscriber.as_mut()].into_iter().flatten() {
+                rtc.handle_input(Input::Timeout(now)).unwrap();
+                let mut ev = Vec::new();
+                Client::drain(rtc, now, &mut self.net, &mut ev);
+                World::client_events_split(&mut c.keyframe_requests, &mut c.force_key, &ev);
+                let _ = ev;
+            }
+        }
+        self.pump();
+        self.send_media(step);
+    }
+
+    pub fn client_events_split(kf: &mut u64, force: &mut bool, ev: &[Event]) {
+        for e in ev {
+            if let Event::KeyframeRequest(_) = e {
+                *kf += 1;
+                *force = true;
+            }
+        }
+    }
+
+    pub fn client_events(c: &mut Client, ev: Vec<Event>) {
+        for e in ev {
+            match e {
+                Event::KeyframeRequest(_) => {
+                    c.keyframe_requests += 1;
+                    c.force_key = true;
+                }
+                Event::RtpPacket(p) => {
+                    let Some(rtc) = c.subscriber.as_mut() else { continue };
+                    let Some(mid) = rtc.direct_api().stream_rx(&p.header.ssrc).map(|s| s.mid()) else { continue };
+                    let Some(track) = c.mid_track.get(&mid.to_string()).cloned() else { continue };
+                    let video = c.track_video.get(&track).copied().unwrap_or(false);
+                    let r = c.received.entry(track).or_default();
+                    match check(&p.payload, video) {
+                        Some((s, l, idx, key)) => r.packets.push((*p.seq_no, s, l, idx, key, p.header.timestamp)),
+                        None => r.bad += 1,
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    pub fn run(&mut self, ms: u64, garbage: bool, mut at: impl FnMut(&mut World, u64)) {
+        for s in 0..ms {
+            at(self, s);
+            self.step(s, garbage);
+        }
+    }
+}
+
+pub fn tracks_of(w: &World, i: usize) -> Vec<(String, bool)> {
+    w.clients[i].track_video.iter().map(|(k, v)| (k.clone(), *v)).collect()
+}
+
+
+impl World {
+    /// Makes `count` audio packets of publisher `i` (real SRTP, next in its sequence) and
+    /// returns the datagrams it sends toward the server, without delivering them.
+    pub fn capture_audio(&mut self, i: usize, count: usize) -> Vec<(SocketAddr, Vec<u8>)> {
+        let mut side = Net::new(0, Link::clean());
+        let c = &mut self.clients[i];
+        let rtc = c.publisher.as_mut().expect("publisher");
+        let pt = World::pt(rtc, Codec::Opus);
+        let mid = c.audio_mid.expect("audio");
+        for _ in 0..count {
+            let n = c.next_audio;
+            c.next_audio += 1;
+            let p = payload(c.id, 0, n, false, false);
+            if let Some(tx) = rtc.direct_api().stream_tx_by_mid(mid, None) {
+                tx.write_rtp(RtpWrite::new(pt, (n as u64 + 1).into(), n * 960, self.now, p));
+            }
+            rtc.handle_input(Input::Timeout(self.now)).expect("client rtc works");
+            let mut ev = Vec::new();
+            Client::drain(rtc, self.now, &mut side, &mut ev);
+        }
+        let far = self.now + Duration::from_secs(3600);
+        let mut out = Vec::with_capacity(count);
+        while let Some(d) = side.pop_due(far) {
+            if d.to == server() {
+                out.push((d.from, d.data));
+            }
+        }
+        out
+    }
+}
