@@ -131,7 +131,7 @@ impl World {
             empty_room_grace: Duration::from_secs(5),
             resume_window: Duration::from_secs(10),
             keyframe_interval: Duration::from_millis(500),
-            max_participants: 100,
+            max_participants: 500,
         };
         World { now, net: Net::new(seed, link), engine: Engine::new(cfg, None, now).unwrap(), clients: Vec::new() }
     }
