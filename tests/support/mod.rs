@@ -37,7 +37,20 @@ impl Maxd {
         Self::start_with(roles, &[])
     }
 
+    /// Ports are picked free, but another process may take one before `maxd` binds it:
+    /// then `maxd` exits saying so, and we try again with new ports.
     pub fn start_with(roles: &str, extra: &[(&str, &str)]) -> Maxd {
+        for attempt in 1.. {
+            match Self::try_start(roles, extra) {
+                Ok(m) => return m,
+                Err(log) if attempt < 4 && log.contains("binding") => continue,
+                Err(log) => panic!("maxd did not start:\n{log}"),
+            }
+        }
+        unreachable!()
+    }
+
+    fn try_start(roles: &str, extra: &[(&str, &str)]) -> Result<Maxd, String> {
         let dir = tempfile::tempdir().expect("temp dir");
         let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let media: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
@@ -62,20 +75,25 @@ impl Maxd {
             .spawn()
             .expect("spawn maxd");
         let mut m = Maxd { child, dir, http, media, env };
-        m.wait_healthy(Duration::from_secs(30));
-        m
+        m.wait_healthy(Duration::from_secs(30))?;
+        Ok(m)
     }
 
-    fn wait_healthy(&mut self, timeout: Duration) {
+    /// Waits for `maxd` to say it listens, or for `maxd` to exit (its log is the error).
+    fn wait_healthy(&mut self, timeout: Duration) -> Result<(), String> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("maxd exited early ({status}):\n{}", self.log());
+                return Err(format!("maxd exited early ({status}):\n{}", self.log()));
             }
-            if std::net::TcpStream::connect_timeout(&self.http, Duration::from_millis(200)).is_ok() {
-                return;
+            // Its own log line, not a connect: another process may hold the port.
+            if self.log().contains("http listening") {
+                return Ok(());
             }
-            assert!(Instant::now() < deadline, "maxd did not listen within {timeout:?}:\n{}", self.log());
+            if Instant::now() >= deadline {
+                return Err(format!("maxd did not listen within {timeout:?}:\n{}", self.log()));
+            }
+            // Polling the log of a child process: there is no event to wait on.
             std::thread::sleep(Duration::from_millis(50));
         }
     }

@@ -193,6 +193,13 @@ impl Engine {
     }
 
     pub(super) fn client_msg(&mut self, now: Instant, pk: PartKey, msg: ClientMsg, io: &mut dyn Io) {
+        // Spans room > participant: everything logged while handling this message
+        // carries both (track ids are fields of the track events).
+        let p = &self.participants[pk];
+        let room_span = tracing::info_span!("room", room = %p.room);
+        let _room = room_span.enter();
+        let part_span = tracing::info_span!("participant", participant = %p.id);
+        let _part = part_span.enter();
         match msg {
             ClientMsg::Join { .. } | ClientMsg::Resume { .. } => {
                 self.error(pk, ErrorCode::BadState, "already in the room");
