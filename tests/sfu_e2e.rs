@@ -19,6 +19,19 @@ async fn received(c: &Client, from: &str, kind: TrackKind) -> u64 {
     c.stats().iter().filter(|s| s.participant_id == from && s.kind == kind).map(|s| s.packets).sum()
 }
 
+/// Two participants of room "main" (A with token `ta`), each publishing audio and video
+/// and receiving the other's.
+async fn pair(m: &Maxd, ta: &str) -> (Client, Client) {
+    let a = Client::connect(&m.base_url(), ta).await.unwrap();
+    a.publish_av().await.unwrap();
+    let b = Client::connect(&m.base_url(), &m.room_token("main", "b")).await.unwrap();
+    b.publish_av().await.unwrap();
+    let (ai, bi) = (a.participant_id(), b.participant_id());
+    a.wait_av_from_all(std::slice::from_ref(&bi), 30, T).await.unwrap();
+    b.wait_av_from_all(std::slice::from_ref(&ai), 30, T).await.unwrap();
+    (a, b)
+}
+
 /// Waits until `c` has received `more` packets of `kind` from `from` beyond `base`.
 async fn flows(c: &Client, from: &str, kind: TrackKind, base: u64, more: u64) {
     c.wait_media_from(from, kind, base + more, T)
@@ -119,13 +132,8 @@ async fn tokens_are_checked_before_anything_is_made() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_json_sdp_and_rtp_hurt_only_the_sender() {
     let m = Maxd::start(r#"["sfu"]"#);
-    let a = Client::connect(&m.base_url(), &m.room_token("main", "a")).await.unwrap();
-    a.publish_av().await.unwrap();
-    let b = Client::connect(&m.base_url(), &m.room_token("main", "b")).await.unwrap();
-    b.publish_av().await.unwrap();
+    let (a, b) = pair(&m, &m.room_token("main", "a")).await;
     let (ai, bi) = (a.participant_id(), b.participant_id());
-    a.wait_av_from_all(std::slice::from_ref(&bi), 30, T).await.unwrap();
-    b.wait_av_from_all(std::slice::from_ref(&ai), 30, T).await.unwrap();
 
     a.send_raw_text("{not json").await.unwrap();
     a.wait_for(T, |m| matches!(m, ServerMsg::Error { code, .. } if code == "bad_message")).await.expect("bad_message");
@@ -174,13 +182,8 @@ async fn malformed_json_sdp_and_rtp_hurt_only_the_sender() {
 async fn websocket_drop_then_resume_keeps_media_flowing() {
     let m = Maxd::start(r#"["sfu"]"#);
     let ta = m.room_token("main", "a");
-    let a = Client::connect(&m.base_url(), &ta).await.unwrap();
-    a.publish_av().await.unwrap();
-    let b = Client::connect(&m.base_url(), &m.room_token("main", "b")).await.unwrap();
-    b.publish_av().await.unwrap();
+    let (a, b) = pair(&m, &ta).await;
     let (ai, bi) = (a.participant_id(), b.participant_id());
-    a.wait_av_from_all(std::slice::from_ref(&bi), 30, T).await.unwrap();
-    b.wait_av_from_all(std::slice::from_ref(&ai), 30, T).await.unwrap();
 
     a.close_ws().await;
     // While A's WebSocket is down, its media keeps flowing both ways.
@@ -227,13 +230,8 @@ async fn oversized_frame_closes_with_1009_and_others_stay() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ice_restart_on_both_connections_keeps_media_flowing() {
     let m = Maxd::start(r#"["sfu"]"#);
-    let a = Client::connect(&m.base_url(), &m.room_token("main", "a")).await.unwrap();
-    a.publish_av().await.unwrap();
-    let b = Client::connect(&m.base_url(), &m.room_token("main", "b")).await.unwrap();
-    b.publish_av().await.unwrap();
+    let (a, b) = pair(&m, &m.room_token("main", "a")).await;
     let (ai, bi) = (a.participant_id(), b.participant_id());
-    a.wait_av_from_all(std::slice::from_ref(&bi), 30, T).await.unwrap();
-    b.wait_av_from_all(std::slice::from_ref(&ai), 30, T).await.unwrap();
 
     a.renegotiate_publisher(true).await.expect("publisher ICE restart");
     let base = received(&b, &ai, TrackKind::Video).await;

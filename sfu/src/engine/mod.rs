@@ -344,7 +344,8 @@ impl Engine {
                     self.remove_participant(now, part, "media connection failed", true, io);
                 }
             }
-            self.queue.clear();
+            // Events the removal produced for the remaining peers.
+            self.process(now, io);
         }
     }
 
