@@ -13,6 +13,7 @@ use std::time::Duration;
 use harness::{World, tracks_of};
 use netsim::Link;
 use sfu::proto::{ClientMsg, Quality, ServerMsg};
+use str0m::format::Codec;
 
 #[test]
 fn three_publishers_with_loss_jitter_and_garbage() {
@@ -119,4 +120,31 @@ fn simulcast_switches_only_at_keyframes_and_stays_continuous() {
     assert!(kr >= 1 && kr <= 40, "keyframe requests reached the publisher, throttled: {kr}");
     // The publisher heard which layers are in use.
     assert!(w.clients[p].msgs.iter().any(|m| matches!(m, ServerMsg::SubscribedQuality { qualities, .. } if qualities == &vec![Quality::Low])));
+}
+
+#[test]
+fn h264_is_forwarded_and_its_keyframes_recognised() {
+    let mut w = World::new(5, Link { latency: Duration::from_millis(10), jitter: Duration::from_millis(10), loss: 0.02 });
+    let p = w.join("pub");
+    w.publish_codec(p, false, Codec::H264);
+    let s1 = w.join("s1");
+    let s2 = w.join("s2");
+    w.run(5_000, false, |_, _| {});
+    let video = w.clients[p]
+        .msgs
+        .iter()
+        .find_map(|m| match m {
+            ServerMsg::TrackPublished { track } if track.kind == sfu::proto::TrackKind::Video => Some(track.clone()),
+            _ => None,
+        })
+        .expect("video track published");
+    assert_eq!(video.codec, "video/H264");
+    for s in [s1, s2] {
+        let r = w.clients[s].received.get(&video.id).expect("H.264 received");
+        assert_eq!(r.bad, 0, "payloads intact");
+        assert!(r.packets.len() > 60, "frames flowed: {}", r.packets.len());
+        // Forwarding starts on an IDR frame: the first frame a subscriber gets is a key.
+        let first = r.packets.iter().min_by_key(|p| p.0).unwrap();
+        assert!(first.4, "the first forwarded H.264 frame is an IDR");
+    }
 }

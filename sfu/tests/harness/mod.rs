@@ -62,8 +62,19 @@ pub fn check(p: &[u8], video: bool) -> Option<(u8, u8, u32, bool)> {
     let sender = *p.get(off)?;
     let layer = *p.get(off + 1)?;
     let index = u32::from_be_bytes(p.get(off + 2..off + 6)?.try_into().ok()?);
-    let key = video && p[1] & 1 == 0;
-    (payload(sender, layer, index, key, video) == p).then_some((sender, layer, index, key))
+    let h264 = video && matches!(p[0], 0x65 | 0x41);
+    let key = video && if h264 { p[0] == 0x65 } else { p[1] & 1 == 0 };
+    let expected = if h264 { payload_h264(sender, layer, index, key) } else { payload(sender, layer, index, key, video) };
+    (expected == p).then_some((sender, layer, index, key))
+}
+
+/// The same record as [`payload`] in an H.264 single NAL unit: IDR slice (type 5) for
+/// keyframes, non-IDR slice (type 1) otherwise.
+pub fn payload_h264(sender: u8, layer: u8, index: u32, key: bool) -> Vec<u8> {
+    let mut p = payload(sender, layer, index, key, true);
+    p[0] = if key { 0x65 } else { 0x41 };
+    p[1] = 0x88;
+    p
 }
 
 #[derive(Default, Debug, Clone)]
@@ -86,6 +97,8 @@ pub struct Client {
     pub audio_mid: Option<Mid>,
     pub video_mid: Option<Mid>,
     pub simulcast: bool,
+    /// Video codec this client publishes (VP8 or H.264).
+    pub codec: Codec,
     /// Subscriber mid -> track id, from offers.
     pub mid_track: HashMap<String, String>,
     pub track_video: HashMap<String, bool>,
@@ -164,6 +177,7 @@ impl World {
             audio_mid: None,
             video_mid: None,
             simulcast: false,
+            codec: Codec::Vp8,
             mid_track: HashMap::new(),
             track_video: HashMap::new(),
             received: HashMap::new(),
@@ -184,9 +198,21 @@ impl World {
     }
 
     pub fn publish(&mut self, i: usize, simulcast: bool) {
+        self.publish_codec(i, simulcast, Codec::Vp8)
+    }
+
+    /// Publishes audio and video, offering only `codec` (plus Opus) for video.
+    pub fn publish_codec(&mut self, i: usize, simulcast: bool, codec: Codec) {
         let now = self.now;
         let c = &mut self.clients[i];
-        let mut rtc = client_rtc(now, c.pub_addr);
+        let mut rtc = if codec == Codec::H264 {
+            let mut rtc = Rtc::builder().set_rtp_mode(true).clear_codecs().enable_opus(true, false).enable_h264(true).build(now);
+            rtc.add_local_candidate(Candidate::host(c.pub_addr, "udp").unwrap());
+            rtc
+        } else {
+            client_rtc(now, c.pub_addr)
+        };
+        c.codec = codec;
         let mut api = rtc.sdp_api();
         let a = api.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None);
         let sim = simulcast.then(|| {
@@ -285,7 +311,7 @@ impl World {
                 }
             }
             if step % 33 == 0 {
-                let pt = World::pt(rtc, Codec::Vp8);
+                let pt = World::pt(rtc, c.codec);
                 let n = c.next_frame;
                 c.next_frame += 1;
                 let key = n % 60 == 0 || std::mem::take(&mut c.force_key);
@@ -294,7 +320,11 @@ impl World {
                     if c.simulcast { vec![Some("q".into()), Some("h".into()), Some("f".into())] } else { vec![None] };
                 for (l, rid) in layers.into_iter().enumerate() {
                     if let Some(tx) = rtc.direct_api().stream_tx_by_mid(mid, rid) {
-                        let p = payload(c.id, l as u8, n, key, true);
+                        let p = if c.codec == Codec::H264 {
+                            payload_h264(c.id, l as u8, n, key)
+                        } else {
+                            payload(c.id, l as u8, n, key, true)
+                        };
                         tx.write_rtp(
                             RtpWrite::new(pt, (n as u64 + 1).into(), n * 3000, now, p).marker(true).nackable(true),
                         );
