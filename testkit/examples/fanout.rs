@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
-use testkit::{Client, ClientOptions, TrackKind};
+use testkit::{Client, ClientOptions};
 
 fn token(maxd: &str, room: &str, identity: &str) -> Result<String> {
     let out = Command::new(maxd).args(["token", "--room", room, "--identity", identity]).output()?;
@@ -19,14 +19,20 @@ fn token(maxd: &str, room: &str, identity: &str) -> Result<String> {
     Ok(String::from_utf8(out.stdout)?.trim().to_string())
 }
 
-/// (count, sum, cumulative buckets) of the forward-latency histogram.
-fn histogram(base: &str) -> Result<(f64, f64, Vec<(f64, f64)>)> {
+/// The text of the server's `/metrics`.
+fn metrics(base: &str) -> Result<String> {
+    use std::io::{Read, Write};
     let addr = base.trim_start_matches("http://");
     let mut s = std::net::TcpStream::connect(addr)?;
-    use std::io::{Read, Write};
     write!(s, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
     let mut body = String::new();
     s.read_to_string(&mut body)?;
+    Ok(body)
+}
+
+/// (count, sum, cumulative buckets) of the forward-latency histogram.
+fn histogram(base: &str) -> Result<(f64, f64, Vec<(f64, f64)>)> {
+    let body = metrics(base)?;
     let (mut count, mut sum, mut buckets) = (0.0, 0.0, Vec::new());
     for l in body.lines() {
         let v = |l: &str| l.rsplit(' ').next().and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0);
@@ -102,7 +108,6 @@ async fn main() -> Result<()> {
             fmt(quantile(&h0, &h1, 0.99)),
             cpu * 100.0
         );
-        let _ = TrackKind::Audio;
         publisher.close().await;
         for s in subs {
             s.close().await;
@@ -117,12 +122,7 @@ fn fmt(le: f64) -> String {
 
 /// Server process CPU seconds from `maxd_process_cpu_seconds_total`.
 fn cpu_secs(base: &str) -> f64 {
-    let addr = base.trim_start_matches("http://");
-    let Ok(mut s) = std::net::TcpStream::connect(addr) else { return 0.0 };
-    use std::io::{Read, Write};
-    let _ = write!(s, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    let mut body = String::new();
-    let _ = s.read_to_string(&mut body);
+    let body = metrics(base).unwrap_or_default();
     body.lines()
         .find(|l| l.starts_with("maxd_process_cpu_seconds_total"))
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())

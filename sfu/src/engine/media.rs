@@ -19,7 +19,7 @@ impl Engine {
     pub(super) fn on_event(&mut self, now: Instant, pk: PeerKey, ev: Event, io: &mut dyn Io) {
         match ev {
             Event::RtpPacket(pkt) => self.on_rtp(now, pk, pkt, io),
-            Event::MediaAdded(m) if self.peers[pk].kind == PcKind::Publisher => self.on_media_added(pk, m, io),
+            Event::MediaAdded(m) if self.peers[pk].kind == PcKind::Publisher => self.on_media_added(pk, m),
             Event::KeyframeRequest(req) => {
                 self.counters.keyframe_requests_received += 1;
                 let Some(&sk) = self.peers[pk].mid_sub.get(&req.mid) else { return };
@@ -64,7 +64,7 @@ impl Engine {
         }
     }
 
-    fn on_media_added(&mut self, pk: PeerKey, m: MediaAdded, _io: &mut dyn Io) {
+    fn on_media_added(&mut self, pk: PeerKey, m: MediaAdded) {
         if self.peers[pk].mid_track.contains_key(&m.mid) {
             return;
         }
@@ -362,7 +362,7 @@ impl Engine {
             if let Some(s) = self.subs.get(sk) {
                 touched.push(s.part);
             }
-            self.remove_sub(sk, io);
+            self.remove_sub(sk);
         }
         if let Some(peer) = self.peers.get_mut(track.peer) {
             peer.mid_track.remove(&track.mid);

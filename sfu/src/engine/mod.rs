@@ -226,7 +226,7 @@ impl Engine {
     pub fn handle_command(&mut self, now: Instant, cmd: Command, io: &mut dyn Io) {
         match cmd {
             Command::Join { conn, claims, tx, auto_subscribe } => self.join(now, conn, claims, tx, auto_subscribe, io),
-            Command::Resume { conn, claims, tx, session_id } => self.resume(now, conn, claims, tx, &session_id, io),
+            Command::Resume { conn, claims, tx, session_id } => self.resume(conn, claims, tx, &session_id),
             Command::Client { conn, msg } => {
                 if let Some(&pk) = self.conns.get(&conn) {
                     self.client_msg(now, pk, msg, io);

@@ -171,7 +171,7 @@ impl Engine {
     }
 
     /// Ends a subscription; its transceiver is stopped at the next offer.
-    pub(super) fn remove_sub(&mut self, sk: SubKey, _io: &mut dyn Io) {
+    pub(super) fn remove_sub(&mut self, sk: SubKey) {
         let Some(sub) = self.subs.try_remove(sk) else { return };
         if let Some(t) = self.tracks.get_mut(sub.track) {
             t.subs.retain(|&s| s != sk);

@@ -147,15 +147,7 @@ impl Engine {
         }
     }
 
-    pub(super) fn resume(
-        &mut self,
-        _now: Instant,
-        conn: ConnId,
-        claims: common::Claims,
-        tx: SignalTx,
-        session_id: &str,
-        _io: &mut dyn Io,
-    ) {
+    pub(super) fn resume(&mut self, conn: ConnId, claims: common::Claims, tx: SignalTx, session_id: &str) {
         let found = self.sessions.get(session_id).copied().filter(|&pk| {
             let p = &self.participants[pk];
             p.identity == claims.sub && claims.room.as_deref() == Some(p.room.as_str())
@@ -224,7 +216,7 @@ impl Engine {
                 for id in track_ids {
                     let sub = self.find_track(pk, &id).and_then(|t| self.sub_of(pk, t));
                     match sub {
-                        Some(s) => self.remove_sub(s, io),
+                        Some(s) => self.remove_sub(s),
                         None => self.error(pk, ErrorCode::NotFound, format!("not subscribed to {id}")),
                     }
                 }
@@ -279,7 +271,7 @@ impl Engine {
             return;
         }
         for s in self.participants[pk].subs.clone() {
-            self.remove_sub(s, io);
+            self.remove_sub(s);
         }
         for t in self.participants[pk].tracks.clone() {
             self.unpublish(t, io);

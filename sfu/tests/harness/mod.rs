@@ -384,25 +384,15 @@ impl World {
             self.engine.handle_timeout(now, &mut io);
         }
         for c in self.clients.iter_mut() {
+            let mut ev = Vec::new();
             for rtc in [c.publisher.as_mut(), c.subscriber.as_mut()].into_iter().flatten() {
                 rtc.handle_input(Input::Timeout(now)).unwrap();
-                let mut ev = Vec::new();
                 Client::drain(rtc, now, &mut self.net, &mut ev);
-                World::client_events_split(&mut c.keyframe_requests, &mut c.force_key, &ev);
-                let _ = ev;
             }
+            World::client_events(c, ev);
         }
         self.pump();
         self.send_media(step);
-    }
-
-    pub fn client_events_split(kf: &mut u64, force: &mut bool, ev: &[Event]) {
-        for e in ev {
-            if let Event::KeyframeRequest(_) = e {
-                *kf += 1;
-                *force = true;
-            }
-        }
     }
 
     pub fn client_events(c: &mut Client, ev: Vec<Event>) {
