@@ -81,6 +81,28 @@ pub async fn rtc_handler(
         .on_upgrade(move |socket| session(socket, st, claims))
 }
 
+/// Ends the WebSocket from our side: sends `frame`, then reads until the client's close
+/// (or 2 s) before dropping the socket, so the client reads the close frame instead of a
+/// connection reset.
+async fn close_gracefully(
+    sink: &mut futures_util::stream::SplitSink<WebSocket, Message>,
+    stream: &mut futures_util::stream::SplitStream<WebSocket>,
+    code: u16,
+    reason: &'static str,
+) {
+    if sink.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await.is_err() {
+        return;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while let Some(Ok(m)) = stream.next().await {
+            if matches!(m, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
 fn text(msg: &ServerMsg) -> Message {
     Message::Text(serde_json::to_string(msg).expect("server messages serialize").into())
 }
@@ -128,7 +150,7 @@ async fn session(socket: WebSocket, st: RtcState, claims: common::Claims) {
                     Message::Text(t) if t.len() > MAX_FRAME => {
                         let e = ServerMsg::Error { code: ErrorCode::Limit, message: format!("message of {} bytes is over the {MAX_FRAME}-byte limit", t.len()) };
                         let _ = sink.send(text(&e)).await;
-                        let _ = sink.send(Message::Close(Some(CloseFrame { code: 1009, reason: "message too big".into() }))).await;
+                        close_gracefully(&mut sink, &mut stream, 1009, "message too big").await;
                         break;
                     }
                     Message::Text(t) => t,
@@ -190,13 +212,13 @@ async fn session(socket: WebSocket, st: RtcState, claims: common::Claims) {
                         let end = matches!(m, ServerMsg::Left { .. });
                         if sink.send(text(&m)).await.is_err() { break; }
                         if end {
-                            let _ = sink.send(Message::Close(Some(CloseFrame { code: 1000, reason: "left".into() }))).await;
+                            close_gracefully(&mut sink, &mut stream, 1000, "left").await;
                             break;
                         }
                     }
                     // The engine dropped this connection (slow reader, resume elsewhere).
                     None => {
-                        let _ = sink.send(Message::Close(Some(CloseFrame { code: 4000, reason: "session moved or too slow".into() }))).await;
+                        close_gracefully(&mut sink, &mut stream, 4000, "session moved or too slow").await;
                         break;
                     }
                 }
