@@ -5,7 +5,7 @@
 //! the logs of one process without the address itself being written anywhere.
 
 use std::fmt;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::{BuildHasher, Hash};
 use std::sync::OnceLock;
 
 /// A value that must not reach logs in clear.
@@ -20,9 +20,7 @@ fn hasher() -> &'static std::collections::hash_map::RandomState {
 impl<T: Hash> Pii<T> {
     /// A per-process keyed hash of the value: equal values give equal tags.
     pub fn tag(&self) -> u32 {
-        let mut h = hasher().build_hasher();
-        self.0.hash(&mut h);
-        h.finish() as u32
+        hasher().hash_one(&self.0) as u32
     }
 }
 

@@ -5,6 +5,7 @@
 //! - [`engine`]: rooms, participants and str0m peers, sans-I/O.
 //! - `worker`: the media thread that owns the sockets and drives the engine.
 //! - `rtc_ws`: the `/rtc` WebSocket; [`proto`] its messages.
+//! - `whip`: WHIP and WHEP over HTTP.
 
 mod config;
 pub mod engine;
@@ -12,6 +13,7 @@ pub mod forward;
 pub mod metrics;
 pub mod proto;
 mod rtc_ws;
+mod whip;
 mod worker;
 
 use std::net::SocketAddr;
@@ -49,11 +51,12 @@ impl Sfu {
         self.worker.tcp_addr
     }
 
-    /// `/rtc` (and, later, WHIP/WHEP).
+    /// `/rtc`, WHIP (`/whip/{room}`) and WHEP (`/whep/{room}`).
     pub fn router(&self) -> axum::Router {
         axum::Router::new()
             .route("/rtc", axum::routing::get(rtc_ws::rtc_handler))
             .with_state(self.state.clone())
+            .merge(whip::router(self.state.clone()))
     }
 
     pub async fn shutdown(mut self) {

@@ -22,6 +22,7 @@ pub mod media;
 pub mod peer;
 pub mod proto;
 pub mod stats;
+pub mod whip;
 pub mod ws;
 
 pub use client::{Client, ClientOptions, DEFAULT_TIMEOUT, Published, Received, WsClosed};

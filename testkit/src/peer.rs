@@ -561,6 +561,8 @@ async fn read_track(
                             foreign_payloads: 0,
                             packets_with_extensions: 0,
                             last_counter: None,
+                            last_sender: None,
+                            sender_switches: 0,
                             first_packet_at: None,
                             last_packet_at: None,
                         });
@@ -573,6 +575,10 @@ async fn read_track(
                     match parsed {
                         Ok((record, keyframe)) => {
                             s.keyframes += u64::from(keyframe);
+                            if s.last_sender.is_some_and(|h| h != record.sender_hash) {
+                                s.sender_switches += 1;
+                            }
+                            s.last_sender = Some(record.sender_hash);
                             if !participant_id.is_empty()
                                 && record.sender_hash != media::identity_hash(&participant_id)
                             {

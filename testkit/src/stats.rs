@@ -34,6 +34,10 @@ pub struct RemoteTrackStats {
     pub packets_with_extensions: u64,
     /// Highest frame counter seen in a record.
     pub last_counter: Option<u32>,
+    /// Sender hash of the last intact payload ([`crate::media::identity_hash`]).
+    pub last_sender: Option<u32>,
+    /// Times the sender hash changed (a WHEP slot moving to another publisher).
+    pub sender_switches: u64,
     pub first_packet_at: Option<Instant>,
     pub last_packet_at: Option<Instant>,
 }

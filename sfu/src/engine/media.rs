@@ -53,8 +53,23 @@ impl Engine {
                 self.counters.nacks_received += s.nacks.saturating_sub(*seen);
                 *seen = s.nacks;
             }
-            Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
-                tracing::debug!(peer = pk, "ICE disconnected; waiting for a restart or the resume window");
+            Event::IceConnectionStateChange(state) => {
+                let part = self.peers[pk].part;
+                let p = &mut self.participants[part];
+                match state {
+                    IceConnectionState::Disconnected => {
+                        tracing::debug!(peer = pk, "ICE disconnected; waiting for a restart or the resume window");
+                        // WHIP/WHEP sessions have no WebSocket: losing ICE starts their
+                        // resume window.
+                        if p.http.is_some() && p.disconnected_at.is_none() {
+                            p.disconnected_at = Some(now);
+                        }
+                    }
+                    IceConnectionState::Connected | IceConnectionState::Completed if p.http.is_some() => {
+                        p.disconnected_at = None;
+                    }
+                    _ => {}
+                }
             }
             Event::Closed => {
                 self.peers[pk].failed = true;
@@ -137,6 +152,10 @@ impl Engine {
             self.add_sub(*k, t);
         }
         self.pending_reneg.extend(auto);
+        let wheps = self.rooms[&room].participants.iter().copied().filter(|&k| {
+            self.participants[k].http.as_ref().is_some_and(|h| h.whep.is_some())
+        });
+        self.whep_refill.extend(wheps);
     }
 
     /// Which track and layer an incoming SSRC carries, learned on its first packet.
@@ -187,10 +206,12 @@ impl Engine {
             }
         }
         let key = video && is_keyframe(codec, &pkt.payload);
-        let mut ext = ExtensionValues::default();
-        ext.audio_level = pkt.header.ext_vals.audio_level;
-        ext.voice_activity = pkt.header.ext_vals.voice_activity;
-        ext.video_orientation = pkt.header.ext_vals.video_orientation;
+        let ext = ExtensionValues {
+            audio_level: pkt.header.ext_vals.audio_level,
+            voice_activity: pkt.header.ext_vals.voice_activity,
+            video_orientation: pkt.header.ext_vals.video_orientation,
+            ..Default::default()
+        };
         let src = *pkt.header.ssrc;
         let seq = *pkt.seq_no;
         let ts = pkt.header.timestamp;
@@ -409,6 +430,12 @@ impl Engine {
                 self.renegotiate(pk, io);
             }
         }
+        let mut wheps = std::mem::take(&mut self.whep_refill);
+        wheps.sort_unstable();
+        wheps.dedup();
+        for pk in wheps {
+            self.whep_fill(now, pk, io);
+        }
         let mut ts = std::mem::take(&mut self.layers_changed);
         ts.sort_unstable();
         ts.dedup();
@@ -450,12 +477,13 @@ impl Engine {
             }
         }
         // Connection quality every 2 s, per room.
-        if now.duration_since(self.started).as_secs() % 2 == 0 {
+        if now.duration_since(self.started).as_secs().is_multiple_of(2) {
             let rooms: Vec<(String, Vec<PartKey>)> =
                 self.rooms.iter().map(|(n, r)| (n.clone(), r.participants.clone())).collect();
             for (room, members) in rooms {
                 let updates: Vec<QualityUpdate> = members
                     .iter()
+                    .filter(|&&k| !self.is_hidden(k))
                     .map(|&k| {
                         let p = &self.participants[k];
                         let quality = if p.publisher.is_some_and(|pk| self.peers.get(pk).is_none_or(|x| x.failed)) {

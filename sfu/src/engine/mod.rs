@@ -7,6 +7,7 @@
 //! [`Engine::drain`] until `Timeout`; events drained are queued and handled after, so
 //! handling one never nests inside another peer's drain.
 
+mod http;
 mod ids;
 mod media;
 mod negotiate;
@@ -25,6 +26,7 @@ use str0m::config::DtlsCert;
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, Input, Output, RtcError};
 
+pub use http::{HttpCreated, HttpError, HttpKind, PatchOutcome, Reply, SdpFrag};
 pub use ids::{ConnId, PartKey, PeerKey};
 pub use state::SignalTx;
 use state::{Participant, Peer, Room, Sub, Track};
@@ -63,6 +65,12 @@ pub enum Command {
     Client { conn: ConnId, msg: ClientMsg },
     /// The WebSocket closed (or failed) without `leave`.
     Closed { conn: ConnId },
+    /// `POST /whip/{room}` or `/whep/{room}`: the token was verified for the room.
+    HttpOffer { claims: common::Claims, kind: HttpKind, offer: String, reply: Reply<HttpCreated> },
+    /// `PATCH` on a WHIP/WHEP session by `identity`.
+    HttpPatch { resource: String, identity: String, if_match: Option<String>, frag: SdpFrag, reply: Reply<PatchOutcome> },
+    /// `DELETE` on a WHIP/WHEP session by `identity`.
+    HttpDelete { resource: String, identity: String, reply: Reply<()> },
 }
 
 pub struct Engine {
@@ -78,6 +86,8 @@ pub struct Engine {
     track_by_id: HashMap<String, state::TrackKey>,
     sessions: HashMap<String, PartKey>,
     conns: HashMap<ConnId, PartKey>,
+    /// WHIP/WHEP sessions by resource id.
+    resources: HashMap<String, PartKey>,
     by_ufrag: HashMap<String, PeerKey>,
     by_addr: HashMap<SocketAddr, PeerKey>,
     timers: BinaryHeap<Reverse<(Instant, PeerKey, u64)>>,
@@ -94,6 +104,8 @@ pub struct Engine {
     pending_reneg: Vec<PartKey>,
     /// Tracks whose layers started or stopped.
     layers_changed: Vec<state::TrackKey>,
+    /// WHEP sessions with a slot that may now get a track.
+    whep_refill: Vec<PartKey>,
     /// Some peer failed since the last sweep.
     any_failed: bool,
     started: Instant,
@@ -135,6 +147,7 @@ impl Engine {
             track_by_id: HashMap::new(),
             sessions: HashMap::new(),
             conns: HashMap::new(),
+            resources: HashMap::new(),
             by_ufrag: HashMap::new(),
             by_addr: HashMap::new(),
             timers: BinaryHeap::new(),
@@ -149,6 +162,7 @@ impl Engine {
             forwarded_in_input: 0,
             pending_reneg: Vec::new(),
             layers_changed: Vec::new(),
+            whep_refill: Vec::new(),
             any_failed: false,
             started: now,
         })
@@ -233,6 +247,18 @@ impl Engine {
                 }
             }
             Command::Closed { conn } => self.conn_closed(now, conn),
+            Command::HttpOffer { claims, kind, offer, reply } => {
+                let res = self.http_offer(now, claims, kind, &offer, io);
+                let _ = reply.send(res);
+            }
+            Command::HttpPatch { resource, identity, if_match, frag, reply } => {
+                let res = self.http_patch(&resource, &identity, if_match.as_deref(), &frag, io);
+                let _ = reply.send(res);
+            }
+            Command::HttpDelete { resource, identity, reply } => {
+                let res = self.http_delete(now, &resource, &identity, io);
+                let _ = reply.send(res);
+            }
         }
         self.process(now, io);
     }
@@ -330,7 +356,7 @@ impl Engine {
                 }
                 self.on_event(now, pk, ev, io);
             }
-            if self.pending_reneg.is_empty() && self.layers_changed.is_empty() {
+            if self.pending_reneg.is_empty() && self.layers_changed.is_empty() && self.whep_refill.is_empty() {
                 break;
             }
             self.flush_pending(now, io);

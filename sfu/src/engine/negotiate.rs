@@ -33,7 +33,7 @@ pub(super) fn pt_codec(rtc: &Rtc, pt: Pt) -> Option<(Codec, u32)> {
 }
 
 /// The payload type `rtc` negotiated for `codec` on `mid`.
-fn pt_for(rtc: &Rtc, mid: Mid, codec: Codec) -> Option<Pt> {
+pub(super) fn pt_for(rtc: &Rtc, mid: Mid, codec: Codec) -> Option<Pt> {
     let media = rtc.media(mid)?;
     media.remote_pts().iter().copied().find(|&pt| pt_codec(rtc, pt).is_some_and(|(c, _)| c == codec))
 }
@@ -176,6 +176,15 @@ impl Engine {
         if let Some(t) = self.tracks.get_mut(sub.track) {
             t.subs.retain(|&s| s != sk);
         }
+        if self.whep_detach(sub.part, sk, &sub.rewriter) {
+            if let Some(p) = self.participants.get_mut(sub.part) {
+                p.subs.retain(|&s| s != sk);
+            }
+            if let (Some(mid), Some(peer)) = (sub.mid, self.peers.get_mut(sub.peer)) {
+                peer.mid_sub.remove(&mid);
+            }
+            return;
+        }
         if let Some(p) = self.participants.get_mut(sub.part) {
             p.subs.retain(|&s| s != sk);
             if let Some(mid) = sub.mid {
@@ -192,6 +201,11 @@ impl Engine {
     pub(super) fn renegotiate(&mut self, pk: PartKey, io: &mut dyn Io) {
         let Some(p) = self.participants.get(pk) else { return };
         let Some(peer) = p.subscriber else { return };
+        if p.http.is_some() {
+            // WHEP: the client's offer fixed the transceivers; slots change instead.
+            self.whep_refill.push(pk);
+            return;
+        }
         if p.pending_offer.is_some() {
             self.participants[pk].offer_again = true;
             return;

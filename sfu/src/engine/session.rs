@@ -7,7 +7,7 @@ use common::token::Source;
 use rand::Rng;
 
 use super::ids::{ConnId, PartKey};
-use super::state::{Participant, Room, SignalTx};
+use super::state::{HttpSession, Participant, Room, SignalTx};
 use super::{Engine, Io};
 use crate::forward::SpeakerDetector;
 use crate::proto::{ClientMsg, ErrorCode, ParticipantInfo, PcKind, ServerMsg};
@@ -23,7 +23,18 @@ fn random_id(prefix: &str, len: usize) -> String {
     s
 }
 
+/// Why a participant could not be admitted.
+pub(super) enum Refusal {
+    NoRoom,
+    Full(usize),
+}
+
 impl Engine {
+    /// WHEP viewers are not shown to the room.
+    pub(super) fn is_hidden(&self, pk: PartKey) -> bool {
+        self.participants.get(pk).and_then(|p| p.http.as_ref()).is_some_and(|h| h.whep.is_some())
+    }
+
     pub(super) fn participant_info(&self, pk: PartKey) -> ParticipantInfo {
         let p = &self.participants[pk];
         ParticipantInfo {
@@ -39,7 +50,7 @@ impl Engine {
         let others = self.rooms[&p.room]
             .participants
             .iter()
-            .filter(|&&k| k != pk)
+            .filter(|&&k| k != pk && !self.is_hidden(k))
             .map(|&k| self.participant_info(k))
             .collect();
         ServerMsg::Joined {
@@ -52,18 +63,19 @@ impl Engine {
         }
     }
 
-    pub(super) fn join(
+    /// Admits a participant into the token's room: replaces an older session of the
+    /// same identity, refuses when the room is full, makes the room on first use.
+    pub(super) fn admit(
         &mut self,
         now: Instant,
-        conn: ConnId,
-        claims: common::Claims,
-        tx: SignalTx,
+        claims: &common::Claims,
+        conn: Option<(ConnId, SignalTx)>,
         auto_subscribe: bool,
+        http: Option<HttpSession>,
         io: &mut dyn Io,
-    ) {
+    ) -> Result<PartKey, Refusal> {
         let Some(room_name) = claims.room.clone() else {
-            let _ = tx.try_send(ServerMsg::Left { reason: "token names no room".into() });
-            return;
+            return Err(Refusal::NoRoom);
         };
         // The same identity joining again replaces its old session.
         let existing = self.rooms.get(&room_name).and_then(|r| {
@@ -74,12 +86,7 @@ impl Engine {
         }
         let count = self.rooms.get(&room_name).map_or(0, |r| r.participants.len());
         if count >= self.cfg.max_participants {
-            let _ = tx.try_send(ServerMsg::Error {
-                code: ErrorCode::RoomFull,
-                message: format!("room is full ({} participants)", self.cfg.max_participants),
-            });
-            let _ = tx.try_send(ServerMsg::Left { reason: "room full".into() });
-            return;
+            return Err(Refusal::Full(self.cfg.max_participants));
         }
         let room = self.rooms.entry(room_name.clone()).or_insert_with(|| {
             tracing::info!(room = %room_name, "room created");
@@ -94,6 +101,7 @@ impl Engine {
             let b: [u8; 16] = rand::random();
             b.iter().map(|x| format!("{x:02x}")).collect::<String>()
         };
+        let http_kind = http.as_ref().map(|h| if h.whep.is_some() { "whep" } else { "whip" });
         let pk = self.participants.insert(Participant {
             id: random_id("PA_", 10),
             identity: claims.sub.clone(),
@@ -101,7 +109,7 @@ impl Engine {
             room: room_name.clone(),
             grants: claims.grants.clone(),
             session_id: session_id.clone(),
-            conn: Some((conn, tx)),
+            conn: None,
             disconnected_at: None,
             publisher: None,
             subscriber: None,
@@ -117,13 +125,44 @@ impl Engine {
             stop_mids: Vec::new(),
             bwe: None,
             loss: 0.0,
+            http,
         });
         self.rooms.get_mut(&room_name).expect("room exists").participants.push(pk);
         self.sessions.insert(session_id, pk);
-        self.conns.insert(conn, pk);
+        if let Some((c, tx)) = conn {
+            self.conns.insert(c, pk);
+            self.participants[pk].conn = Some((c, tx));
+        }
         let id = self.participants[pk].id.clone();
-        tracing::info!(room = %room_name, participant = %id, "joined");
+        tracing::info!(room = %room_name, participant = %id, via = http_kind.unwrap_or("rtc"), "joined");
+        Ok(pk)
+    }
 
+    pub(super) fn join(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        claims: common::Claims,
+        tx: SignalTx,
+        auto_subscribe: bool,
+        io: &mut dyn Io,
+    ) {
+        let pk = match self.admit(now, &claims, Some((conn, tx.clone())), auto_subscribe, None, io) {
+            Ok(pk) => pk,
+            Err(Refusal::NoRoom) => {
+                let _ = tx.try_send(ServerMsg::Left { reason: "token names no room".into() });
+                return;
+            }
+            Err(Refusal::Full(max)) => {
+                let _ = tx.try_send(ServerMsg::Error {
+                    code: ErrorCode::RoomFull,
+                    message: format!("room is full ({max} participants)"),
+                });
+                let _ = tx.try_send(ServerMsg::Left { reason: "room full".into() });
+                return;
+            }
+        };
+        let room_name = self.participants[pk].room.clone();
         let joined = self.joined_msg(pk, false);
         self.send(pk, joined);
         let info = self.participant_info(pk);
@@ -279,8 +318,12 @@ impl Engine {
         if notify {
             self.send(pk, ServerMsg::Left { reason: reason.to_string() });
         }
+        let hidden = self.is_hidden(pk);
         let p = self.participants.remove(pk);
         tracing::info!(room = %p.room, participant = %p.id, reason, "left");
+        if let Some(h) = &p.http {
+            self.resources.remove(&h.resource);
+        }
         for peer in [p.publisher, p.subscriber].into_iter().flatten() {
             self.remove_peer(peer, io);
         }
@@ -295,11 +338,13 @@ impl Engine {
                 room.empty_since = Some(now);
             }
         }
-        self.broadcast(
-            &p.room,
-            None,
-            &ServerMsg::ParticipantLeft { participant_id: p.id.clone(), identity: p.identity.clone() },
-        );
+        if !hidden {
+            self.broadcast(
+                &p.room,
+                None,
+                &ServerMsg::ParticipantLeft { participant_id: p.id.clone(), identity: p.identity.clone() },
+            );
+        }
     }
 
     /// Once a second: sessions past their resume window leave; empty rooms past their
@@ -317,7 +362,7 @@ impl Engine {
         }
         let grace = self.cfg.empty_room_grace;
         self.rooms.retain(|name, r| {
-            let keep = !r.empty_since.is_some_and(|t| now.saturating_duration_since(t) >= grace);
+            let keep = r.empty_since.is_none_or(|t| now.saturating_duration_since(t) < grace);
             if !keep {
                 tracing::info!(room = %name, "room closed");
             }

@@ -58,6 +58,35 @@ pub struct Participant {
     pub bwe: Option<u64>,
     /// Fraction of packets lost on the publisher connection, last report.
     pub loss: f32,
+    /// Set for a WHIP or WHEP session (no WebSocket; driven over HTTP).
+    pub http: Option<HttpSession>,
+}
+
+/// A participant made by `POST /whip/{room}` or `POST /whep/{room}`.
+pub struct HttpSession {
+    /// The resource id in the session's `Location`.
+    pub resource: String,
+    /// The client's ICE ufrag: a PATCH with another one restarts ICE.
+    pub remote_ufrag: String,
+    /// WHEP: what the session plays. `None` for WHIP.
+    pub whep: Option<Whep>,
+}
+
+pub struct Whep {
+    /// Play only this participant (id or identity); else the whole room.
+    pub target: Option<String>,
+    /// The sending transceivers the client offered, in offer order.
+    pub slots: Vec<Slot>,
+}
+
+/// One transceiver of a WHEP session: it carries one room track at a time, switching
+/// to another when that one ends, under the same SSRC with continuous numbering.
+pub struct Slot {
+    pub mid: Mid,
+    pub kind: TrackKind,
+    pub sub: Option<SubKey>,
+    /// The rewriter of the last subscription, so the next continues its numbering.
+    pub carry: Option<Rewriter>,
 }
 
 pub struct Peer {
