@@ -285,7 +285,13 @@ impl Engine {
         if peer.failed {
             return;
         }
-        match catch_unwind(AssertUnwindSafe(|| peer.rtc.handle_input(input))) {
+        match catch_unwind(AssertUnwindSafe(|| {
+            #[cfg(feature = "fault-injection")]
+            if std::mem::take(&mut peer.inject_panic) {
+                panic!("injected fault: WebRTC stack panic");
+            }
+            peer.rtc.handle_input(input)
+        })) {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
                 tracing::debug!(peer = pk, error = %e, "input refused");
@@ -401,6 +407,8 @@ impl Engine {
             addrs: Vec::new(),
             next_timeout: None,
             failed: false,
+            #[cfg(feature = "fault-injection")]
+            inject_panic: false,
             ssrc_map: HashMap::new(),
             mid_track: HashMap::new(),
             mid_sub: HashMap::new(),
@@ -467,6 +475,25 @@ impl Engine {
 
     fn error(&mut self, pk: PartKey, code: crate::proto::ErrorCode, message: impl Into<String>) {
         self.send(pk, ServerMsg::Error { code, message: message.into() });
+    }
+
+    /// Fault injection: the next input to `participant_id`'s `pc` connection panics
+    /// inside the WebRTC stack's call, as a str0m bug would. Returns false if there is
+    /// no such connection.
+    #[cfg(feature = "fault-injection")]
+    pub fn inject_panic(&mut self, participant_id: &str, pc: crate::proto::PcKind) -> bool {
+        let Some((_, p)) = self.participants.iter().find(|(_, p)| p.id == participant_id) else { return false };
+        let peer = match pc {
+            crate::proto::PcKind::Publisher => p.publisher,
+            crate::proto::PcKind::Subscriber => p.subscriber,
+        };
+        match peer.and_then(|k| self.peers.get_mut(k)) {
+            Some(peer) => {
+                peer.inject_panic = true;
+                true
+            }
+            None => false,
+        }
     }
 
     /// Numbers for tests and the worker's gauges.

@@ -99,6 +99,9 @@ pub struct Peer {
     pub addrs: Vec<SocketAddr>,
     pub next_timeout: Option<Instant>,
     pub failed: bool,
+    /// Fault injection: the next input panics inside the WebRTC stack's call.
+    #[cfg(feature = "fault-injection")]
+    pub inject_panic: bool,
     /// Publisher: incoming SSRC -> (track, layer).
     pub ssrc_map: HashMap<Ssrc, (TrackKey, u8)>,
     /// Publisher: mid -> track.

@@ -50,7 +50,7 @@ pub fn payload(sender: u8, layer: u8, index: u32, key: bool, video: bool) -> Vec
     p.extend_from_slice(&index.to_be_bytes());
     let len = if video { 200 + (index % 50) as usize } else { 60 };
     for i in 0..len {
-        p.push((i as u32 ^ index ^ sender as u32 * 31) as u8);
+        p.push((i as u32 ^ index ^ (sender as u32 * 31)) as u8);
     }
     p
 }
@@ -62,10 +62,34 @@ pub fn check(p: &[u8], video: bool) -> Option<(u8, u8, u32, bool)> {
     let sender = *p.get(off)?;
     let layer = *p.get(off + 1)?;
     let index = u32::from_be_bytes(p.get(off + 2..off + 6)?.try_into().ok()?);
-    let h264 = video && matches!(p[0], 0x65 | 0x41);
-    let key = video && if h264 { p[0] == 0x65 } else { p[1] & 1 == 0 };
-    let expected = if h264 { payload_h264(sender, layer, index, key) } else { payload(sender, layer, index, key, video) };
-    (expected == p).then_some((sender, layer, index, key))
+    if !video {
+        return (payload(sender, layer, index, false, false) == p).then_some((sender, layer, index, false));
+    }
+    let codec = match p[1] {
+        0x88 => Codec::H264,
+        0x99 => Codec::Vp9,
+        0xa1 => Codec::Av1,
+        _ => Codec::Vp8,
+    };
+    [false, true]
+        .into_iter()
+        .find(|&key| payload_video(codec, sender, layer, index, key) == p)
+        .map(|key| (sender, layer, index, key))
+}
+
+/// The same record as [`payload`] behind the codec's payload header, keyframes marked
+/// the way the codec marks them (the SFU's keyframe detection must recognise them).
+pub fn payload_video(codec: Codec, sender: u8, layer: u8, index: u32, key: bool) -> Vec<u8> {
+    let mut p = payload(sender, layer, index, key, true);
+    match codec {
+        Codec::H264 => return payload_h264(sender, layer, index, key),
+        // VP9 descriptor: B and E set, P (inter-picture predicted) unless a keyframe.
+        Codec::Vp9 => (p[0], p[1]) = (if key { 0x0c } else { 0x4c }, 0x99),
+        // AV1 aggregation header: W=1; N (new coded video sequence) on keyframes.
+        Codec::Av1 => (p[0], p[1]) = (if key { 0x18 } else { 0x10 }, 0xa1),
+        _ => {}
+    }
+    p
 }
 
 /// The same record as [`payload`] in an H.264 single NAL unit: IDR slice (type 5) for
@@ -97,7 +121,7 @@ pub struct Client {
     pub audio_mid: Option<Mid>,
     pub video_mid: Option<Mid>,
     pub simulcast: bool,
-    /// Video codec this client publishes (VP8 or H.264).
+    /// Video codec this client publishes (VP8, H.264, VP9 or AV1).
     pub codec: Codec,
     /// Subscriber mid -> track id, from offers.
     pub mid_track: HashMap<String, String>,
@@ -205,8 +229,15 @@ impl World {
     pub fn publish_codec(&mut self, i: usize, simulcast: bool, codec: Codec) {
         let now = self.now;
         let c = &mut self.clients[i];
-        let mut rtc = if codec == Codec::H264 {
-            let mut rtc = Rtc::builder().set_rtp_mode(true).clear_codecs().enable_opus(true, false).enable_h264(true).build(now);
+        let mut rtc = if codec != Codec::Vp8 {
+            let b = Rtc::builder().set_rtp_mode(true).clear_codecs().enable_opus(true, false);
+            let b = match codec {
+                Codec::H264 => b.enable_h264(true),
+                Codec::Vp9 => b.enable_vp9(true),
+                Codec::Av1 => b.enable_av1(true),
+                other => panic!("no publisher for {other:?}"),
+            };
+            let mut rtc = b.build(now);
             rtc.add_local_candidate(Candidate::host(c.pub_addr, "udp").unwrap());
             rtc
         } else {
@@ -299,7 +330,7 @@ impl World {
                 continue;
             }
             let mut wrote = false;
-            if step % 20 == 0 {
+            if step.is_multiple_of(20) {
                 let pt = World::pt(rtc, Codec::Opus);
                 let n = c.next_audio;
                 c.next_audio += 1;
@@ -310,7 +341,7 @@ impl World {
                     wrote = true;
                 }
             }
-            if step % 33 == 0 {
+            if step.is_multiple_of(33) {
                 let pt = World::pt(rtc, c.codec);
                 let n = c.next_frame;
                 c.next_frame += 1;
@@ -320,11 +351,7 @@ impl World {
                     if c.simulcast { vec![Some("q".into()), Some("h".into()), Some("f".into())] } else { vec![None] };
                 for (l, rid) in layers.into_iter().enumerate() {
                     if let Some(tx) = rtc.direct_api().stream_tx_by_mid(mid, rid) {
-                        let p = if c.codec == Codec::H264 {
-                            payload_h264(c.id, l as u8, n, key)
-                        } else {
-                            payload(c.id, l as u8, n, key, true)
-                        };
+                        let p = payload_video(c.codec, c.id, l as u8, n, key);
                         tx.write_rtp(
                             RtpWrite::new(pt, (n as u64 + 1).into(), n * 3000, now, p).marker(true).nackable(true),
                         );
@@ -368,7 +395,7 @@ impl World {
                 }
             }
         }
-        if garbage && step % 50 == 0 {
+        if garbage && step.is_multiple_of(50) {
             // Garbage from a participant's own address and from strangers.
             let from = self.clients[0].pub_addr;
             let junk: Vec<u8> = (0..100u8).map(|x| x.wrapping_mul(step as u8)).collect();
