@@ -63,6 +63,14 @@ async fn whip_publishes_into_the_room_restarts_ice_and_ends_with_delete() {
         assert_eq!(s.foreign_payloads, 0);
     }
 
+    // Logs nest room > participant > track.
+    let log = m.log();
+    let published = log
+        .lines()
+        .find(|l| l.contains("track published") && l.contains(&format!("participant{{participant={pid}}}")))
+        .unwrap_or_else(|| panic!("no track published line for {pid}:\n{log}"));
+    assert!(published.contains(&format!("room{{room=main}}:participant{{participant={pid}}}:track{{track=TR_")), "{published}");
+
     // ICE restart by PATCH: media goes on.
     let before = bob.stats().iter().filter(|s| s.participant_id == pid).map(|s| s.packets).sum::<u64>();
     obs.session.ice_restart().await.unwrap_or_else(|e| panic!("{e:#}\n{}", m.log()));

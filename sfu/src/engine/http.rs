@@ -224,7 +224,7 @@ impl Engine {
         }
         let ufrag = self.peers[peer].ufrag.clone();
         let p = &self.participants[pk];
-        tracing::info!(room = %p.room, participant = %p.id, kind = if is_whep { "whep" } else { "whip" }, "http session created");
+        p.span.in_scope(|| tracing::info!(kind = if is_whep { "whep" } else { "whip" }, "http session created"));
         Ok(HttpCreated { resource, participant_id: p.id.clone(), answer: answer.to_sdp_string(), etag: etag_of(&ufrag) })
     }
 
@@ -288,7 +288,7 @@ impl Engine {
             frag.push_str(&format!("a={}\r\n", c.to_sdp_string()));
         }
         frag.push_str("a=end-of-candidates\r\n");
-        tracing::info!(participant = %self.participants[pk].id, "http session ICE restart");
+        self.participants[pk].span.in_scope(|| tracing::info!("http session ICE restart"));
         Ok(PatchOutcome::Restarted { frag, etag: etag_of(&local.ufrag) })
     }
 
@@ -375,7 +375,7 @@ impl Engine {
         if let Some(whep) = self.participants[pk].http.as_mut().and_then(|h| h.whep.as_mut()) {
             whep.slots[slot].sub = Some(sk);
         }
-        tracing::debug!(participant = %self.participants[pk].id, track = %self.tracks[t].id, %mid, "whep slot attached");
+        self.participants[pk].span.in_scope(|| tracing::debug!(track = %self.tracks[t].id, %mid, "whep slot attached"));
         self.update_track_targets(now, t, io);
     }
 

@@ -117,7 +117,9 @@ impl Engine {
             format!("TR_{}", b.iter().map(|x| format!("{x:02x}")).collect::<String>())
         };
         let n = layers.len();
+        let span = tracing::info_span!(parent: &self.participants[part].span, "track", track = %id);
         let t = self.tracks.insert(Track {
+            span,
             id: id.clone(),
             owner: part,
             peer: pk,
@@ -137,7 +139,7 @@ impl Engine {
         self.peers[pk].mid_track.insert(m.mid, t);
         self.participants[part].tracks.push(t);
         let info = self.tracks[t].info(&self.participants[part].id);
-        tracing::info!(participant = %self.participants[part].id, track = %info.id, kind = ?info.kind, layers = n, "track published");
+        self.tracks[t].span.in_scope(|| tracing::info!(kind = ?info.kind, codec = %info.codec, layers = n, "track published"));
         let room = self.participants[part].room.clone();
         let msg = ServerMsg::TrackPublished { track: info };
         self.send(part, msg.clone());
@@ -231,6 +233,7 @@ impl Engine {
                 LayerDecision::Forward { switched } => {
                     if switched {
                         sub.rewriter.rebase();
+                        self.tracks[t].span.in_scope(|| tracing::debug!(layer, subscription = sk, "layer switched at a keyframe"));
                     }
                 }
             }
@@ -356,6 +359,7 @@ impl Engine {
             return;
         }
         track.muted = muted;
+        track.span.in_scope(|| tracing::debug!(muted, "mute changed"));
         let owner = track.owner;
         let msg = ServerMsg::TrackMuted {
             track_id: track.id.clone(),
@@ -377,6 +381,7 @@ impl Engine {
     /// Ends a published track: subscribers lose it (renegotiated), the room is told.
     pub(super) fn unpublish(&mut self, t: TrackKey, io: &mut dyn Io) {
         let Some(track) = self.tracks.try_remove(t) else { return };
+        track.span.in_scope(|| tracing::info!(subscribers = track.subs.len(), "track unpublished"));
         self.track_by_id.remove(&track.id);
         let mut touched = Vec::new();
         for sk in track.subs.iter().copied() {

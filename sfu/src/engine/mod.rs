@@ -294,10 +294,12 @@ impl Engine {
         })) {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
+                let _s = self.participants.get(peer.part).map(|p| p.span.enter());
                 tracing::debug!(peer = pk, error = %e, "input refused");
                 self.counters.drop_malformed += 1;
             }
             Err(_) => {
+                let _s = self.participants.get(peer.part).map(|p| p.span.enter());
                 tracing::error!(peer = pk, "WebRTC stack panicked on input; closing this peer");
                 self.counters.peer_panics += 1;
                 peer.failed = true;
@@ -340,11 +342,13 @@ impl Engine {
             }
             Ok(Err(e)) => {
                 let e: RtcError = e;
+                let _s = self.participants.get(peer.part).map(|p| p.span.enter());
                 tracing::info!(peer = pk, error = %e, "peer connection failed");
                 peer.failed = true;
                 self.any_failed = true;
             }
             Err(_) => {
+                let _s = self.participants.get(peer.part).map(|p| p.span.enter());
                 tracing::error!(peer = pk, "WebRTC stack panicked; closing this peer");
                 self.counters.peer_panics += 1;
                 peer.failed = true;

@@ -89,21 +89,27 @@ impl Engine {
             return Err(Refusal::Full(self.cfg.max_participants));
         }
         let room = self.rooms.entry(room_name.clone()).or_insert_with(|| {
-            tracing::info!(room = %room_name, "room created");
+            let span = tracing::info_span!(parent: None, "room", room = %room_name);
+            span.in_scope(|| tracing::info!("room created"));
             Room {
+                span,
                 participants: Vec::new(),
                 empty_since: None,
                 speakers: SpeakerDetector::default(),
             }
         });
         room.empty_since = None;
+        let room_span = room.span.clone();
         let session_id = {
             let b: [u8; 16] = rand::random();
             b.iter().map(|x| format!("{x:02x}")).collect::<String>()
         };
         let http_kind = http.as_ref().map(|h| if h.whep.is_some() { "whep" } else { "whip" });
+        let id = random_id("PA_", 10);
+        let span = tracing::info_span!(parent: &room_span, "participant", participant = %id);
         let pk = self.participants.insert(Participant {
-            id: random_id("PA_", 10),
+            span,
+            id,
             identity: claims.sub.clone(),
             name: claims.name.clone().unwrap_or_else(|| claims.sub.clone()),
             room: room_name.clone(),
@@ -133,8 +139,7 @@ impl Engine {
             self.conns.insert(c, pk);
             self.participants[pk].conn = Some((c, tx));
         }
-        let id = self.participants[pk].id.clone();
-        tracing::info!(room = %room_name, participant = %id, via = http_kind.unwrap_or("rtc"), "joined");
+        self.participants[pk].span.in_scope(|| tracing::info!(via = http_kind.unwrap_or("rtc"), "joined"));
         Ok(pk)
     }
 
@@ -205,7 +210,7 @@ impl Engine {
         p.conn = Some((conn, tx));
         p.disconnected_at = None;
         self.conns.insert(conn, pk);
-        tracing::info!(participant = %self.participants[pk].id, "resumed");
+        self.participants[pk].span.in_scope(|| tracing::info!("resumed"));
         let joined = self.joined_msg(pk, true);
         self.send(pk, joined);
         if let Some(msg) = self.participants[pk].pending_offer.as_ref().map(|o| o.msg.clone()) {
@@ -219,18 +224,14 @@ impl Engine {
         if p.conn.as_ref().is_some_and(|(c, _)| *c == conn) {
             p.conn = None;
             p.disconnected_at = Some(now);
-            tracing::info!(participant = %p.id, "signalling connection lost; session kept for resume");
+            p.span.in_scope(|| tracing::info!("signalling connection lost; session kept for resume"));
         }
     }
 
     pub(super) fn client_msg(&mut self, now: Instant, pk: PartKey, msg: ClientMsg, io: &mut dyn Io) {
-        // Spans room > participant: everything logged while handling this message
-        // carries both (track ids are fields of the track events).
-        let p = &self.participants[pk];
-        let room_span = tracing::info_span!("room", room = %p.room);
-        let _room = room_span.enter();
-        let part_span = tracing::info_span!("participant", participant = %p.id);
-        let _part = part_span.enter();
+        // Everything logged while handling this message is under room > participant.
+        let span = self.participants[pk].span.clone();
+        let _entered = span.enter();
         match msg {
             ClientMsg::Join { .. } | ClientMsg::Resume { .. } => {
                 self.error(pk, ErrorCode::BadState, "already in the room");
@@ -320,7 +321,7 @@ impl Engine {
         }
         let hidden = self.is_hidden(pk);
         let p = self.participants.remove(pk);
-        tracing::info!(room = %p.room, participant = %p.id, reason, "left");
+        p.span.in_scope(|| tracing::info!(reason, "left"));
         if let Some(h) = &p.http {
             self.resources.remove(&h.resource);
         }
@@ -361,10 +362,10 @@ impl Engine {
             self.remove_participant(now, pk, "signalling connection lost", false, io);
         }
         let grace = self.cfg.empty_room_grace;
-        self.rooms.retain(|name, r| {
+        self.rooms.retain(|_, r| {
             let keep = r.empty_since.is_none_or(|t| now.saturating_duration_since(t) < grace);
             if !keep {
-                tracing::info!(room = %name, "room closed");
+                r.span.in_scope(|| tracing::info!("room closed"));
             }
             keep
         });

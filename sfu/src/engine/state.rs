@@ -19,6 +19,8 @@ use crate::proto::{PcKind, PublishTrack, Quality, ServerMsg, Source, TrackKind};
 pub type SignalTx = mpsc::Sender<ServerMsg>;
 
 pub struct Room {
+    /// `room{room=..}`: the parent of its participants' spans.
+    pub span: tracing::Span,
     pub participants: Vec<PartKey>,
     pub empty_since: Option<Instant>,
     pub speakers: SpeakerDetector<PartKey>,
@@ -31,6 +33,8 @@ pub struct PendingOffer {
 }
 
 pub struct Participant {
+    /// `participant{participant=..}` under the room's span.
+    pub span: tracing::Span,
     pub id: String,
     pub identity: String,
     pub name: String,
@@ -121,6 +125,8 @@ pub struct Layer {
 }
 
 pub struct Track {
+    /// `track{track=..}` under its owner's span.
+    pub span: tracing::Span,
     pub id: String,
     pub owner: PartKey,
     pub peer: PeerKey,
