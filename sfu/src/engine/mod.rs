@@ -205,7 +205,9 @@ impl Engine {
         }
     }
 
-    /// A datagram arrived on one of the media sockets.
+    /// A datagram arrived on one of the media sockets. Returns true if it was forwarded
+    /// to someone (the caller times the forwarding with [`Engine::record_latency`] once
+    /// its copies are handed to the socket).
     pub fn handle_datagram(
         &mut self,
         now: Instant,
@@ -214,25 +216,28 @@ impl Engine {
         destination: SocketAddr,
         data: &[u8],
         io: &mut dyn Io,
-    ) {
+    ) -> bool {
         self.counters.packets_in += 1;
         self.counters.bytes_in += data.len() as u64;
         let Some(pk) = self.demux(source, data) else {
             self.counters.drop_unknown_source += 1;
-            return;
+            return false;
         };
         let Ok(recv) = Receive::new(proto, source, destination, data) else {
             self.counters.drop_malformed += 1;
-            return;
+            return false;
         };
         self.forwarded_in_input = 0;
         self.peer_input(pk, Input::Receive(now, recv));
         self.drain(pk, io);
         self.process(now, io);
-        if self.forwarded_in_input > 0 {
-            if let Some(h) = &self.latency {
-                h.observe(now.elapsed().as_secs_f64());
-            }
+        self.forwarded_in_input > 0
+    }
+
+    /// Observes the receive-to-send time of a forwarded datagram received at `received`.
+    pub fn record_latency(&self, received: Instant) {
+        if let Some(h) = &self.latency {
+            h.observe(received.elapsed().as_secs_f64());
         }
     }
 
