@@ -175,7 +175,13 @@ async fn raw_quinn(addr: SocketAddr, pin: &str, n: u64, upload: bool, disk: Opti
     let conn = ep.connect(addr, "localhost")?.await?;
     let t0 = Instant::now();
     let (mut send, mut recv) = conn.open_bi().await?;
-    let mut cmd = vec![if upload && disk.is_some() { b'W' } else if upload { b'U' } else { b'D' }];
+    let mut cmd = vec![if upload && disk.is_some() {
+        b'W'
+    } else if upload {
+        b'U'
+    } else {
+        b'D'
+    }];
     cmd.extend_from_slice(&n.to_be_bytes());
     send.write_all(&cmd).await?;
     if upload {
@@ -294,15 +300,19 @@ async fn bench() -> anyhow::Result<()> {
 
     let streams: usize = arg("--streams").map(|s| s.parse()).transpose()?.unwrap_or(4);
     let opts = Options { streams, ..opts };
-    let c0 = cpu_secs(pid);
-    let raw_up = raw_quinn(raw_addr, &pin, size, true, None).await?;
-    let c1 = cpu_secs(pid);
-    let raw_down = raw_quinn(raw_addr, &pin, size, false, None).await?;
-    let c2 = cpu_secs(pid);
-    let rawd_up = raw_quinn(raw_addr, &pin, size, true, Some(&output)).await?;
-    let rawd_down = raw_quinn(raw_addr, &pin, size, false, Some(&output)).await?;
-    let tcp_up = tcp(tcp_addr, size, true).await?;
-    let tcp_down = tcp(tcp_addr, size, false).await?;
+    // `--relay-only` skips the baselines (for profiling the relay alone).
+    let baselines = !std::env::args().any(|a| a == "--relay-only");
+    let zero = Duration::from_nanos(1);
+    let me = std::process::id();
+    let (c0, k0) = (cpu_secs(pid), cpu_secs(me));
+    let raw_up = if baselines { raw_quinn(raw_addr, &pin, size, true, None).await? } else { zero };
+    let (c1, k1) = (cpu_secs(pid), cpu_secs(me));
+    let raw_down = if baselines { raw_quinn(raw_addr, &pin, size, false, None).await? } else { zero };
+    let (c2, k2) = (cpu_secs(pid), cpu_secs(me));
+    let rawd_up = if baselines { raw_quinn(raw_addr, &pin, size, true, Some(&output)).await? } else { zero };
+    let rawd_down = if baselines { raw_quinn(raw_addr, &pin, size, false, Some(&output)).await? } else { zero };
+    let tcp_up = if baselines { tcp(tcp_addr, size, true).await? } else { zero };
+    let tcp_down = if baselines { tcp(tcp_addr, size, false).await? } else { zero };
 
     let t = Instant::now();
     let (ob, root) = {
@@ -310,16 +320,20 @@ async fn bench() -> anyhow::Result<()> {
         tokio::task::spawn_blocking(move || relay::tree::outboard_of(std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(&input)?), size)).await??
     };
     let hash_time = t.elapsed();
+    // The relay's own peak from here on: the baselines' peak is reported apart.
+    let baseline_peak_kib = vm_hwm_kib(pid);
+    let hwm_reset = std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok();
     let c = Client::connect(&opts).await?;
-    let c3 = cpu_secs(pid);
+    let (c3, k3) = (cpu_secs(pid), cpu_secs(me));
     let t = Instant::now();
     let id = c.upload_with(Arc::new(std::fs::File::open(&input)?), size, &ob, &root, "bench.bin", "application/octet-stream", Arc::new(Progress::default())).await?;
     let up = t.elapsed();
-    let c4 = cpu_secs(pid);
+    let (c4, k4) = (cpu_secs(pid), cpu_secs(me));
+    let up_peak_kib = vm_hwm_kib(pid);
     let t = Instant::now();
     c.download(&id, &output, Arc::new(Progress::default())).await?;
     let down = t.elapsed();
-    let c5 = cpu_secs(pid);
+    let (c5, k5) = (cpu_secs(pid), cpu_secs(me));
     c.close().await;
     let peak_kib = vm_hwm_kib(pid);
     let same = std::fs::metadata(&output)?.len() == size;
@@ -340,15 +354,24 @@ async fn bench() -> anyhow::Result<()> {
     println!("| relay / raw quinn with disk | {:.0} % | {:.0} % |", 100.0 * rawd_up.as_secs_f64() / up.as_secs_f64(), 100.0 * rawd_down.as_secs_f64() / down.as_secs_f64());
     println!("| relay / TCP | {:.0} % | {:.0} % |", 100.0 * tcp_up.as_secs_f64() / up.as_secs_f64(), 100.0 * tcp_down.as_secs_f64() / down.as_secs_f64());
     println!();
-    println!(
-        "Server CPU seconds per GiB: raw quinn up {:.2} / down {:.2}; relay up {:.2} / down {:.2}.",
-        (c1 - c0) / gib,
-        (c2 - c1) / gib,
-        (c4 - c3) / gib,
-        (c5 - c4) / gib
-    );
+    println!("Server CPU seconds per GiB: raw quinn up {:.2} / down {:.2}; relay up {:.2} / down {:.2}.", (c1 - c0) / gib, (c2 - c1) / gib, (c4 - c3) / gib, (c5 - c4) / gib);
+    println!("Client CPU seconds per GiB: raw quinn up {:.2} / down {:.2}; relay up {:.2} / down {:.2}.", (k1 - k0) / gib, (k2 - k1) / gib, (k4 - k3) / gib, (k5 - k4) / gib);
+    if baselines {
+        // On a machine whose cores are all busy (client and server share them), the
+        // rate is about cores / CPU per GiB: this ratio is the least noisy comparison.
+        let (ru, rd) = ((c1 - c0) + (k1 - k0), (c2 - c1) + (k2 - k1));
+        let (lu, ld) = ((c4 - c3) + (k4 - k3), (c5 - c4) + (k5 - k4));
+        println!("Client + server CPU per GiB, raw quinn / relay: up {:.0} %, down {:.0} %.", 100.0 * ru / lu, 100.0 * rd / ld);
+    }
     println!("Client-side BLAKE3 outboard of the file before upload: {:.0} MiB/s ({:.2} s, not in the upload figure).", mib_s(size, hash_time), hash_time.as_secs_f64());
-    println!("Server process peak RSS (VmHWM): {:.1} MiB after start, {:.1} MiB after all transfers. Output size ok: {same}.", idle_kib as f64 / 1024.0, peak_kib as f64 / 1024.0);
+    println!(
+        "Server process peak RSS (VmHWM): {:.1} MiB after start, {:.1} MiB after the baselines; {} {:.1} MiB after the relay upload, {:.1} MiB after the relay download. Output size ok: {same}.",
+        idle_kib as f64 / 1024.0,
+        baseline_peak_kib as f64 / 1024.0,
+        if hwm_reset { "peak reset, then" } else { "(peak could not be reset)" },
+        up_peak_kib as f64 / 1024.0,
+        peak_kib as f64 / 1024.0
+    );
     Ok(())
 }
 
@@ -367,20 +390,10 @@ impl rustls::client::danger::ServerCertVerifier for AnyCert {
     ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
         Ok(rustls::client::danger::ServerCertVerified::assertion())
     }
-    fn verify_tls12_signature(
-        &self,
-        _: &[u8],
-        _: &rustls::pki_types::CertificateDer<'_>,
-        _: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls12_signature(&self, _: &[u8], _: &rustls::pki_types::CertificateDer<'_>, _: &rustls::DigitallySignedStruct) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
         Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
     }
-    fn verify_tls13_signature(
-        &self,
-        _: &[u8],
-        _: &rustls::pki_types::CertificateDer<'_>,
-        _: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls13_signature(&self, _: &[u8], _: &rustls::pki_types::CertificateDer<'_>, _: &rustls::DigitallySignedStruct) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
         Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
     }
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {

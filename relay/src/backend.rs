@@ -7,9 +7,10 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+use crate::iobuf::DualFile;
 
 /// Which part of a blob.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,24 +62,27 @@ pub struct LocalDir {
     root: PathBuf,
 }
 
-struct LocalBlob(File);
+/// A blob part on disk. Data parts move in large aligned batches and bypass the page
+/// cache where the file system allows (see [`crate::iobuf`]); outboards are small and
+/// stay buffered.
+struct LocalBlob(DualFile);
+
+impl LocalBlob {
+    fn open(f: File, part: Part, write: bool) -> Arc<dyn Blob> {
+        Arc::new(LocalBlob(match part {
+            Part::Data => DualFile::new(f, write),
+            Part::Outboard => DualFile::buffered(f),
+        }))
+    }
+}
 
 impl Blob for LocalBlob {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-        let mut done = 0;
-        while done < buf.len() {
-            match self.0.read_at(&mut buf[done..], offset + done as u64) {
-                Ok(0) => break,
-                Ok(n) => done += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(done)
+        self.0.read_at(buf, offset)
     }
 
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        self.0.write_all_at(buf, offset)
+        self.0.write_at(buf, offset)
     }
 
     fn sync(&self) -> io::Result<()> {
@@ -117,12 +121,12 @@ fn list_stems(dir: &Path) -> io::Result<Vec<String>> {
 impl Backend for LocalDir {
     fn create_partial(&self, id: &str, part: Part) -> io::Result<Arc<dyn Blob>> {
         let f = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(self.partial_path(id, part))?;
-        Ok(Arc::new(LocalBlob(f)))
+        Ok(LocalBlob::open(f, part, true))
     }
 
     fn open_partial(&self, id: &str, part: Part) -> io::Result<Arc<dyn Blob>> {
         let f = OpenOptions::new().read(true).write(true).open(self.partial_path(id, part))?;
-        Ok(Arc::new(LocalBlob(f)))
+        Ok(LocalBlob::open(f, part, true))
     }
 
     fn publish(&self, id: &str, hash: &str) -> io::Result<()> {
@@ -140,7 +144,7 @@ impl Backend for LocalDir {
 
     fn open_complete(&self, hash: &str, part: Part) -> io::Result<Option<Arc<dyn Blob>>> {
         match File::open(self.complete_path(hash, part)) {
-            Ok(f) => Ok(Some(Arc::new(LocalBlob(f)))),
+            Ok(f) => Ok(Some(LocalBlob::open(f, part, false))),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
         }

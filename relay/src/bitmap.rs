@@ -23,7 +23,7 @@ impl Bitmap {
         let bits: Vec<u64> = bytes.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap())).collect();
         let mut b = Bitmap { bits, len, count: 0 };
         // Bits past the end must be clear.
-        if len % 64 != 0 && b.bits[words - 1] >> (len % 64) != 0 {
+        if !len.is_multiple_of(64) && b.bits[words - 1] >> (len % 64) != 0 {
             return None;
         }
         b.count = b.bits.iter().map(|w| w.count_ones() as u64).sum();

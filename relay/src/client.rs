@@ -1,25 +1,29 @@
 //! The relay's Rust client: upload, download and stat, resumable and verified.
 
 use std::collections::VecDeque;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::net::SocketAddr;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use bytes::BytesMut;
 use parking_lot::Mutex;
 
 use crate::bitmap::Bitmap;
+use crate::iobuf::{DualFile, Pool, Pooled};
 use crate::proto::{self, ErrorCode, FileInfo, FrameError, Request, Response};
 use crate::tls::Trust;
 use crate::tree::{self, CV_LEN, GROUP_SIZE};
 
 /// Groups per request: 8 MiB.
 const PIECE_GROUPS: u64 = 512;
-/// Bytes read, verified and written per step.
-const BATCH: usize = 16 * GROUP_SIZE as usize;
+/// Bytes read, verified and written per step (512 KiB).
+const BATCH: usize = 32 * GROUP_SIZE as usize;
+/// Buffers of uploaded batches (held by QUIC until acknowledged).
+static SEND_POOL: Pool = Pool::new(BATCH, (4 << 20) / BATCH);
+/// Buffers of downloaded batches (two per stream).
+static RECV_POOL: Pool = Pool::new(BATCH, (4 << 20) / BATCH);
 
 /// Why a client operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -135,7 +139,9 @@ impl Client {
         let connecting = endpoint.connect(opts.server, &opts.server_name).map_err(|e| ClientError::Connect(e.to_string()))?;
         let conn = match tokio::time::timeout(std::time::Duration::from_secs(10), connecting).await {
             Ok(c) => c.map_err(|e| ClientError::Connect(format!("{} ({e})", opts.server)))?,
-            Err(_) => return Err(ClientError::Connect(format!("no answer from {} within 10 s: is the relay running there, and is UDP let through?", opts.server))),
+            Err(_) => {
+                return Err(ClientError::Connect(format!("no answer from {} within 10 s: is the relay running there, and is UDP let through?", opts.server)));
+            }
         };
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| ClientError::Connect(e.to_string()))?;
         proto::write_frame(&mut send, &Request::Hello { version: proto::VERSION, token: opts.token.clone() }).await?;
@@ -175,7 +181,9 @@ impl Client {
         let _ = send.finish();
         let len = match proto::read_frame(&mut recv).await? {
             Response::OutboardData { len } if len == tree::outboard_len(info.size) => len,
-            Response::OutboardData { len } => return Err(ClientError::Protocol(format!("outboard of {len} bytes for a file of {} bytes", info.size))),
+            Response::OutboardData { len } => {
+                return Err(ClientError::Protocol(format!("outboard of {len} bytes for a file of {} bytes", info.size)));
+            }
             other => return Err(refused(other)),
         };
         let mut ob = vec![0u8; len as usize];
@@ -245,6 +253,8 @@ impl Client {
             return Err(ClientError::Protocol("relay asked for groups past the end of the file".into()));
         }
         let queue = Arc::new(Mutex::new(pieces(&missing)));
+        // Bulk reads bypass the page cache where the file system allows.
+        let file = Arc::new(DualFile::new(file.try_clone()?, false));
         let mut workers = tokio::task::JoinSet::new();
         for _ in 0..self.streams {
             let (conn, queue, file, id, progress) = (self.conn.clone(), queue.clone(), file.clone(), id.clone(), progress.clone());
@@ -283,16 +293,15 @@ impl Client {
             Ok(b) if b.len() > 32 && b[..32] == hash && part.exists() => Bitmap::from_bytes(groups, &b[32..]).unwrap_or_else(|| Bitmap::new(groups)),
             _ => Bitmap::new(groups),
         };
-        let file = Arc::new(OpenOptions::new().read(true).write(true).create(true).truncate(have.count() == 0).open(&part)?);
+        let file = Arc::new(DualFile::open(&part, true, true, have.count() == 0)?);
         // What an earlier run wrote is checked again: a crash may have lost pages.
         let mut have = have;
         if have.count() > 0 {
-            let mut buf = vec![0u8; GROUP_SIZE as usize];
+            let mut buf = crate::iobuf::AlignedBuf::new(GROUP_SIZE as usize);
             for g in 0..groups {
                 if have.get(g) {
                     let l = tree::group_len(info.size, g);
-                    let ok = read_full(&file, &mut buf[..l], g * GROUP_SIZE)? == l
-                        && tree::group_cv(&buf[..l], g, groups)[..] == outboard[g as usize * CV_LEN..][..CV_LEN];
+                    let ok = file.read_at(&mut buf[..l], g * GROUP_SIZE)? == l && tree::group_cv(&buf[..l], g, groups)[..] == outboard[g as usize * CV_LEN..][..CV_LEN];
                     if !ok {
                         have.clear(g);
                     }
@@ -400,20 +409,35 @@ fn pieces(ranges: &[(u64, u64)]) -> VecDeque<(u64, u64)> {
     out
 }
 
-async fn put_piece(conn: &quinn::Connection, file: &File, id: &str, size: u64, g0: u64, g1: u64, progress: &Progress) -> Result<bool, ClientError> {
+/// Reads `n` bytes at `pos` of the file being uploaded, on a blocking thread.
+fn read_batch(file: &Arc<DualFile>, pos: u64, n: usize) -> tokio::task::JoinHandle<std::io::Result<Pooled>> {
+    let file = file.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut buf = SEND_POOL.take();
+        buf.set_len(n);
+        if file.read_at(&mut buf, pos)? != n {
+            return Err(std::io::Error::other("the file got shorter while being uploaded"));
+        }
+        Ok(buf)
+    })
+}
+
+async fn put_piece(conn: &quinn::Connection, file: &Arc<DualFile>, id: &str, size: u64, g0: u64, g1: u64, progress: &Progress) -> Result<bool, ClientError> {
     let start = g0 * GROUP_SIZE;
     let end = (g1 * GROUP_SIZE).min(size);
     let (mut send, mut recv) = conn.open_bi().await.map_err(|e| ClientError::Protocol(e.to_string()))?;
     proto::write_frame(&mut send, &Request::Put { file: id.to_owned(), offset: start, len: end - start }).await?;
+    // The next batch is read from disk while the current one is sent.
+    let batch = |pos: u64| read_batch(file, pos, (end - pos).min(BATCH as u64) as usize);
+    let mut next = (start < end).then(|| batch(start));
     let mut pos = start;
-    while pos < end {
-        let n = (end - pos).min(BATCH as u64) as usize;
-        let mut buf = BytesMut::zeroed(n);
-        let got = read_full(file, &mut buf, pos)?;
-        if got != n {
-            return Err(ClientError::Io(std::io::Error::other("the file got shorter while being uploaded")));
+    while let Some(job) = next.take() {
+        let buf = job.await.map_err(|e| ClientError::Protocol(e.to_string()))??;
+        let n = buf.len();
+        if pos + (n as u64) < end {
+            next = Some(batch(pos + n as u64));
         }
-        if let Err(e) = send.write_chunk(buf.freeze()).await {
+        if let Err(e) = send.write_chunk(buf.into_bytes()).await {
             // The relay stopped reading: its answer says why.
             return match proto::read_frame::<Response>(&mut recv).await {
                 Ok(r) => Err(refused(r)),
@@ -433,7 +457,7 @@ async fn put_piece(conn: &quinn::Connection, file: &File, id: &str, size: u64, g
 #[allow(clippy::too_many_arguments)]
 async fn get_piece(
     conn: &quinn::Connection,
-    file: &Arc<File>,
+    file: &Arc<DualFile>,
     id: &str,
     size: u64,
     outboard: &Arc<Vec<u8>>,
@@ -450,34 +474,36 @@ async fn get_piece(
     let _ = send.finish();
     match proto::read_frame(&mut recv).await? {
         Response::Data { offset, len } if offset == start && len == end - start => {}
-        Response::Data { .. } => return Err(ClientError::Protocol("relay sent another range than asked".into())),
+        Response::Data { .. } => {
+            return Err(ClientError::Protocol("relay sent another range than asked".into()));
+        }
         other => return Err(refused(other)),
     }
     // Two buffers: one is verified and written on a blocking thread while the next is
     // received, so the QUIC driver never waits on hashing or the disk.
-    type Job = tokio::task::JoinHandle<(Vec<u8>, Result<(), ClientError>)>;
-    let finish = |r: Result<(Vec<u8>, Result<(), ClientError>), tokio::task::JoinError>| match r {
-        Ok(t) => t,
-        Err(e) => (Vec::new(), Err(ClientError::Protocol(e.to_string()))),
+    // The buffers are page-aligned, so the writes bypass the page cache.
+    type Job = tokio::task::JoinHandle<(Pooled, Result<(), ClientError>)>;
+    let finish = |r: Result<(Pooled, Result<(), ClientError>), tokio::task::JoinError>| match r {
+        Ok((b, r)) => (Some(b), r),
+        Err(e) => (None, Err(ClientError::Protocol(e.to_string()))),
     };
-    let mut spare = vec![0u8; BATCH];
+    let mut spare = Some(RECV_POOL.take());
     let mut pending: Option<Job> = None;
     let mut pos = start;
     let mut since_save = 0u64;
     while pos < end {
         let n = (end - pos).min(BATCH as u64) as usize;
-        recv.read_exact(&mut spare[..n]).await?;
-        let buf = std::mem::take(&mut spare);
+        let mut buf = spare.take().unwrap_or_else(|| RECV_POOL.take());
+        buf.set_len(n);
+        recv.read_exact(&mut buf).await?;
         if let Some(job) = pending.take() {
             let (b, r) = finish(job.await);
             r?;
             spare = b;
-        } else {
-            spare = vec![0u8; BATCH];
         }
         let (file, outboard, have, progress, at) = (file.clone(), outboard.clone(), have.clone(), progress.clone(), pos);
         pending = Some(tokio::task::spawn_blocking(move || {
-            let r = verify_and_write(&file, size, &outboard, &buf[..n], at, &have, &progress);
+            let r = verify_and_write(&file, size, &outboard, &buf, at, &have, &progress);
             (buf, r)
         }));
         pos += n as u64;
@@ -498,7 +524,7 @@ async fn get_piece(
 }
 
 /// Checks the groups of `buf` (bytes from `pos`) against the outboard, then writes them.
-fn verify_and_write(file: &File, size: u64, outboard: &[u8], buf: &[u8], pos: u64, have: &Mutex<Bitmap>, progress: &Progress) -> Result<(), ClientError> {
+fn verify_and_write(file: &DualFile, size: u64, outboard: &[u8], buf: &[u8], pos: u64, have: &Mutex<Bitmap>, progress: &Progress) -> Result<(), ClientError> {
     let groups = tree::group_count(size);
     let first = pos / GROUP_SIZE;
     let count = (buf.len() as u64).div_ceil(GROUP_SIZE);
@@ -510,7 +536,7 @@ fn verify_and_write(file: &File, size: u64, outboard: &[u8], buf: &[u8], pos: u6
             return Err(ClientError::Corrupt(g));
         }
     }
-    file.write_all_at(buf, pos)?;
+    file.write_at(buf, pos)?;
     {
         let mut h = have.lock();
         for i in 0..count {
@@ -519,17 +545,6 @@ fn verify_and_write(file: &File, size: u64, outboard: &[u8], buf: &[u8], pos: u6
     }
     progress.add(buf.len() as u64);
     Ok(())
-}
-
-fn read_full(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
-    let mut done = 0;
-    while done < buf.len() {
-        match file.read_at(&mut buf[done..], offset + done as u64)? {
-            0 => break,
-            n => done += n,
-        }
-    }
-    Ok(done)
 }
 
 /// Sequential reads over a shared file handle (positional reads, no seeking).

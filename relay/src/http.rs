@@ -155,17 +155,19 @@ fn range_stream(sh: Arc<Shared>, entry: Arc<Entry>, start: u64, end: u64) -> imp
                     }
                 }
                 Ok(n) => break n,
-                Err(e) => return Some((Err(std::io::Error::other(e.to_string())), (sh, entry, rx, end))),
+                Err(e) => {
+                    return Some((Err(std::io::Error::other(e.to_string())), (sh, entry, rx, end)));
+                }
             }
         };
         let stop = ((g + run) * GROUP_SIZE).min(end);
-        let mut buf = bytes::BytesMut::zeroed((stop - pos) as usize);
-        match entry.read_at(&mut buf, pos) {
-            Ok(n) if n == buf.len() => {
+        let n = (stop - pos) as usize;
+        match crate::server::batch_read(crate::server::read_batch(&entry, pos, n)).await {
+            Ok(buf) => {
                 sh.metrics.bytes_sent.inc_by(n as u64);
-                Some((Ok(buf.freeze()), (sh, entry, rx, stop)))
+                Some((Ok(buf.into_bytes()), (sh, entry, rx, stop)))
             }
-            _ => Some((Err(std::io::Error::other("read failed")), (sh, entry, rx, end))),
+            Err(_) => Some((Err(std::io::Error::other("read failed")), (sh, entry, rx, end))),
         }
     })
 }

@@ -9,6 +9,7 @@ pub mod backend;
 pub mod bitmap;
 pub mod client;
 mod http;
+pub mod iobuf;
 pub mod metrics;
 pub mod proto;
 mod server;
@@ -120,7 +121,7 @@ impl Relay {
                 loop {
                     tick.tick().await;
                     let st = store.clone();
-                    let sweep = n % 30 == 0;
+                    let sweep = n.is_multiple_of(30);
                     n += 1;
                     let _ = tokio::task::spawn_blocking(move || {
                         st.save_all();

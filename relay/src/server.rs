@@ -5,6 +5,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::BytesMut;
+
+use crate::iobuf::{Pool, Pooled};
 use common::pii::Pii;
 use tokio::task::JoinSet;
 use tracing::{Instrument, debug, info, info_span, warn};
@@ -14,8 +16,12 @@ use crate::proto::{self, ErrorCode, FrameError, Request, Response};
 use crate::store::{Begin, Entry, Store, StoreError};
 use crate::tree::{self, GROUP_SIZE};
 
-/// Bytes moved per read/verify/write step: 16 groups.
-pub(crate) const BATCH: usize = 16 * GROUP_SIZE as usize;
+/// Bytes moved per read/verify/write step: 32 groups (512 KiB).
+pub(crate) const BATCH: usize = 32 * GROUP_SIZE as usize;
+/// Receive buffers of uploads (two per `put` stream).
+static RECV_POOL: Pool = Pool::new(BATCH, (4 << 20) / BATCH);
+/// Send buffers of downloads (held by QUIC until acknowledged).
+static SEND_POOL: Pool = Pool::new(BATCH, (4 << 20) / BATCH);
 /// Longest name and type accepted, in bytes.
 const MAX_NAME: usize = 1024;
 
@@ -119,9 +125,7 @@ async fn hello(conn: &quinn::Connection, sh: &Shared) -> Option<Session> {
         }
     };
     let reply = match req {
-        Request::Hello { version, .. } if version != proto::VERSION => {
-            Err(error(ErrorCode::Version, format!("protocol version {version} is not supported; this relay speaks {}", proto::VERSION)))
-        }
+        Request::Hello { version, .. } if version != proto::VERSION => Err(error(ErrorCode::Version, format!("protocol version {version} is not supported; this relay speaks {}", proto::VERSION))),
         Request::Hello { token, .. } => match authorize(&sh.keys, &token) {
             Ok(c) => Ok(Session { user: c.sub, exp: c.exp }),
             Err((code, msg)) => {
@@ -254,21 +258,23 @@ async fn put(recv: &mut quinn::RecvStream, sh: &Shared, session: &Session, file:
     if entry.owner != session.user {
         return Err(error(ErrorCode::NotFound, StoreError::NotFound.to_string()));
     }
-    if offset % GROUP_SIZE != 0 || offset > entry.size || len > entry.size - offset {
+    if !offset.is_multiple_of(GROUP_SIZE) || offset > entry.size || len > entry.size - offset {
         return Err(error(ErrorCode::BadRequest, format!("range {offset}+{len} is not group-aligned or past the end of the file ({} bytes)", entry.size)));
     }
     let mut pos = offset;
     let end = offset + len;
     let mut complete = entry.is_complete();
     // Two buffers: while one batch is verified and written on a blocking thread, the
-    // next one is read from the stream, so the QUIC driver never waits on hashing.
-    let mut spare = vec![0u8; BATCH];
+    // next one is read from the stream, so the QUIC driver never waits on hashing or
+    // the disk. They are page-aligned pool buffers, so the write bypasses the page cache.
+    let mut spare = Some(RECV_POOL.take());
     let mut spare_cvs = Vec::with_capacity(BATCH / GROUP_SIZE as usize * tree::CV_LEN);
-    type Job = tokio::task::JoinHandle<(Vec<u8>, Vec<u8>, Result<bool, StoreError>)>;
+    type Done = (Pooled, Vec<u8>, Result<bool, StoreError>);
+    type Job = tokio::task::JoinHandle<Done>;
     let mut pending: Option<Job> = None;
-    let finish = |r: Result<(Vec<u8>, Vec<u8>, Result<bool, StoreError>), tokio::task::JoinError>| match r {
-        Ok(t) => t,
-        Err(_) => (vec![0u8; BATCH], Vec::new(), Err(StoreError::Io(std::io::Error::other("verification task failed")))),
+    let finish = |r: Result<Done, tokio::task::JoinError>| match r {
+        Ok((b, c, r)) => (Some(b), c, r),
+        Err(_) => (None, Vec::new(), Err(StoreError::Io(std::io::Error::other("verification task failed")))),
     };
     let result = async {
         if len == 0 {
@@ -277,21 +283,19 @@ async fn put(recv: &mut quinn::RecvStream, sh: &Shared, session: &Session, file:
         }
         while pos < end {
             let n = (end - pos).min(BATCH as u64) as usize;
-            recv.read_exact(&mut spare[..n]).await.map_err(|e| StoreError::BadRequest(format!("data cut short: {e}")))?;
-            let mut buf = std::mem::take(&mut spare);
+            let mut buf = spare.take().unwrap_or_else(|| RECV_POOL.take());
+            buf.set_len(n);
+            recv.read_exact(&mut buf).await.map_err(|e| StoreError::BadRequest(format!("data cut short: {e}")))?;
             let mut cvs = std::mem::take(&mut spare_cvs);
             if let Some(job) = pending.take() {
                 let (b, c, r) = finish(job.await);
                 spare = b;
                 spare_cvs = c;
                 complete = r?;
-            } else {
-                spare = vec![0u8; BATCH];
             }
             let (store, e, at) = (sh.store.clone(), entry.clone(), pos);
             pending = Some(tokio::task::spawn_blocking(move || {
-                let r = store.put(&e, at, &buf[..n], &mut cvs);
-                buf.truncate(BATCH);
+                let r = store.put(&e, at, &buf, &mut cvs);
                 (buf, cvs, r)
             }));
             pos += n as u64;
@@ -328,32 +332,67 @@ async fn get(send: &mut quinn::SendStream, sh: &Shared, file: &str, offset: u64,
     Ok(Response::Data { offset, len })
 }
 
-/// Sends `len` bytes from `offset`, waiting for groups still being uploaded.
-pub(crate) async fn send_range(send: &mut quinn::SendStream, sh: &Shared, entry: &Entry, offset: u64, len: u64) -> Result<(), StoreError> {
-    let mut rx = entry.subscribe();
-    let mut pos = offset;
-    let end = offset + len;
-    while pos < end {
-        let g = pos / GROUP_SIZE;
-        let run = loop {
-            let n = entry.readable_from(g, (BATCH as u64) / GROUP_SIZE)?;
-            if n > 0 {
-                break n;
-            }
-            if rx.changed().await.is_err() {
-                return Err(StoreError::NotFound);
-            }
-        };
-        let stop = ((g + run) * GROUP_SIZE).min(end);
-        let n = (stop - pos) as usize;
-        let mut buf = BytesMut::zeroed(n);
+/// Reads `n` bytes at `pos` of a stored file into a pool buffer, on a blocking thread.
+pub(crate) fn read_batch(entry: &Arc<Entry>, pos: u64, n: usize) -> tokio::task::JoinHandle<Result<Pooled, StoreError>> {
+    let entry = entry.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut buf = SEND_POOL.take();
+        buf.set_len(n);
         let got = entry.read_at(&mut buf, pos)?;
         if got != n {
             return Err(StoreError::Io(std::io::Error::other("stored file is shorter than recorded")));
         }
-        send.write_chunk(buf.freeze()).await.map_err(|e| StoreError::BadRequest(e.to_string()))?;
-        sh.metrics.bytes_sent.inc_by(n as u64);
+        Ok(buf)
+    })
+}
+
+/// Waits for a batch read by [`read_batch`].
+pub(crate) async fn batch_read(job: tokio::task::JoinHandle<Result<Pooled, StoreError>>) -> Result<Pooled, StoreError> {
+    job.await.map_err(|_| StoreError::Io(std::io::Error::other("read task failed")))?
+}
+
+async fn flush_batch(send: &mut quinn::SendStream, sh: &Shared, (job, n): (tokio::task::JoinHandle<Result<Pooled, StoreError>>, usize)) -> Result<(), StoreError> {
+    let buf = batch_read(job).await?;
+    send.write_chunk(buf.into_bytes()).await.map_err(|e| StoreError::BadRequest(e.to_string()))?;
+    sh.metrics.bytes_sent.inc_by(n as u64);
+    Ok(())
+}
+
+/// Sends `len` bytes from `offset`, waiting for groups still being uploaded. The next
+/// batch is read from disk while the current one is sent.
+pub(crate) async fn send_range(send: &mut quinn::SendStream, sh: &Shared, entry: &Arc<Entry>, offset: u64, len: u64) -> Result<(), StoreError> {
+    let mut rx = entry.subscribe();
+    let mut pos = offset;
+    let end = offset + len;
+    let mut pending: Option<(tokio::task::JoinHandle<Result<Pooled, StoreError>>, usize)> = None;
+    while pos < end {
+        let g = pos / GROUP_SIZE;
+        let mut run = entry.readable_from(g, (BATCH as u64) / GROUP_SIZE)?;
+        if run == 0 {
+            // Send what is read before waiting for the upload to bring more.
+            if let Some(job) = pending.take() {
+                flush_batch(send, sh, job).await?;
+            }
+            run = loop {
+                if rx.changed().await.is_err() {
+                    return Err(StoreError::NotFound);
+                }
+                let n = entry.readable_from(g, (BATCH as u64) / GROUP_SIZE)?;
+                if n > 0 {
+                    break n;
+                }
+            };
+        }
+        let stop = ((g + run) * GROUP_SIZE).min(end);
+        let n = (stop - pos) as usize;
+        let job = (read_batch(entry, pos, n), n);
         pos = stop;
+        if let Some(prev) = pending.replace(job) {
+            flush_batch(send, sh, prev).await?;
+        }
+    }
+    if let Some(job) = pending.take() {
+        flush_batch(send, sh, job).await?;
     }
     Ok(())
 }

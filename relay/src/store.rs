@@ -309,7 +309,7 @@ impl Store {
         }
         // Blobs no record points at are leftovers of a crash between steps.
         for id in partials {
-            if !idx.files.get(&id).is_some_and(|e| !e.is_complete()) {
+            if idx.files.get(&id).is_none_or(|e| e.is_complete()) {
                 self.backend.delete_partial(&id);
             }
         }
@@ -597,12 +597,12 @@ impl Store {
     /// hold several groups; only the file's last group may be short. Nothing is written
     /// unless every group in `data` verifies. Returns whether the file is now complete.
     pub fn put(&self, entry: &Entry, offset: u64, data: &[u8], cvs: &mut Vec<u8>) -> Result<bool, StoreError> {
-        if offset % GROUP_SIZE != 0 || offset > entry.size || data.len() as u64 > entry.size - offset {
+        if !offset.is_multiple_of(GROUP_SIZE) || offset > entry.size || data.len() as u64 > entry.size - offset {
             return Err(StoreError::BadRequest(format!("range {offset}+{} is not group-aligned or past the end of the file", data.len())));
         }
         let first = offset / GROUP_SIZE;
         let end = offset + data.len() as u64;
-        if end != entry.size && end % GROUP_SIZE != 0 {
+        if end != entry.size && !end.is_multiple_of(GROUP_SIZE) {
             return Err(StoreError::BadRequest("a put must end on a group boundary or at the end of the file".into()));
         }
         let ngroups = if data.is_empty() { u64::from(entry.size == 0) } else { (data.len() as u64).div_ceil(GROUP_SIZE) };

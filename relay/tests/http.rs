@@ -77,7 +77,7 @@ async fn tus_upload_resumes_and_is_verified_for_quic_recipients() {
     let (st, h, _) = http(srv.http, "PATCH", &loc, &[auth.clone(), tus.clone(), octet.clone(), ("upload-offset", "49152".into())], &data[49_152..]).await;
     assert_eq!(st, 204);
     assert_eq!(header(&h, "upload-offset"), Some("100000"));
-    let (st, _, body) = http(srv.http, "GET", &loc, &[auth.clone()], b"").await;
+    let (st, _, body) = http(srv.http, "GET", &loc, std::slice::from_ref(&auth), b"").await;
     assert_eq!(st, 200);
     assert!(body == data);
     // The relay computed the hash; QUIC recipients verify against it.
