@@ -228,6 +228,14 @@ impl Engine {
         let rtc_peer = &mut peers[peer];
         let res = catch_unwind(AssertUnwindSafe(|| {
             let mut api = rtc_peer.rtc.sdp_api();
+            // The data channel's m-line goes first and stays: the first m-line tags the
+            // BUNDLE group, and Chromium tears the whole transport down (DTLS close) when
+            // an offer stops the tagged m-line, which would drop this subscriber when the
+            // participant whose tracks came first leaves.
+            if !p.has_channel {
+                api.add_channel("maxd".into());
+                p.has_channel = true;
+            }
             for (sk, kind, owner_id, track_id) in to_add {
                 let mid = api.add_media(kind, Direction::SendOnly, Some(owner_id), Some(track_id), None);
                 subs[sk].mid = Some(mid);
@@ -238,10 +246,6 @@ impl Engine {
             }
             if std::mem::take(&mut p.ice_restart) {
                 api.ice_restart(true);
-            }
-            if !p.has_channel {
-                api.add_channel("maxd".into());
-                p.has_channel = true;
             }
             api.apply()
         }));
