@@ -11,11 +11,21 @@ command -v pkg-config >/dev/null || need_apt+=(pkg-config)
 # PostgreSQL server binaries for the chat storage tests (each test starts its own
 # private server in a temp dir and stops it).
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
+# Headless Chromium and Node for the web client's browser tests (tests/browser.rs).
+[ -x /usr/bin/chromium ] || need_apt+=(chromium)
+command -v node >/dev/null || need_apt+=(nodejs)
+command -v npm >/dev/null || need_apt+=(npm)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing: ${need_apt[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
+fi
+
+# playwright-core (pinned in tests/browser/package-lock.json) drives that Chromium; it
+# never downloads a browser of its own.
+if [ ! -d tests/browser/node_modules/playwright-core ]; then
+  (cd tests/browser && npm ci --no-audit --no-fund)
 fi
 
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}

@@ -5,6 +5,7 @@
 mod config;
 mod files_cli;
 mod server;
+mod web;
 
 use std::path::PathBuf;
 use std::time::Duration;

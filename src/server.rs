@@ -59,6 +59,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     if cfg.has(Role::Sfu) {
         let s = sfu::Sfu::start(cfg.sfu.clone(), ctx.clone()).await.context("starting the sfu")?;
         app = app.merge(s.router());
+        // The browser client talks to this node's `/rtc`, so it is served where the sfu runs.
+        app = app.merge(crate::web::router(cfg.dev, ctx.keys.clone()));
         sfu_handle = Some(s);
     }
     let mut _signalling = None;

@@ -1,0 +1,435 @@
+//! The web client that `maxd` serves, end to end in real browsers: headless Chromium
+//! driven by playwright-core (`tests/browser/run.mjs`) types a room and a name and clicks
+//! Join, as a person would. Also the static files and the dev-only token endpoint.
+//!
+//! Needs `node`, Chromium (`/usr/bin/chromium`, or `$CHROMIUM`) and
+//! `tests/browser/node_modules` (`npm ci` there); `scripts/test.sh` installs all three.
+//! Without them the browser tests fail saying so, unless `MAXD_SKIP_BROWSER_TESTS=1`.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::Mutex;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::Maxd;
+use testkit::{Client, TrackKind};
+
+/// One browser test at a time: each runs several Chromiums, and the machine may have
+/// two cores.
+static BROWSERS: Mutex<()> = Mutex::new(());
+
+fn browser_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser")
+}
+
+/// Screenshots and other artifacts: under the target directory, never committed.
+fn artifact_dir() -> PathBuf {
+    let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join("browser-artifacts");
+    std::fs::create_dir_all(&d).expect("artifact dir");
+    d
+}
+
+/// Whether the browser tests can run; panics with what is missing unless told to skip.
+fn browser_tools() -> bool {
+    if std::env::var_os("MAXD_SKIP_BROWSER_TESTS").is_some_and(|v| v != "0") {
+        eprintln!("MAXD_SKIP_BROWSER_TESTS is set: skipping a browser test");
+        return false;
+    }
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    let mut missing = Vec::new();
+    if !Path::new(&chromium).exists() {
+        missing.push(format!("Chromium at {chromium}"));
+    }
+    if Command::new("node")
+        .arg("--version")
+        .output()
+        .map(|o| !o.status.success())
+        .unwrap_or(true)
+    {
+        missing.push("node".to_string());
+    }
+    if !browser_dir().join("node_modules/playwright-core").exists() {
+        missing.push("tests/browser/node_modules (run `npm ci` there)".to_string());
+    }
+    assert!(
+        missing.is_empty(),
+        "browser test needs {}: run scripts/test.sh, which installs them, or set MAXD_SKIP_BROWSER_TESTS=1",
+        missing.join(", ")
+    );
+    true
+}
+
+/// `node run.mjs SCENARIO` against `m`, its JSON lines arriving on a channel.
+struct Driver {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: mpsc::Receiver<Value>,
+    stderr: std::thread::JoinHandle<String>,
+    work: tempfile::TempDir,
+}
+
+impl Driver {
+    fn start(scenario: &str, m: &Maxd, env: &[(&str, &str)]) -> Driver {
+        let work = tempfile::tempdir().expect("work dir");
+        let mut child = Command::new("node")
+            .arg("run.mjs")
+            .arg(scenario)
+            .current_dir(browser_dir())
+            .env("MAXD_URL", m.base_url())
+            .env("ARTIFACT_DIR", artifact_dir())
+            .env("WORK_DIR", work.path())
+            // Chromium's and node's temporary files stay in this test's own folder.
+            .env("TMPDIR", work.path())
+            .envs(env.iter().copied())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn node");
+        let stdout = child.stdout.take().unwrap();
+        let mut stderr = child.stderr.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                println!("browser: {line}");
+                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    if tx.send(v).is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        let stderr = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = stderr.read_to_string(&mut s);
+            s
+        });
+        let stdin = child.stdin.take();
+        Driver {
+            child,
+            stdin,
+            lines,
+            stderr,
+            work,
+        }
+    }
+
+    /// The next event named `name` (earlier ones are returned too, in `seen`).
+    fn wait_event(
+        &mut self,
+        name: &str,
+        timeout: Duration,
+        seen: &mut Vec<Value>,
+    ) -> Result<Value, String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(v) => {
+                    seen.push(v.clone());
+                    if v["event"] == name {
+                        return Ok(v);
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    return Err(format!("no {name:?} event within {timeout:?}"));
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err(format!("the driver ended before {name:?}"));
+                }
+            }
+        }
+    }
+
+    fn say(&mut self, line: &str) {
+        if let Some(s) = self.stdin.as_mut() {
+            let _ = writeln!(s, "{line}");
+        }
+    }
+
+    /// Waits for the driver to exit (killing it after `timeout`): (success, stderr).
+    fn finish(mut self, timeout: Duration) -> (bool, String) {
+        drop(self.stdin.take());
+        let deadline = Instant::now() + timeout;
+        let ok = loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => break status.success(),
+                Ok(None) if Instant::now() < deadline => {
+                    // Polling a child process's exit: there is no event to wait on.
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                _ => {
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    break false;
+                }
+            }
+        };
+        let stderr = self.stderr.join().unwrap_or_default();
+        drop(self.work);
+        (ok, stderr)
+    }
+}
+
+fn tail(s: &str, lines: usize) -> String {
+    let v: Vec<&str> = s.lines().collect();
+    v[v.len().saturating_sub(lines)..].join("\n")
+}
+
+#[test]
+fn three_browsers_call_through_the_web_client() {
+    if !browser_tools() {
+        return;
+    }
+    let _one = BROWSERS.lock().unwrap_or_else(|e| e.into_inner());
+    let m = Maxd::start(r#"["sfu"]"#);
+    let started = Instant::now();
+    let mut d = Driver::start("call", &m, &[("ROOM", "three"), ("SAMPLES", "5")]);
+    let mut seen = Vec::new();
+    let passed = d.wait_event("passed", Duration::from_secs(180), &mut seen);
+    let (ok, stderr) = d.finish(Duration::from_secs(30));
+    assert!(
+        passed.is_ok() && ok,
+        "browser call failed: {passed:?}\n--- driver stderr:\n{}\n--- maxd log:\n{}",
+        tail(&stderr, 80),
+        tail(&m.log(), 40)
+    );
+    let ev = |name: &str| {
+        seen.iter()
+            .find(|v| v["event"] == name)
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
+    let flowing = ev("media_flowing");
+    assert!(
+        flowing["ms_since_join_click"]
+            .as_u64()
+            .is_some_and(|ms| ms <= 10_000),
+        "{flowing}"
+    );
+    let shot = PathBuf::from(ev("screenshot")["path"].as_str().expect("screenshot event"));
+    assert!(
+        std::fs::metadata(&shot)
+            .map(|md| md.len() > 1000)
+            .unwrap_or(false),
+        "screenshot at {}",
+        shot.display()
+    );
+    let lat = ev("join_to_first_frame");
+    let p50 = lat["p50_ms"].as_u64().expect("join_to_first_frame event");
+    println!(
+        "web client: join click to first remote frame decoded: p50 {p50} ms, samples {} (3 browsers, 320x180 fake video, loopback)",
+        lat["samples_ms"]
+    );
+    println!("screenshot: {}", shot.display());
+    println!("browser test took {:.1} s", started.elapsed().as_secs_f64());
+}
+
+#[test]
+fn browser_and_webrtc_rs_client_exchange_audio_and_video() {
+    if !browser_tools() {
+        return;
+    }
+    let _one = BROWSERS.lock().unwrap_or_else(|e| e.into_inner());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let m = Maxd::start(r#"["sfu"]"#);
+    let t = Duration::from_secs(20);
+    let peer = rt.block_on(async {
+        let peer = Client::connect(&m.base_url(), &m.room_token("mixed", "rustpeer"))
+            .await
+            .expect("join");
+        peer.publish_av().await.expect("publish");
+        peer
+    });
+    let mut d = Driver::start("mixed", &m, &[("ROOM", "mixed"), ("PEER_NAME", "rustpeer")]);
+    let ready = match d.wait_event("ready", Duration::from_secs(60), &mut Vec::new()) {
+        Ok(v) => v,
+        Err(e) => {
+            let (_, stderr) = d.finish(Duration::from_secs(10));
+            panic!(
+                "browser side failed: {e}\n--- driver stderr:\n{}\n--- maxd log:\n{}",
+                tail(&stderr, 60),
+                tail(&m.log(), 40)
+            );
+        }
+    };
+    // The browser received the peer's audio and video (the driver checked); now the
+    // webrtc-rs peer receives the browser's.
+    let browser = ready["participant"]
+        .as_str()
+        .expect("browser participant id")
+        .to_string();
+    let (audio, video) = rt.block_on(async {
+        let a = peer
+            .wait_media_from(&browser, TrackKind::Audio, 50, t)
+            .await
+            .expect("audio from the browser");
+        let v = peer
+            .wait_media_from(&browser, TrackKind::Video, 30, t)
+            .await
+            .expect("video from the browser");
+        (a, v)
+    });
+    assert!(audio.bytes > 0 && video.bytes > 0, "{audio:?} {video:?}");
+    d.say("done");
+    let (ok, stderr) = d.finish(Duration::from_secs(30));
+    assert!(ok, "browser side failed:\n{}", tail(&stderr, 60));
+    rt.block_on(peer.close());
+}
+
+// ---- the static files and the dev token endpoint (no browser) -------------------------
+
+/// A plain HTTP/1.1 request: (status, lower-cased head, body).
+fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String, String) {
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes()).unwrap();
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).unwrap();
+    let (head, body) = buf.split_once("\r\n\r\n").unwrap_or((&buf, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, head.to_ascii_lowercase(), body.to_string())
+}
+
+fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+}
+
+#[test]
+fn web_client_files_are_served_from_the_binary() {
+    let m = Maxd::start(r#"["sfu"]"#);
+    for (path, ctype) in [
+        ("/", "text/html; charset=utf-8"),
+        ("/index.html", "text/html; charset=utf-8"),
+        ("/app.js", "text/javascript; charset=utf-8"),
+        ("/rtc.js", "text/javascript; charset=utf-8"),
+        ("/style.css", "text/css; charset=utf-8"),
+    ] {
+        let (status, head, body) = http(m.http, "GET", path, &[], "");
+        assert_eq!(status, 200, "{path}");
+        assert_eq!(header(&head, "content-type"), Some(ctype), "{path}");
+        assert_eq!(header(&head, "cache-control"), Some("no-cache"), "{path}");
+        assert!(!body.is_empty(), "{path}");
+        let etag = header(&head, "etag").expect("etag").to_string();
+        let (status, _, body) = http(m.http, "GET", path, &[("If-None-Match", &etag)], "");
+        assert_eq!((status, body.as_str()), (304, ""), "{path} revalidated");
+    }
+    let (_, head, body) = http(m.http, "GET", "/", &[], "");
+    assert!(
+        body.contains(r#"id="join""#) && body.contains("/app.js"),
+        "the page"
+    );
+    assert!(
+        header(&head, "content-security-policy").is_some_and(|c| c.contains("default-src 'self'"))
+    );
+    assert_eq!(http(m.http, "GET", "/nope.js", &[], "").0, 404);
+}
+
+#[test]
+fn dev_token_endpoint_issues_room_tokens_and_checks_input() {
+    let m = Maxd::start(r#"["sfu"]"#);
+    let json = [("Content-Type", "application/json")];
+    let post = |body: &str| http(m.http, "POST", "/dev/token", &json, body);
+    let (status, head, body) = post(r#"{"room":"demo","name":"Алиса"}"#);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(header(&head, "cache-control"), Some("no-store"));
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let keys = common::Keys::resolve(None, &m.dir.path().join("data"), true).unwrap();
+    let claims = keys
+        .verify_room(v["token"].as_str().unwrap(), "demo")
+        .expect("a token for the room");
+    assert_eq!(claims.name.as_deref(), Some("Алиса"));
+    assert_eq!(claims.sub, v["identity"].as_str().unwrap());
+    assert!(
+        claims.grants.publish
+            && claims.grants.subscribe
+            && !claims.grants.files
+            && !claims.grants.chat
+    );
+    let (_, _, again) = post(r#"{"room":"demo","name":"Алиса"}"#);
+    let again: Value = serde_json::from_str(&again).unwrap();
+    assert_ne!(
+        again["identity"], v["identity"],
+        "every token gets its own identity"
+    );
+
+    for (bad, why) in [
+        (r#"{"room":"","name":"a"}"#, "room is empty"),
+        (r#"{"room":"a b","name":"a"}"#, "room may contain only"),
+        (
+            &format!(r#"{{"room":"{}","name":"a"}}"#, "r".repeat(65)),
+            "room is longer",
+        ),
+        (r#"{"room":"r","name":"  "}"#, "name is empty"),
+        (
+            &format!(r#"{{"room":"r","name":"{}"}}"#, "n".repeat(65)),
+            "name is longer",
+        ),
+        (r#"{"room":"r","name":"a\u0007"}"#, "control characters"),
+        (r#"{"room":"r"}"#, "expected JSON"),
+        (r#"{"room":"r","name":"a","admin":true}"#, "expected JSON"),
+        ("not json", "expected JSON"),
+    ] {
+        let (status, _, body) = post(bad);
+        assert_eq!(status, 400, "{bad}: {body}");
+        let e: Value = serde_json::from_str(&body).expect("a JSON error");
+        assert!(
+            e["error"].as_str().is_some_and(|s| s.contains(why)),
+            "{bad}: {body}"
+        );
+    }
+    // Names never reach the server log.
+    assert!(!m.log().contains("Алиса"));
+}
+
+#[test]
+fn dev_token_endpoint_does_not_exist_outside_dev_mode() {
+    let secret = "0123456789abcdef0123456789abcdef-test";
+    let m = Maxd::start_with(
+        r#"["sfu"]"#,
+        &[("MAXD_DEV", "false"), ("MAXD_AUTH__SECRET", secret)],
+    );
+    let (status, _, _) = http(
+        m.http,
+        "POST",
+        "/dev/token",
+        &[("Content-Type", "application/json")],
+        r#"{"room":"demo","name":"a"}"#,
+    );
+    assert_eq!(status, 404);
+    assert_eq!(
+        http(m.http, "GET", "/", &[], "").0,
+        200,
+        "the page itself is still served"
+    );
+}
