@@ -189,7 +189,7 @@ function renderControls() {
   const sharing = call && call.local.has('screen_share');
   scr.textContent = sharing ? 'Stop sharing' : 'Share screen';
   scr.setAttribute('aria-pressed', String(!!sharing));
-  scr.disabled = !call || !navigator.mediaDevices.getDisplayMedia;
+  scr.disabled = !call || !navigator.mediaDevices || !navigator.mediaDevices.getDisplayMedia;
 }
 
 // ---- the grid ----------------------------------------------------------------------
