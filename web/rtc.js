@@ -273,8 +273,10 @@ export class Call extends EventTarget {
       case 'error':
         return this.onError(msg);
       case 'left':
+        // After our own `leave` this is the expected answer; otherwise the server ended
+        // the session (duplicate identity, room full, media failure).
+        if (!this.leaving) this.emit('error', { code: 'left', message: `the server ended the session: ${msg.reason}` });
         this.leaving = true;
-        this.emit('error', { code: 'left', message: `the server ended the session: ${msg.reason}` });
         return this.teardown('left');
       default:
         return;

@@ -237,6 +237,24 @@ async function scenarioCall() {
   await audioGrows(carol, bob, 8_000);
   out('resume_and_ice_restart', { participant: carol.id });
 
+  // A session the server no longer has (as after the resume window): the resume is
+  // refused and Carol joins again from scratch, as a new participant with media.
+  await carol.page.evaluate(() => {
+    window.maxd.call.sessionId = 'gone';
+    window.maxd.dropSignalling();
+  });
+  await until('Carol joined again', 10_000, () => carol.page.evaluate(() => window.maxd.call.state === 'joined' && window.maxd.call.counters.rejoins === 1));
+  const carolOld = carol.id;
+  carol.id = await carol.page.evaluate(() => window.maxd.call.me.id);
+  check(carol.id !== carolOld, 'a new participant after the re-join');
+  await Promise.all([alice, bob].map((b) => waitMediaFrom(b, [carol], 10_000)));
+  await waitMediaFrom(carol, [alice, bob], 10_000);
+  await until("Bob's grid with the new Carol only", 5_000, () => bob.page.evaluate((id) => {
+    const tiles = [...document.querySelectorAll('#grid .tile')];
+    return tiles.length === 3 && tiles.some((t) => t.dataset.participant === id);
+  }, carol.id));
+  out('rejoin_after_lost_session', { participant: carol.id });
+
   // Alice, who joined first, leaves: the others' grids drop her tile, and they go on
   // hearing each other.
   await alice.page.click('#leave');
@@ -245,6 +263,7 @@ async function scenarioCall() {
     return n.length === 2 && !n.includes('Alice');
   })));
   check(await alice.page.isVisible('#join'), 'Alice is back in the lobby');
+  check((await alice.page.textContent('#lobby-error')) === '', 'no error shown after leaving');
   await audioGrows(bob, carol, 5_000);
   await audioGrows(carol, bob, 5_000);
   out('leave_updates_grids');
