@@ -20,10 +20,9 @@ use crate::tree::{self, CV_LEN, GROUP_SIZE};
 const PIECE_GROUPS: u64 = 512;
 /// Bytes read, verified and written per step (512 KiB).
 const BATCH: usize = 32 * GROUP_SIZE as usize;
-/// Buffers of uploaded batches (held by QUIC until acknowledged).
-static SEND_POOL: Pool = Pool::new(BATCH, (4 << 20) / BATCH);
-/// Buffers of downloaded batches (two per stream).
-static RECV_POOL: Pool = Pool::new(BATCH, (4 << 20) / BATCH);
+/// Batch buffers of uploads (held by QUIC until acknowledged) and downloads (two per
+/// stream).
+static POOL: Pool = Pool::new(BATCH, (8 << 20) / BATCH);
 
 /// Why a client operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -413,7 +412,7 @@ fn pieces(ranges: &[(u64, u64)]) -> VecDeque<(u64, u64)> {
 fn read_batch(file: &Arc<DualFile>, pos: u64, n: usize) -> tokio::task::JoinHandle<std::io::Result<Pooled>> {
     let file = file.clone();
     tokio::task::spawn_blocking(move || {
-        let mut buf = SEND_POOL.take();
+        let mut buf = POOL.take();
         buf.set_len(n);
         if file.read_at(&mut buf, pos)? != n {
             return Err(std::io::Error::other("the file got shorter while being uploaded"));
@@ -487,13 +486,13 @@ async fn get_piece(
         Ok((b, r)) => (Some(b), r),
         Err(e) => (None, Err(ClientError::Protocol(e.to_string()))),
     };
-    let mut spare = Some(RECV_POOL.take());
+    let mut spare = Some(POOL.take());
     let mut pending: Option<Job> = None;
     let mut pos = start;
     let mut since_save = 0u64;
     while pos < end {
         let n = (end - pos).min(BATCH as u64) as usize;
-        let mut buf = spare.take().unwrap_or_else(|| RECV_POOL.take());
+        let mut buf = spare.take().unwrap_or_else(|| POOL.take());
         buf.set_len(n);
         recv.read_exact(&mut buf).await?;
         if let Some(job) = pending.take() {

@@ -18,10 +18,9 @@ use crate::tree::{self, GROUP_SIZE};
 
 /// Bytes moved per read/verify/write step: 32 groups (512 KiB).
 pub(crate) const BATCH: usize = 32 * GROUP_SIZE as usize;
-/// Receive buffers of uploads (two per `put` stream).
-static RECV_POOL: Pool = Pool::new(BATCH, (4 << 20) / BATCH);
-/// Send buffers of downloads (held by QUIC until acknowledged).
-static SEND_POOL: Pool = Pool::new(BATCH, (4 << 20) / BATCH);
+/// Batch buffers of uploads (two per `put` stream) and downloads (held by QUIC until
+/// acknowledged), one pool so that idle upload buffers serve downloads.
+static POOL: Pool = Pool::new(BATCH, (8 << 20) / BATCH);
 /// Longest name and type accepted, in bytes.
 const MAX_NAME: usize = 1024;
 
@@ -267,7 +266,7 @@ async fn put(recv: &mut quinn::RecvStream, sh: &Shared, session: &Session, file:
     // Two buffers: while one batch is verified and written on a blocking thread, the
     // next one is read from the stream, so the QUIC driver never waits on hashing or
     // the disk. They are page-aligned pool buffers, so the write bypasses the page cache.
-    let mut spare = Some(RECV_POOL.take());
+    let mut spare = Some(POOL.take());
     let mut spare_cvs = Vec::with_capacity(BATCH / GROUP_SIZE as usize * tree::CV_LEN);
     type Done = (Pooled, Vec<u8>, Result<bool, StoreError>);
     type Job = tokio::task::JoinHandle<Done>;
@@ -283,7 +282,7 @@ async fn put(recv: &mut quinn::RecvStream, sh: &Shared, session: &Session, file:
         }
         while pos < end {
             let n = (end - pos).min(BATCH as u64) as usize;
-            let mut buf = spare.take().unwrap_or_else(|| RECV_POOL.take());
+            let mut buf = spare.take().unwrap_or_else(|| POOL.take());
             buf.set_len(n);
             recv.read_exact(&mut buf).await.map_err(|e| StoreError::BadRequest(format!("data cut short: {e}")))?;
             let mut cvs = std::mem::take(&mut spare_cvs);
@@ -336,7 +335,7 @@ async fn get(send: &mut quinn::SendStream, sh: &Shared, file: &str, offset: u64,
 pub(crate) fn read_batch(entry: &Arc<Entry>, pos: u64, n: usize) -> tokio::task::JoinHandle<Result<Pooled, StoreError>> {
     let entry = entry.clone();
     tokio::task::spawn_blocking(move || {
-        let mut buf = SEND_POOL.take();
+        let mut buf = POOL.take();
         buf.set_len(n);
         let got = entry.read_at(&mut buf, pos)?;
         if got != n {
