@@ -288,6 +288,105 @@ fn browser_and_webrtc_rs_client_exchange_audio_and_video() {
     rt.block_on(peer.close());
 }
 
+/// Drops every packet to and from one local port (UDP and TCP) while it lives: an nftables
+/// table of this process's own, deleted on drop.
+struct Blackhole {
+    table: String,
+}
+
+fn nft(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("nft")
+        .args(args)
+        .output()
+        .map_err(|e| format!("nft: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "nft {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+impl Blackhole {
+    fn new(port: u16) -> Blackhole {
+        let table = format!("maxd_browser_test_{}", std::process::id());
+        let b = Blackhole { table };
+        let t = b.table.as_str();
+        let port = port.to_string();
+        nft(&["add", "table", "inet", t]).unwrap();
+        nft(&[
+            "add",
+            "chain",
+            "inet",
+            t,
+            "in",
+            "{ type filter hook input priority 0 ; }",
+        ])
+        .unwrap();
+        for rule in [
+            ["udp", "dport"],
+            ["udp", "sport"],
+            ["tcp", "dport"],
+            ["tcp", "sport"],
+        ] {
+            nft(&[
+                "add", "rule", "inet", t, "in", rule[0], rule[1], &port, "drop",
+            ])
+            .unwrap();
+        }
+        b
+    }
+}
+
+impl Drop for Blackhole {
+    fn drop(&mut self) {
+        let _ = nft(&["delete", "table", "inet", &self.table]);
+    }
+}
+
+/// A network outage on the media port: both browsers notice (ICE disconnected), and when
+/// the network is back they restart ICE on both connections by themselves and media
+/// flows again. Needs root and `nft` (scripts/test.sh installs nftables); says so and
+/// returns otherwise.
+#[test]
+fn browsers_recover_from_a_media_outage_by_themselves() {
+    if !browser_tools() {
+        return;
+    }
+    if nft(&["list", "tables"]).is_err() {
+        eprintln!("skipping the media outage test: it needs root and nft (nftables)");
+        return;
+    }
+    let _one = BROWSERS.lock().unwrap_or_else(|e| e.into_inner());
+    let m = Maxd::start(r#"["sfu"]"#);
+    let mut d = Driver::start("blip", &m, &[("ROOM", "blip")]);
+    let mut seen = Vec::new();
+    let step = |d: &mut Driver, seen: &mut Vec<Value>, event: &str| {
+        d.wait_event(event, Duration::from_secs(60), seen)
+    };
+    let mut res = step(&mut d, &mut seen, "ready");
+    if res.is_ok() {
+        let hole = Blackhole::new(m.media.port());
+        d.say("blocked");
+        res = step(&mut d, &mut seen, "media_down");
+        drop(hole);
+        d.say("unblocked");
+    }
+    if res.is_ok() {
+        res = step(&mut d, &mut seen, "passed");
+    }
+    let (ok, stderr) = d.finish(Duration::from_secs(30));
+    assert!(
+        res.is_ok() && ok,
+        "outage recovery failed: {res:?}\n--- driver stderr:\n{}\n--- maxd log:\n{}",
+        tail(&stderr, 60),
+        tail(&m.log(), 40)
+    );
+}
+
 // ---- the static files and the dev token endpoint (no browser) -------------------------
 
 /// A plain HTTP/1.1 request: (status, lower-cased head, body).

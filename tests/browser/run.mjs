@@ -5,6 +5,8 @@
 //                        screen share, reconnect, leave, screenshot, join-to-first-frame)
 //   node run.mjs mixed   one browser in a room with a non-browser client named $PEER_NAME;
 //                        prints {"event":"ready"} and stays until a line "done" on stdin
+//   node run.mjs blip    two browsers; the caller cuts the media port off ("blocked" on
+//                        stdin) and restores it ("unblocked"): both recover by themselves
 //
 // Environment: MAXD_URL (http://127.0.0.1:PORT), ARTIFACT_DIR (screenshots), WORK_DIR
 // (browser profiles and TMPDIR), ROOM, PEER_NAME, SAMPLES, CHROMIUM (/usr/bin/chromium).
@@ -299,15 +301,64 @@ async function scenarioMixed() {
   });
   out('browser_receives', { from: peer });
   out('ready', { participant: b.id });
-  const rl = createInterface({ input: process.stdin });
-  for await (const line of rl) if (line.trim() === 'done') break;
+  await expectLine('done');
   await b.page.click('#leave');
+}
+
+/** Reads lines from stdin, one at a time, for scenarios the Rust side steers. */
+const stdinLines = createInterface({ input: process.stdin })[Symbol.asyncIterator]();
+async function expectLine(want) {
+  const { value, done } = await stdinLines.next();
+  check(!done && value.trim() === want, `expected "${want}" on stdin, got ${done ? 'EOF' : JSON.stringify(value)}`);
+}
+
+const iceOf = (b) => b.page.evaluate(() => ({
+  publisher: window.maxd.call.pub && window.maxd.call.pub.iceConnectionState,
+  subscriber: window.maxd.call.sub && window.maxd.call.sub.iceConnectionState,
+  restarts: window.maxd.call.counters.iceRestarts,
+}));
+
+async function scenarioBlip() {
+  const [a, b] = await Promise.all(['Ann', 'Ben'].map(launch));
+  await join(a);
+  await join(b);
+  await Promise.all([waitMediaFrom(a, [b], 10_000), waitMediaFrom(b, [a], 10_000)]);
+  out('ready');
+  // The Rust side drops every packet to and from the media port (UDP and ICE-TCP).
+  await expectLine('blocked');
+  for (const x of [a, b]) {
+    // ICE goes `disconnected`, and once that has lasted the client restarts ICE on both
+    // connections (which cannot complete yet).
+    await until(`${x.name}'s connections noticing the outage and restarting ICE`, 20_000, async () => {
+      const s = await iceOf(x);
+      const bad = (st) => st === 'disconnected' || st === 'failed' || st === 'checking';
+      return bad(s.publisher) && bad(s.subscriber) && s.restarts.publisher >= 1 && s.restarts.subscriber >= 1 && s;
+    }, 250);
+  }
+  out('media_down');
+  await expectLine('unblocked');
+  // Both recover by themselves over the restarted ICE; media flows again.
+  for (const x of [a, b]) {
+    const s = await until(`${x.name} reconnecting`, 20_000, async () => {
+      const s = await iceOf(x);
+      const ok = (st) => st === 'connected' || st === 'completed';
+      return ok(s.publisher) && ok(s.subscriber) && s;
+    }, 250);
+    out('reconnected', { who: x.name, ice_restarts: s.restarts });
+  }
+  await audioGrows(a, b, 10_000);
+  await audioGrows(b, a, 10_000);
+  const frames = async (x, from) => received(x, from.id, 'video', 'framesDecoded');
+  const base = await frames(a, b);
+  await until('Ann decoding Ben again', 10_000, async () => (await frames(a, b)) > base + 10);
+  check(a.id === (await a.page.evaluate(() => window.maxd.call.me.id)), 'same session, no re-join');
 }
 
 async function main() {
   const which = process.argv[2];
   if (which === 'call') await scenarioCall();
   else if (which === 'mixed') await scenarioMixed();
+  else if (which === 'blip') await scenarioBlip();
   else throw new Failure(`unknown scenario ${which}`);
 }
 
