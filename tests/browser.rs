@@ -233,6 +233,30 @@ fn three_browsers_call_through_the_web_client() {
 }
 
 #[test]
+fn browser_pages_publish_with_whip_and_play_with_whep() {
+    if !browser_tools() {
+        return;
+    }
+    let _one = BROWSERS.lock().unwrap_or_else(|e| e.into_inner());
+    let m = Maxd::start(r#"["sfu"]"#);
+    let (whip, whep) = (m.room_token("stage", "encoder"), m.room_token("stage", "viewer"));
+    let mut d = Driver::start("whip", &m, &[("ROOM", "stage"), ("WHIP_TOKEN", &whip), ("WHEP_TOKEN", &whep)]);
+    let mut seen = Vec::new();
+    let passed = d.wait_event("passed", Duration::from_secs(90), &mut seen);
+    let (ok, stderr) = d.finish(Duration::from_secs(30));
+    assert!(
+        passed.is_ok() && ok,
+        "WHIP/WHEP pages failed: {passed:?}\n--- driver stderr:\n{}\n--- maxd log:\n{}",
+        tail(&stderr, 80),
+        tail(&m.log(), 40)
+    );
+    let decoded = seen.iter().find(|v| v["event"] == "whep_decodes").cloned().unwrap_or(Value::Null);
+    assert_eq!((decoded["frameWidth"].as_u64(), decoded["frameHeight"].as_u64()), (Some(320), Some(180)), "{decoded}");
+    let created = seen.iter().find(|v| v["event"] == "whip_created").cloned().unwrap_or(Value::Null);
+    assert!(created["location"].as_str().is_some_and(|l| l.starts_with("/whip/stage/sessions/")), "{created}");
+}
+
+#[test]
 fn browser_and_webrtc_rs_client_exchange_audio_and_video() {
     if !browser_tools() {
         return;

@@ -3,6 +3,8 @@
 //
 //   node run.mjs call    three browsers in one room (media, grid, simulcast, mute,
 //                        screen share, reconnect, leave, screenshot, join-to-first-frame)
+//   node run.mjs whip    a page publishes with WHIP, another plays with WHEP ($WHIP_TOKEN,
+//                        $WHEP_TOKEN), standard RTCPeerConnection code only
 //   node run.mjs mixed   one browser in a room with a non-browser client named $PEER_NAME;
 //                        prints {"event":"ready"} and stays until a line "done" on stdin
 //   node run.mjs blip    two browsers; the caller cuts the media port off ("blocked" on
@@ -354,11 +356,74 @@ async function scenarioBlip() {
   check(a.id === (await a.page.evaluate(() => window.maxd.call.me.id)), 'same session, no re-join');
 }
 
+/**
+ * WHIP from one page and WHEP in another, with nothing but `RTCPeerConnection` and
+ * `fetch` (no maxd code): the player decodes the publisher's video at the published
+ * size. The player's page comes from another origin (localhost vs 127.0.0.1), so its
+ * requests go through CORS preflight as a browser-based WHEP tool's would.
+ */
+async function scenarioWhip() {
+  const [pub, view] = await Promise.all(['whip', 'whep'].map(launch));
+  await pub.page.goto(`${URL_BASE}/healthz`);
+  await view.page.goto(`${URL_BASE.replace('127.0.0.1', 'localhost')}/healthz`);
+  const [w, h] = VIDEO.split('x').map(Number);
+  // POSTs the local offer to `url`; applies the answer; keeps the session for DELETE.
+  const exchange = async ({ base, path, token }) => {
+    const pc = window.pc;
+    await pc.setLocalDescription(await pc.createOffer());
+    const r = await fetch(`${base}${path}`, {
+      method: 'POST',
+      headers: { Authorization: `Bearer ${token}`, 'Content-Type': 'application/sdp' },
+      body: pc.localDescription.sdp,
+    });
+    const body = await r.text();
+    if (r.status !== 201) throw new Error(`POST ${path}: ${r.status} ${body}`);
+    await pc.setRemoteDescription({ type: 'answer', sdp: body });
+    window.session = { location: new URL(r.headers.get('Location'), base).href, token };
+    return { status: r.status, location: r.headers.get('Location'), etag: r.headers.get('ETag') };
+  };
+  const created = await pub.page.evaluate(async ({ w, h, args, exchange }) => {
+    const stream = await navigator.mediaDevices.getUserMedia({ audio: true, video: { width: { exact: w }, height: { exact: h } } });
+    window.pc = new RTCPeerConnection();
+    for (const t of stream.getTracks()) window.pc.addTransceiver(t, { direction: 'sendonly' });
+    return (0, eval)(`(${exchange})`)(args);
+  }, { w, h, args: { base: URL_BASE, path: `/whip/${ROOM}`, token: process.env.WHIP_TOKEN }, exchange: exchange.toString() });
+  out('whip_created', created);
+  const played = await view.page.evaluate(async ({ args, exchange }) => {
+    window.pc = new RTCPeerConnection();
+    window.pc.addTransceiver('audio', { direction: 'recvonly' });
+    window.pc.addTransceiver('video', { direction: 'recvonly' });
+    return (0, eval)(`(${exchange})`)(args);
+  }, { args: { base: URL_BASE, path: `/whep/${ROOM}`, token: process.env.WHEP_TOKEN }, exchange: exchange.toString() });
+  out('whep_created', played);
+  const got = await until(`the WHEP page decoding ${w}x${h} video and receiving audio`, 15_000, () => view.page.evaluate(async ({ w, h }) => {
+    const stats = await window.pc.getStats();
+    let v;
+    let a;
+    stats.forEach((s) => {
+      if (s.type !== 'inbound-rtp') return;
+      if (s.kind === 'video') v = s;
+      else a = s;
+    });
+    return v && a && v.framesDecoded > 10 && v.frameWidth === w && v.frameHeight === h && a.bytesReceived > 1000 &&
+      { framesDecoded: v.framesDecoded, frameWidth: v.frameWidth, frameHeight: v.frameHeight, audioBytes: a.bytesReceived };
+  }, { w, h }));
+  out('whep_decodes', got);
+  for (const b of [view, pub]) {
+    const status = await b.page.evaluate(async () => (await fetch(window.session.location, {
+      method: 'DELETE', headers: { Authorization: `Bearer ${window.session.token}` },
+    })).status);
+    check(status === 200, `${b.name} DELETE answered ${status}`);
+  }
+  out('deleted');
+}
+
 async function main() {
   const which = process.argv[2];
   if (which === 'call') await scenarioCall();
   else if (which === 'mixed') await scenarioMixed();
   else if (which === 'blip') await scenarioBlip();
+  else if (which === 'whip') await scenarioWhip();
   else throw new Failure(`unknown scenario ${which}`);
 }
 
