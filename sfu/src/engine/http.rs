@@ -185,7 +185,7 @@ impl Engine {
                 return Err(HttpError::new(400, format!("offer refused: {e}")));
             }
             Err(_) => {
-                self.peers[peer].failed = true;
+                self.fail_peer(peer, "accepting a WHIP/WHEP offer", true);
                 self.remove_participant(now, pk, "offer refused", false, io);
                 return Err(HttpError::new(400, "the offer could not be handled"));
             }

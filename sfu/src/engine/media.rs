@@ -71,10 +71,7 @@ impl Engine {
                     _ => {}
                 }
             }
-            Event::Closed => {
-                self.peers[pk].failed = true;
-                self.any_failed = true;
-            }
+            Event::Closed => self.fail_peer(pk, "closed by the remote (DTLS close or SCTP lost)", false),
             _ => {}
         }
     }
@@ -269,11 +266,7 @@ impl Engine {
                     self.drain(peer_key, io);
                 }
                 Ok(false) => {}
-                Err(_) => {
-                    self.counters.peer_panics += 1;
-                    peer.failed = true;
-                    self.any_failed = true;
-                }
+                Err(_) => self.fail_peer(peer_key, "writing RTP", true),
             }
         }
         self.scratch_subs = subs;

@@ -390,6 +390,21 @@ impl Engine {
         }
     }
 
+    /// Marks a peer failed, saying why under its participant's span; its participant
+    /// is removed at the end of the current turn. `panicked`: str0m panicked.
+    pub(super) fn fail_peer(&mut self, pk: PeerKey, why: &str, panicked: bool) {
+        let Some(peer) = self.peers.get_mut(pk) else { return };
+        peer.failed = true;
+        self.any_failed = true;
+        let _s = self.participants.get(peer.part).map(|p| p.span.enter());
+        if panicked {
+            self.counters.peer_panics += 1;
+            tracing::error!(peer = pk, pc = ?peer.kind, "WebRTC stack panicked {why}; closing this peer");
+        } else {
+            tracing::info!(peer = pk, pc = ?peer.kind, "peer connection ended: {why}");
+        }
+    }
+
     fn new_peer(&mut self, now: Instant, part: PartKey, kind: crate::proto::PcKind) -> PeerKey {
         let mut b = str0m::Rtc::builder()
             .set_ice_lite(true)

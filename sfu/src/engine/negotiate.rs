@@ -77,8 +77,7 @@ impl Engine {
                 return self.error(pk, ErrorCode::BadSdp, format!("offer refused: {e}"));
             }
             Err(_) => {
-                self.peers[peer].failed = true;
-                self.any_failed = true;
+                self.fail_peer(peer, "accepting an offer", true);
                 return self.error(pk, ErrorCode::BadSdp, "offer could not be handled");
             }
         };
@@ -110,8 +109,7 @@ impl Engine {
                 self.participants[pk].offer_again = true;
             }
             Err(_) => {
-                self.peers[peer].failed = true;
-                self.any_failed = true;
+                self.fail_peer(peer, "accepting an answer", true);
                 return self.error(pk, ErrorCode::BadSdp, "answer could not be handled");
             }
         }
@@ -252,8 +250,7 @@ impl Engine {
         let applied = match res {
             Ok(a) => a,
             Err(_) => {
-                self.peers[peer].failed = true;
-                self.any_failed = true;
+                self.fail_peer(peer, "making an offer", true);
                 return;
             }
         };
