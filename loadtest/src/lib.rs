@@ -1,2 +1,118 @@
-//! The load-test simulator: many real WebRTC / WebSocket / QUIC clients against a node or
-//! a cluster, and a report of what they saw. Not built yet.
+//! The load-test simulator: many real WebRTC clients (str0m: ICE, DTLS, SRTP) through
+//! `/rtc`, and a report of what they saw. See `docs/loadtest.md`.
+//!
+//! [`run`] runs a [`Scenario`] and answers a [`Report`]; the `loadtest` binary adds the
+//! command line, the live progress line, the table, the JSON file and the chart.
+
+pub mod chart;
+pub mod http;
+pub mod media;
+pub mod participant;
+pub mod report;
+pub mod runner;
+pub mod scenario;
+pub mod stats;
+pub mod token;
+
+pub use report::Report;
+pub use runner::RunOptions;
+pub use scenario::{Mode, Scenario, Speaking};
+
+use anyhow::Result;
+
+/// Runs `sc` (media mode; `find_capacity` ramps subscribers step by step).
+pub async fn run(sc: &Scenario, opts: &RunOptions) -> Result<Report> {
+    match sc.mode {
+        Mode::Media if sc.find_capacity => find_capacity(sc, opts).await,
+        Mode::Media => runner::run_media(sc, opts).await,
+        Mode::Chat | Mode::Files => anyhow::bail!("mode {:?} is not built yet", sc.mode),
+    }
+}
+
+/// Raises subscribers per room by `capacity_step` until a step loses more than
+/// `capacity_max_loss`, exceeds `capacity_max_p99_ms`, misses a track or a participant
+/// fails. The report is the last passing step's, with every step listed.
+pub async fn find_capacity(sc: &Scenario, opts: &RunOptions) -> Result<Report> {
+    let mut steps = Vec::new();
+    let mut best: Option<Report> = None;
+    let mut last: Option<Report> = None;
+    let step = sc.capacity_step.max(1);
+    let mut subs = if sc.subscribers == 0 {
+        step
+    } else {
+        sc.subscribers
+    };
+    while subs <= sc.capacity_max {
+        let s = Scenario {
+            subscribers: subs,
+            find_capacity: false,
+            room_prefix: String::new(),
+            ..sc.clone()
+        };
+        if opts.progress {
+            eprintln!(
+                "capacity step: {subs} subscribers per room ({} participants)",
+                s.participants()
+            );
+        }
+        let r = runner::run_media(&s, opts).await?;
+        let mut why = Vec::new();
+        if r.loss_ratio > sc.capacity_max_loss {
+            why.push(format!("loss {:.3} %", r.loss_ratio * 100.0));
+        }
+        if r.delay_ms.p99 > sc.capacity_max_p99_ms {
+            why.push(format!("p99 {:.1} ms", r.delay_ms.p99));
+        }
+        if r.tracks_received < r.tracks_expected {
+            why.push(format!(
+                "{} of {} tracks",
+                r.tracks_received, r.tracks_expected
+            ));
+        }
+        if r.participants.failed > 0 {
+            why.push(format!("{} participants failed", r.participants.failed));
+        }
+        let passed = why.is_empty();
+        steps.push(report::CapacityStep {
+            subscribers_per_room: subs,
+            participants: s.participants(),
+            passed,
+            loss_ratio: r.loss_ratio,
+            delay_p99_ms: r.delay_ms.p99,
+            tracks_expected: r.tracks_expected,
+            tracks_received: r.tracks_received,
+            failed_participants: r.participants.failed,
+            server_cpu_percent_avg: r.server.cpu_percent_avg,
+            server_rss_mb_max: r.server.rss_mb_max,
+            why: (!passed).then(|| why.join(", ")),
+        });
+        if opts.progress {
+            eprintln!(
+                "  {}",
+                if passed {
+                    "pass".to_string()
+                } else {
+                    format!("FAIL: {}", why.join(", "))
+                }
+            );
+        }
+        if !passed {
+            last = Some(r);
+            break;
+        }
+        best = Some(r);
+        subs += step;
+    }
+    let capacity = report::Capacity {
+        subscribers_per_room: best.as_ref().map(|r| r.scenario.subscribers),
+        participants: best.as_ref().map(|r| r.scenario.participants()),
+        max_loss_ratio: sc.capacity_max_loss,
+        max_p99_ms: sc.capacity_max_p99_ms,
+        steps,
+    };
+    let mut r = best
+        .or(last)
+        .ok_or_else(|| anyhow::anyhow!("no capacity step ran"))?;
+    r.capacity = Some(capacity);
+    Ok(r)
+}

@@ -1,0 +1,287 @@
+//! The report: JSON (every figure), a table for the terminal.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::scenario::Scenario;
+use crate::stats::Dist;
+
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Participants {
+    pub planned: usize,
+    pub started: usize,
+    /// Reached DTLS on every peer connection it needed.
+    pub connected: usize,
+    pub failed: usize,
+}
+
+/// Milliseconds from a participant's start (before the WebSocket opens) to each step.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct JoinBreakdown {
+    pub ws_open: Dist,
+    pub joined: Dist,
+    pub publisher_ice: Dist,
+    pub publisher_dtls: Dist,
+    pub subscriber_offer: Dist,
+    pub subscriber_ice: Dist,
+    pub subscriber_dtls: Dist,
+    pub first_packet: Dist,
+}
+
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct ServerStats {
+    /// `/metrics` answered.
+    pub reachable: bool,
+    /// Where process CPU comes from: `metrics` (`maxd_process_cpu_seconds_total`, whole
+    /// seconds: per-second figures are coarse) or `/proc` (`--server-pid`, exact).
+    pub cpu_source: String,
+    /// Server CPU over the run, percent of one core.
+    pub cpu_percent_avg: Option<f64>,
+    /// The media worker thread(s) alone (`maxd_sfu_worker_cpu_microseconds_total`).
+    pub media_worker_cpu_percent_avg: Option<f64>,
+    /// Highest one-second CPU figure.
+    pub cpu_percent_max: Option<f64>,
+    /// Resident memory (`maxd_process_resident_memory_bytes`), MiB.
+    pub rss_mb_max: Option<f64>,
+    pub rss_mb_end: Option<f64>,
+    /// Forwarded RTP packets per second over the run (`maxd_sfu_rtp_forwarded_total`).
+    pub rtp_forwarded_per_s: Option<f64>,
+}
+
+/// One second of the run.
+#[derive(Debug, Clone, Serialize)]
+pub struct TimePoint {
+    pub t: f64,
+    pub connected: usize,
+    pub bitrate_out_kbps: f64,
+    pub bitrate_in_kbps: f64,
+    pub packets_in: u64,
+    pub loss_ratio: f64,
+    pub delay_p50_ms: f64,
+    pub delay_p99_ms: f64,
+    pub server_cpu_percent: Option<f64>,
+    pub media_worker_cpu_percent: Option<f64>,
+    pub server_rss_mb: Option<f64>,
+}
+
+/// `--find-capacity`: one line per step.
+#[derive(Debug, Clone, Serialize)]
+pub struct CapacityStep {
+    pub subscribers_per_room: usize,
+    pub participants: usize,
+    pub passed: bool,
+    pub loss_ratio: f64,
+    pub delay_p99_ms: f64,
+    pub tracks_expected: usize,
+    pub tracks_received: usize,
+    pub failed_participants: usize,
+    pub server_cpu_percent_avg: Option<f64>,
+    pub server_rss_mb_max: Option<f64>,
+    pub why: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Capacity {
+    /// Highest subscribers per room that passed (None if the first step failed).
+    pub subscribers_per_room: Option<usize>,
+    /// Participants in all rooms at that step.
+    pub participants: Option<usize>,
+    pub max_loss_ratio: f64,
+    pub max_p99_ms: f64,
+    pub steps: Vec<CapacityStep>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub mode: String,
+    pub scenario: Scenario,
+    pub rooms: Vec<String>,
+    pub duration_s: f64,
+    pub participants: Participants,
+    /// (participant, track) pairs that should have been received...
+    pub tracks_expected: usize,
+    /// ...and those of which media with the simulator's trailer arrived.
+    pub tracks_received: usize,
+    pub packets_sent: u64,
+    /// Distinct media packets received, and expected from the sequence numbers.
+    pub packets_received: u64,
+    pub packets_expected: u64,
+    pub packets_lost: u64,
+    pub duplicates: u64,
+    pub foreign_packets: u64,
+    /// packets_lost / packets_expected (after NACK repair), 0..1.
+    pub loss_ratio: f64,
+    /// One-way delay, publisher's send to subscriber's receipt.
+    pub delay_ms: Dist,
+    /// RFC 3550 interarrival jitter at the end of the run, per received track.
+    pub jitter_ms: Dist,
+    pub join_ms: JoinBreakdown,
+    /// From a track becoming available to the participant (its join, or the track's
+    /// publication) to the track's first packet.
+    pub time_to_first_audio_ms: Dist,
+    pub time_to_first_video_ms: Dist,
+    pub nacks_sent: u64,
+    pub nacks_received: u64,
+    pub plis_sent: u64,
+    pub firs_sent: u64,
+    /// PLI/FIR that reached publishers.
+    pub keyframe_requests_received: u64,
+    /// All UDP the simulator sent / received, averaged over the run.
+    pub bitrate_out_kbps: f64,
+    pub bitrate_in_kbps: f64,
+    pub send_errors: u64,
+    pub errors: u64,
+    pub errors_by_kind: BTreeMap<String, u64>,
+    pub server: ServerStats,
+    /// CPU the simulator itself used, percent of one core.
+    pub simulator_cpu_percent: Option<f64>,
+    pub timeline: Vec<TimePoint>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<Capacity>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chat: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub files: Option<serde_json::Value>,
+}
+
+fn opt(x: Option<f64>, unit: &str) -> String {
+    x.map(|v| format!("{v:.1}{unit}"))
+        .unwrap_or_else(|| "-".into())
+}
+
+fn dist_row(out: &mut String, name: &str, d: &Dist) {
+    if d.count == 0 {
+        let _ = writeln!(out, "  {name:<26} -");
+    } else {
+        let _ = writeln!(
+            out,
+            "  {name:<26} p50 {:>8.1}  p95 {:>8.1}  p99 {:>8.1}  max {:>8.1}  (n={})",
+            d.p50, d.p95, d.p99, d.max, d.count
+        );
+    }
+}
+
+impl Report {
+    /// The final table printed on the terminal.
+    pub fn table(&self) -> String {
+        let mut o = String::new();
+        let sc = &self.scenario;
+        let _ = writeln!(
+            o,
+            "scenario {:?}: {} room(s) x ({} publishers + {} subscribers), {}, {:.1} s",
+            sc.name,
+            sc.rooms,
+            sc.publishers,
+            sc.subscribers,
+            if sc.video {
+                format!(
+                    "audio+video{}",
+                    if sc.simulcast { " (simulcast)" } else { "" }
+                )
+            } else {
+                "audio only".into()
+            },
+            self.duration_s
+        );
+        let p = &self.participants;
+        let _ = writeln!(
+            o,
+            "  participants               {} planned, {} connected, {} failed",
+            p.planned, p.connected, p.failed
+        );
+        let _ = writeln!(
+            o,
+            "  tracks received            {} / {} expected",
+            self.tracks_received, self.tracks_expected
+        );
+        let _ = writeln!(
+            o,
+            "  packets                    {} sent, {} received of {} expected, {} lost ({:.3} %)",
+            self.packets_sent,
+            self.packets_received,
+            self.packets_expected,
+            self.packets_lost,
+            self.loss_ratio * 100.0
+        );
+        let _ = writeln!(o, "  (ms)");
+        dist_row(&mut o, "one-way delay", &self.delay_ms);
+        dist_row(&mut o, "jitter", &self.jitter_ms);
+        dist_row(&mut o, "join: websocket open", &self.join_ms.ws_open);
+        dist_row(&mut o, "join: joined", &self.join_ms.joined);
+        dist_row(&mut o, "join: publisher ICE", &self.join_ms.publisher_ice);
+        dist_row(&mut o, "join: publisher DTLS", &self.join_ms.publisher_dtls);
+        dist_row(
+            &mut o,
+            "join: subscriber offer",
+            &self.join_ms.subscriber_offer,
+        );
+        dist_row(&mut o, "join: subscriber ICE", &self.join_ms.subscriber_ice);
+        dist_row(
+            &mut o,
+            "join: subscriber DTLS",
+            &self.join_ms.subscriber_dtls,
+        );
+        dist_row(&mut o, "join: first packet", &self.join_ms.first_packet);
+        dist_row(&mut o, "time to first audio", &self.time_to_first_audio_ms);
+        dist_row(&mut o, "time to first video", &self.time_to_first_video_ms);
+        let _ = writeln!(
+            o,
+            "  NACK sent/received         {} / {}   PLI sent {}   keyframe requests at publishers {}",
+            self.nacks_sent, self.nacks_received, self.plis_sent, self.keyframe_requests_received
+        );
+        let _ = writeln!(
+            o,
+            "  simulator bitrate          out {:.2} Mbit/s, in {:.2} Mbit/s, CPU {}",
+            self.bitrate_out_kbps / 1000.0,
+            self.bitrate_in_kbps / 1000.0,
+            opt(self.simulator_cpu_percent, " %")
+        );
+        let s = &self.server;
+        let _ = writeln!(
+            o,
+            "  server                     CPU avg {} max {} (media worker {}), RSS max {}, forwarded {} pkt/s",
+            opt(s.cpu_percent_avg, " %"),
+            opt(s.cpu_percent_max, " %"),
+            opt(s.media_worker_cpu_percent_avg, " %"),
+            opt(s.rss_mb_max, " MiB"),
+            opt(s.rtp_forwarded_per_s, "")
+        );
+        let _ = writeln!(o, "  errors                     {}", self.errors);
+        for (k, n) in &self.errors_by_kind {
+            let _ = writeln!(o, "    {n:>6} x {k}");
+        }
+        if let Some(c) = &self.capacity {
+            let _ = writeln!(
+                o,
+                "capacity (loss <= {:.2} %, p99 <= {:.0} ms): {}",
+                c.max_loss_ratio * 100.0,
+                c.max_p99_ms,
+                match (c.subscribers_per_room, c.participants) {
+                    (Some(s), Some(p)) => format!("{s} subscribers per room ({p} participants)"),
+                    _ => "not even the first step passed".into(),
+                }
+            );
+            for st in &c.steps {
+                let _ = writeln!(
+                    o,
+                    "  {:>5} subs/room {:>6} participants  {}  loss {:.3} %  p99 {:.1} ms  tracks {}/{}  server CPU {}{}",
+                    st.subscribers_per_room,
+                    st.participants,
+                    if st.passed { "pass" } else { "FAIL" },
+                    st.loss_ratio * 100.0,
+                    st.delay_p99_ms,
+                    st.tracks_received,
+                    st.tracks_expected,
+                    opt(st.server_cpu_percent_avg, " %"),
+                    st.why
+                        .as_ref()
+                        .map(|w| format!("  ({w})"))
+                        .unwrap_or_default()
+                );
+            }
+        }
+        o
+    }
+}
