@@ -123,3 +123,92 @@ fn short_scenario_every_track_arrives_without_loss() {
     loadtest::chart::write_svg(&svg, "e2e", &r.timeline).unwrap();
     assert!(std::fs::read_to_string(&svg).unwrap().starts_with("<svg"));
 }
+
+#[test]
+fn chat_mode_delivers_every_message() {
+    let m = Maxd::start_with(
+        r#"["signalling"]"#,
+        &[("MAXD_SIGNALLING__CODES_PER_IP_PER_HOUR", "100000")],
+    );
+    let sc = Scenario {
+        mode: loadtest::Mode::Chat,
+        url: m.base_url(),
+        rooms: 2,
+        chat_group_size: 5,
+        chat_senders: 2,
+        chat_rate: 5.0,
+        duration: Duration::from_secs(2),
+        data_dir: Some(m.dir.path().join("data").display().to_string()),
+        ..Scenario::default()
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let r = rt
+        .block_on(loadtest::run(&sc, &RunOptions::default()))
+        .expect("run");
+    let ctx = format!("{}\nmaxd log:\n{}", r.table(), m.log());
+    let c = r.chat.as_ref().expect("chat figures");
+    assert_eq!(c["users"], 10, "{ctx}");
+    assert_eq!(r.participants.connected, 10, "{ctx}");
+    assert!(c["messages_acked"].as_u64().unwrap() >= 10, "{ctx}");
+    assert_eq!(c["messages_acked"], c["messages_sent"], "{ctx}");
+    // Each message reaches the 4 other members of its group.
+    assert_eq!(
+        c["deliveries_expected"].as_u64(),
+        Some(c["messages_acked"].as_u64().unwrap() * 4),
+        "{ctx}"
+    );
+    assert_eq!(c["deliveries"], c["deliveries_expected"], "{ctx}");
+    assert_eq!(r.loss_ratio, 0.0, "{ctx}");
+    assert!(
+        r.delay_ms.p50 > 0.0 && r.delay_ms.p99 >= r.delay_ms.p50,
+        "{ctx}"
+    );
+    assert_eq!(r.errors, 0, "{ctx}");
+}
+
+#[test]
+fn files_mode_moves_every_file_both_ways() {
+    let relay = format!("127.0.0.1:{}", support::free_port());
+    let m = Maxd::start_with(
+        r#"["relay"]"#,
+        &[
+            ("MAXD_AUTH__SECRET", SECRET),
+            ("MAXD_RELAY__LISTEN", relay.as_str()),
+        ],
+    );
+    let sc = Scenario {
+        mode: loadtest::Mode::Files,
+        url: m.base_url(),
+        relay_addr: Some(relay.clone()),
+        data_dir: Some(m.dir.path().join("data").display().to_string()),
+        file_clients: 3,
+        file_size: 3 << 20,
+        token_secret: Some(SECRET.into()),
+        ..Scenario::default()
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let r = rt
+        .block_on(loadtest::run(&sc, &RunOptions::default()))
+        .expect("run");
+    let ctx = format!("{}\nmaxd log:\n{}", r.table(), m.log());
+    let f = r.files.as_ref().expect("file figures");
+    for phase in ["upload", "download"] {
+        assert_eq!(f[phase]["ok"], 3, "{phase}: {ctx}");
+        assert_eq!(
+            f[phase]["bytes"].as_u64(),
+            Some(3 * (3 << 20)),
+            "{phase}: {ctx}"
+        );
+        assert!(
+            f[phase]["mib_per_s"].as_f64().unwrap() > 0.0,
+            "{phase}: {ctx}"
+        );
+    }
+    assert_eq!(r.errors, 0, "{ctx}");
+}

@@ -5,6 +5,8 @@
 //! command line, the live progress line, the table, the JSON file and the chart.
 
 pub mod chart;
+pub mod chat;
+pub mod files;
 pub mod http;
 pub mod media;
 pub mod participant;
@@ -25,7 +27,8 @@ pub async fn run(sc: &Scenario, opts: &RunOptions) -> Result<Report> {
     match sc.mode {
         Mode::Media if sc.find_capacity => find_capacity(sc, opts).await,
         Mode::Media => runner::run_media(sc, opts).await,
-        Mode::Chat | Mode::Files => anyhow::bail!("mode {:?} is not built yet", sc.mode),
+        Mode::Chat => chat::run_chat(sc).await,
+        Mode::Files => files::run_files(sc).await,
     }
 }
 

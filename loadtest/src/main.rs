@@ -58,6 +58,9 @@ struct Cli {
     join_rate: Option<f64>,
     #[arg(long, value_enum)]
     speaking: Option<Speaking>,
+    /// Opus DTX while not talking (one packet per 400 ms).
+    #[arg(long)]
+    dtx: Option<bool>,
     #[arg(long)]
     room_prefix: Option<String>,
     /// Threads driving participants.
@@ -107,6 +110,9 @@ struct Cli {
     clients: Option<usize>,
     #[arg(long)]
     relay: Option<String>,
+    /// Files mode: the relay certificate's SHA-256 fingerprint (printed by maxd).
+    #[arg(long)]
+    relay_pin: Option<String>,
 }
 
 fn scenario(cli: &Cli) -> Result<Scenario> {
@@ -123,7 +129,7 @@ fn scenario(cli: &Cli) -> Result<Scenario> {
     set!(mode <- cli.mode, url <- cli.url, rooms <- cli.rooms, publishers <- cli.publishers,
         subscribers <- cli.subscribers, duration <- cli.duration, simulcast <- cli.simulcast,
         audio_bitrate <- cli.audio_bitrate, video_bitrate <- cli.video_bitrate, fps <- cli.fps,
-        keyframe_interval <- cli.keyframe_interval, join_rate <- cli.join_rate, speaking <- cli.speaking,
+        keyframe_interval <- cli.keyframe_interval, join_rate <- cli.join_rate, speaking <- cli.speaking, dtx <- cli.dtx,
         room_prefix <- cli.room_prefix, threads <- cli.threads, connect_timeout <- cli.connect_timeout,
         capacity_step <- cli.capacity_step, capacity_max <- cli.capacity_max,
         chat_group_size <- cli.group_size, chat_senders <- cli.senders, chat_rate <- cli.rate,
@@ -139,6 +145,9 @@ fn scenario(cli: &Cli) -> Result<Scenario> {
     }
     if cli.server_pid.is_some() {
         sc.server_pid = cli.server_pid;
+    }
+    if cli.relay_pin.is_some() {
+        sc.relay_pin = cli.relay_pin.clone();
     }
     if cli.relay.is_some() {
         sc.relay_addr = cli.relay.clone();

@@ -92,6 +92,8 @@ struct AudioTx {
     pt: Pt,
     seq: u64,
     counter: u32,
+    /// 20 ms frames elapsed (sent or skipped by DTX): the RTP clock.
+    frames: u32,
     pos: usize,
     next: Instant,
     talking: bool,
@@ -363,6 +365,7 @@ impl Participant {
             pt: opus_pt,
             seq: rand::random::<u16>() as u64 / 2 + 1,
             counter: 0,
+            frames: 0,
             pos: self.spec.index * 37 % n_voice,
             next: now,
             talking: true,
@@ -875,6 +878,13 @@ impl Participant {
                         a.talking
                     }
                 };
+                // With DTX a silent sender sends every 20th frame (400 ms).
+                let skip = !a.talking && sc.dtx && a.frames % 20 != 0;
+                a.frames += 1;
+                if skip {
+                    a.next += Duration::from_millis(20);
+                    continue;
+                }
                 let src = if a.talking {
                     &self.sh.opus.voice
                 } else {
@@ -892,7 +902,7 @@ impl Participant {
                     voice_activity: Some(a.talking),
                     ..Default::default()
                 };
-                let ts = (a.counter as u64 * OPUS_FRAME as u64) as u32;
+                let ts = ((a.frames - 1) as u64 * OPUS_FRAME as u64) as u32;
                 if let Some(tx) = pc.rtc.direct_api().stream_tx_by_mid(a.mid, None) {
                     tx.write_rtp(
                         RtpWrite::new(a.pt, a.seq.into(), ts, now, payload)

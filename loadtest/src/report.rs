@@ -167,6 +167,60 @@ impl Report {
     /// The final table printed on the terminal.
     pub fn table(&self) -> String {
         let mut o = String::new();
+        if let Some(f) = &self.files {
+            let _ = writeln!(
+                o,
+                "files: {} clients x {} bytes, {} streams per transfer",
+                f["clients"], f["file_size"], f["streams_per_transfer"]
+            );
+            for ph in ["upload", "download"] {
+                let p = &f[ph];
+                let d =
+                    serde_json::from_value::<Dist>(p["transfer_ms"].clone()).unwrap_or_default();
+                let _ = writeln!(
+                    o,
+                    "  {ph:<9} {}/{} ok, {} MiB/s together over {} s; per transfer p50 {:.0} ms, max {:.0} ms",
+                    p["ok"], p["transfers"], p["mib_per_s"], p["seconds"], d.p50, d.max
+                );
+            }
+            let _ = writeln!(o, "  errors    {}", self.errors);
+            for (k, n) in &self.errors_by_kind {
+                let _ = writeln!(o, "    {n:>6} x {k}");
+            }
+            return o;
+        }
+        if let Some(c) = &self.chat {
+            let g = |k: &str| c[k].clone();
+            let _ = writeln!(
+                o,
+                "chat: {} groups x {} members ({} senders at {}/s each), {} users, setup {} s, run {:.1} s",
+                g("groups"),
+                g("group_size"),
+                g("senders_per_group"),
+                g("rate_per_sender"),
+                g("users"),
+                g("setup_s"),
+                self.duration_s
+            );
+            let _ = writeln!(
+                o,
+                "  messages                   {} sent, {} acked; deliveries {} of {} expected ({} /s)",
+                g("messages_sent"),
+                g("messages_acked"),
+                g("deliveries"),
+                g("deliveries_expected"),
+                g("deliveries_per_s")
+            );
+            let d = |k: &str| serde_json::from_value::<Dist>(c[k].clone()).unwrap_or_default();
+            let _ = writeln!(o, "  (ms)");
+            dist_row(&mut o, "ack (after commit)", &d("ack_ms"));
+            dist_row(&mut o, "fan-out", &d("fanout_ms"));
+            let _ = writeln!(o, "  errors                     {}", self.errors);
+            for (k, n) in &self.errors_by_kind {
+                let _ = writeln!(o, "    {n:>6} x {k}");
+            }
+            return o;
+        }
         let sc = &self.scenario;
         let _ = writeln!(
             o,

@@ -120,6 +120,10 @@ async fn scrape(url: &str, pid: Option<u32>) -> Option<Scrape> {
 /// Runs the scenario once; the report covers the whole run.
 pub async fn run_media(sc: &Scenario, opts: &RunOptions) -> Result<Report> {
     sc.validate()?;
+    anyhow::ensure!(
+        sc.token_secret.is_some() || sc.token_command.is_some(),
+        "no way to get tokens: give --token-secret (the server's auth.secret) or --token-command"
+    );
     let tokens =
         TokenSource::from_options(sc.token_secret.as_deref(), sc.token_command.as_deref())?;
     let prefix = if sc.room_prefix.is_empty() {

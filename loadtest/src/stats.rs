@@ -207,7 +207,7 @@ impl Collector {
 }
 
 /// p50/p95/p99/max/mean of a set of samples (ms).
-#[derive(Debug, Default, Clone, Serialize)]
+#[derive(Debug, Default, Clone, Serialize, serde::Deserialize)]
 pub struct Dist {
     pub count: usize,
     pub p50: f64,
