@@ -384,6 +384,7 @@ pub async fn run_chat(sc: &Scenario) -> Result<Report> {
         errors_by_kind: a.errors.clone(),
         server: ServerStats::default(),
         simulator_cpu_percent: None,
+        simulator_socket_drops: 0,
         timeline,
         capacity: None,
         chat: Some(serde_json::to_value(&figures)?),

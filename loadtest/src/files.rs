@@ -213,6 +213,7 @@ pub async fn run_files(sc: &Scenario) -> Result<Report> {
         errors_by_kind: errors,
         server: ServerStats::default(),
         simulator_cpu_percent: None,
+        simulator_socket_drops: 0,
         timeline: Vec::new(),
         capacity: None,
         chat: None,

@@ -42,6 +42,10 @@ pub struct Shared {
     pub cert: DtlsCert,
     /// Start of the run: speaking turns are counted from it.
     pub epoch: Instant,
+    /// Local UDP ports of every peer connection (kernel drop counts, `/proc/net/udp`).
+    pub ports: parking_lot::Mutex<Vec<u16>>,
+    /// The server's media address, learnt from its datagrams.
+    pub server_media: std::sync::OnceLock<SocketAddr>,
 }
 
 /// Who this participant is.
@@ -251,10 +255,9 @@ impl Participant {
     }
 
     async fn new_pc(&self, rtc: Rtc) -> Result<Pc> {
-        let sock = UdpSocket::bind(SocketAddr::new(self.sh.local_ip, 0))
-            .await
-            .context("bind UDP")?;
+        let sock = bind_udp(SocketAddr::new(self.sh.local_ip, 0)).context("bind UDP")?;
         let local = sock.local_addr()?;
+        self.sh.ports.lock().push(local.port());
         let mut rtc = rtc;
         rtc.add_local_candidate(
             Candidate::host(local, "udp").map_err(|e| anyhow!("candidate: {e}"))?,
@@ -619,6 +622,9 @@ impl Participant {
         };
         let Some(pc) = pc else { return Ok(()) };
         self.delta.bytes_recv += data.len() as u64;
+        if self.sh.server_media.get().is_none() {
+            let _ = self.sh.server_media.set(from);
+        }
         let Ok(r) = Receive::new(Protocol::Udp, from, pc.local, data) else {
             return Ok(());
         };
@@ -1016,6 +1022,17 @@ impl Participant {
         }
         self.sh.collector.finish(std::mem::take(&mut self.fin));
     }
+}
+
+/// A non-blocking UDP socket with a 1 MiB receive buffer, so that a busy event loop
+/// does not lose packets in the kernel (losses are then the server's or the network's).
+fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol as SockProto, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(SockProto::UDP))?;
+    let _ = s.set_recv_buffer_size(1 << 20);
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    UdpSocket::from_std(s.into())
 }
 
 async fn recv(pc: Option<&Pc>, buf: &mut [u8]) -> std::io::Result<(usize, SocketAddr)> {

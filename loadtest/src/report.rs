@@ -46,6 +46,9 @@ pub struct ServerStats {
     /// Resident memory (`maxd_process_resident_memory_bytes`), MiB.
     pub rss_mb_max: Option<f64>,
     pub rss_mb_end: Option<f64>,
+    /// Datagrams the kernel dropped on the server's media socket (receive buffer full)
+    /// during the run; only when the server runs on this machine.
+    pub udp_socket_drops: Option<u64>,
     /// Forwarded RTP packets per second over the run (`maxd_sfu_rtp_forwarded_total`).
     pub rtp_forwarded_per_s: Option<f64>,
 }
@@ -137,6 +140,9 @@ pub struct Report {
     pub server: ServerStats,
     /// CPU the simulator itself used, percent of one core.
     pub simulator_cpu_percent: Option<f64>,
+    /// Datagrams the kernel dropped on the simulator's own sockets (its receive buffers
+    /// were full: the simulator, not the server, lost them).
+    pub simulator_socket_drops: u64,
     pub timeline: Vec<TimePoint>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub capacity: Option<Capacity>,
@@ -287,20 +293,24 @@ impl Report {
         );
         let _ = writeln!(
             o,
-            "  simulator bitrate          out {:.2} Mbit/s, in {:.2} Mbit/s, CPU {}",
+            "  simulator                  out {:.2} Mbit/s, in {:.2} Mbit/s, CPU {}, socket drops {}",
             self.bitrate_out_kbps / 1000.0,
             self.bitrate_in_kbps / 1000.0,
-            opt(self.simulator_cpu_percent, " %")
+            opt(self.simulator_cpu_percent, " %"),
+            self.simulator_socket_drops
         );
         let s = &self.server;
         let _ = writeln!(
             o,
-            "  server                     CPU avg {} max {} (media worker {}), RSS max {}, forwarded {} pkt/s",
+            "  server                     CPU avg {} max {} (media worker {}), RSS max {}, forwarded {} pkt/s, UDP socket drops {}",
             opt(s.cpu_percent_avg, " %"),
             opt(s.cpu_percent_max, " %"),
             opt(s.media_worker_cpu_percent_avg, " %"),
             opt(s.rss_mb_max, " MiB"),
-            opt(s.rtp_forwarded_per_s, "")
+            opt(s.rtp_forwarded_per_s, ""),
+            s.udp_socket_drops
+                .map(|d| d.to_string())
+                .unwrap_or_else(|| "-".into())
         );
         let _ = writeln!(o, "  errors                     {}", self.errors);
         for (k, n) in &self.errors_by_kind {

@@ -71,6 +71,28 @@ pub fn plan(sc: &Scenario, prefix: &str) -> Vec<Spec> {
     v
 }
 
+/// Kernel receive drops (`/proc/net/udp`, `/proc/net/udp6`) per local port.
+pub fn udp_drops() -> std::collections::HashMap<u16, u64> {
+    let mut m = std::collections::HashMap::new();
+    for f in ["/proc/net/udp", "/proc/net/udp6"] {
+        let Ok(t) = std::fs::read_to_string(f) else {
+            continue;
+        };
+        for l in t.lines().skip(1) {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            let port = cols
+                .get(1)
+                .and_then(|a| a.rsplit(':').next())
+                .and_then(|p| u16::from_str_radix(p, 16).ok());
+            let drops = cols.last().and_then(|d| d.parse::<u64>().ok());
+            if let (Some(p), Some(d)) = (port, drops) {
+                *m.entry(p).or_default() += d;
+            }
+        }
+    }
+    m
+}
+
 /// CPU seconds this process used so far (Linux `/proc/self/stat`, 100 ticks per second).
 fn own_cpu_seconds() -> Option<f64> {
     proc_cpu_seconds("self")
@@ -148,6 +170,8 @@ pub async fn run_media(sc: &Scenario, opts: &RunOptions) -> Result<Report> {
         local_ip: local_ip_toward(&sc.url)?,
         cert,
         epoch: Instant::now(),
+        ports: parking_lot::Mutex::new(Vec::new()),
+        server_media: std::sync::OnceLock::new(),
     });
     let (stop_tx, stop_rx) = watch::channel(false);
 
@@ -197,6 +221,7 @@ pub async fn run_media(sc: &Scenario, opts: &RunOptions) -> Result<Report> {
     };
     let start = Instant::now();
     let cpu0 = own_cpu_seconds();
+    let drops0 = udp_drops();
     let first = scrape(&sc.url, sc.server_pid).await;
     let mut last = first.as_ref().map(|s| (s.at, s.cpu, s.worker));
     let mut server = ServerStats {
@@ -325,6 +350,22 @@ pub async fn run_media(sc: &Scenario, opts: &RunOptions) -> Result<Report> {
         pb.finish_and_clear();
     }
     let cpu1 = own_cpu_seconds();
+    // Kernel drops on this machine's sockets during the run: ours, and the server's
+    // media socket when it is local (its port is the source of its datagrams).
+    let drops1 = udp_drops();
+    let delta = |p: u16| {
+        drops1
+            .get(&p)
+            .copied()
+            .unwrap_or(0)
+            .saturating_sub(drops0.get(&p).copied().unwrap_or(0))
+    };
+    let simulator_socket_drops: u64 = shared.ports.lock().iter().map(|&p| delta(p)).sum();
+    if let Some(a) = shared.server_media.get() {
+        if a.ip().is_loopback() || a.ip() == shared.local_ip {
+            server.udp_socket_drops = Some(delta(a.port()));
+        }
+    }
     if let (Some(f), Some(s0)) = (&fin_scrape, &first) {
         if let (Some(c0), Some(c1)) = (s0.cpu, f.cpu) {
             server.cpu_percent_avg = Some(round2(
@@ -408,6 +449,7 @@ pub async fn run_media(sc: &Scenario, opts: &RunOptions) -> Result<Report> {
             errors_by_kind: t.errors.clone(),
             server,
             simulator_cpu_percent: simulator_cpu,
+            simulator_socket_drops,
             timeline,
             capacity: None,
             chat: None,
