@@ -23,6 +23,7 @@ fn short_scenario_every_track_arrives_without_loss() {
         video: true,
         simulcast: true,
         duration: Duration::from_secs(3),
+        warmup: Duration::from_secs(1),
         join_rate: 50.0,
         token_secret: Some(SECRET.into()),
         connect_timeout: Duration::from_secs(20),
@@ -67,6 +68,12 @@ fn short_scenario_every_track_arrives_without_loss() {
         "{ctx}"
     );
     assert!(r.delay_ms.p50 < 200.0, "{ctx}");
+    // The steady window (after a 1 s warm-up) saw packets too, none lost.
+    assert!(
+        r.steady.delay_ms.count > 0 && r.steady.packets_expected > 0,
+        "{ctx}"
+    );
+    assert_eq!(r.steady.loss_ratio, 0.0, "{ctx}");
 
     // Join breakdown: every participant opened, joined and got its first packet, in order.
     let j = &r.join_ms;

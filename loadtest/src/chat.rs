@@ -368,6 +368,7 @@ pub async fn run_chat(sc: &Scenario) -> Result<Report> {
         foreign_packets: 0,
         loss_ratio: round2(loss.max(0.0) * 1e6) / 1e6,
         delay_ms: figures.fanout_ms.clone(),
+        steady: Default::default(),
         jitter_ms: Dist::default(),
         join_ms: Default::default(),
         time_to_first_audio_ms: Dist::default(),

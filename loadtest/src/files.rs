@@ -197,6 +197,7 @@ pub async fn run_files(sc: &Scenario) -> Result<Report> {
         foreign_packets: 0,
         loss_ratio: 0.0,
         delay_ms: Dist::default(),
+        steady: Default::default(),
         jitter_ms: Dist::default(),
         join_ms: Default::default(),
         time_to_first_audio_ms: Dist::default(),

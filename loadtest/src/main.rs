@@ -34,6 +34,9 @@ struct Cli {
     /// How long to run after the last participant joined (e.g. 15s, 2m).
     #[arg(long, value_parser = humantime::parse_duration)]
     duration: Option<Duration>,
+    /// Steady-state figures start this long after the last join (default 5s).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    warmup: Option<Duration>,
     /// Publish a camera track too.
     #[arg(long, conflicts_with = "audio_only")]
     video: bool,
@@ -127,7 +130,7 @@ fn scenario(cli: &Cli) -> Result<Scenario> {
         ($($f:ident <- $c:expr),* $(,)?) => { $( if let Some(v) = $c.clone() { sc.$f = v; } )* };
     }
     set!(mode <- cli.mode, url <- cli.url, rooms <- cli.rooms, publishers <- cli.publishers,
-        subscribers <- cli.subscribers, duration <- cli.duration, simulcast <- cli.simulcast,
+        subscribers <- cli.subscribers, duration <- cli.duration, warmup <- cli.warmup, simulcast <- cli.simulcast,
         audio_bitrate <- cli.audio_bitrate, video_bitrate <- cli.video_bitrate, fps <- cli.fps,
         keyframe_interval <- cli.keyframe_interval, join_rate <- cli.join_rate, speaking <- cli.speaking, dtx <- cli.dtx,
         room_prefix <- cli.room_prefix, threads <- cli.threads, connect_timeout <- cli.connect_timeout,
@@ -170,7 +173,8 @@ fn scenario(cli: &Cli) -> Result<Scenario> {
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,str0m=error".into()),
         )
         .with_writer(std::io::stderr)
         .init();

@@ -53,6 +53,17 @@ pub struct ServerStats {
     pub rtp_forwarded_per_s: Option<f64>,
 }
 
+/// The run after its warm-up (`warmup` after the last join): what a settled call sees,
+/// without the joins' keyframe bursts and bandwidth-estimate ramps.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Steady {
+    /// Seconds from the start of the run; `None` if the run ended before.
+    pub from_s: Option<f64>,
+    pub delay_ms: Dist,
+    pub loss_ratio: f64,
+    pub packets_expected: u64,
+}
+
 /// One second of the run.
 #[derive(Debug, Clone, Serialize)]
 pub struct TimePoint {
@@ -118,6 +129,8 @@ pub struct Report {
     pub loss_ratio: f64,
     /// One-way delay, publisher's send to subscriber's receipt.
     pub delay_ms: Dist,
+    /// The same after the warm-up.
+    pub steady: Steady,
     /// RFC 3550 interarrival jitter at the end of the run, per received track.
     pub jitter_ms: Dist,
     pub join_ms: JoinBreakdown,
@@ -267,6 +280,13 @@ impl Report {
         );
         let _ = writeln!(o, "  (ms)");
         dist_row(&mut o, "one-way delay", &self.delay_ms);
+        if self.steady.delay_ms.count > 0 {
+            let name = format!(
+                "  after warm-up (loss {:.3} %)",
+                self.steady.loss_ratio * 100.0
+            );
+            dist_row(&mut o, &name, &self.steady.delay_ms);
+        }
         dist_row(&mut o, "jitter", &self.jitter_ms);
         dist_row(&mut o, "join: websocket open", &self.join_ms.ws_open);
         dist_row(&mut o, "join: joined", &self.join_ms.joined);

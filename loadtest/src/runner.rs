@@ -243,6 +243,10 @@ pub async fn run_media(sc: &Scenario, opts: &RunOptions) -> Result<Report> {
     let mut pending = specs.into_iter().peekable();
     let mut next_tick = start + Duration::from_secs(1);
     let mut end: Option<Instant> = None;
+    // The steady window: from `warmup` after the last join to the end.
+    let mut steady_from: Option<Instant> = None;
+    let mut steady_delay = crate::stats::new_histogram();
+    let (mut steady_expected, mut steady_received) = (0u64, 0u64);
     let mut last_tick = start;
     loop {
         let now = Instant::now();
@@ -254,6 +258,7 @@ pub async fn run_media(sc: &Scenario, opts: &RunOptions) -> Result<Report> {
         }
         if pending.peek().is_none() && end.is_none() {
             end = Some(Instant::now() + sc.duration);
+            steady_from = Some(Instant::now() + sc.warmup);
         }
         if end.is_some_and(|e| now >= e) {
             break;
@@ -271,6 +276,11 @@ pub async fn run_media(sc: &Scenario, opts: &RunOptions) -> Result<Report> {
             let s = scrape(&sc.url, sc.server_pid).await;
             let (d, h, connected) = collector.take_interval();
             let now = Instant::now();
+            if steady_from.is_some_and(|s| last_tick >= s) {
+                let _ = steady_delay.add(&h);
+                steady_expected += d.expected;
+                steady_received += d.received;
+            }
             let secs = now.duration_since(last_tick).as_secs_f64().max(1e-3);
             last_tick = now;
             let mut cpu_pct = None;
@@ -424,6 +434,17 @@ pub async fn run_media(sc: &Scenario, opts: &RunOptions) -> Result<Report> {
             foreign_packets: s.foreign,
             loss_ratio: round2(loss.max(0.0) * 1e6) / 1e6,
             delay_ms: Dist::of_histogram(&t.delay),
+            steady: crate::report::Steady {
+                from_s: steady_from.map(|s| round2(s.duration_since(start).as_secs_f64())),
+                delay_ms: Dist::of_histogram(&steady_delay),
+                loss_ratio: if steady_expected > 0 {
+                    round2((1.0 - steady_received as f64 / steady_expected as f64).max(0.0) * 1e6)
+                        / 1e6
+                } else {
+                    0.0
+                },
+                packets_expected: steady_expected,
+            },
             jitter_ms: Dist::of(t.jitter_ms.iter().copied()),
             join_ms: crate::report::JoinBreakdown {
                 ws_open: pick(|j| j.ws_open),

@@ -50,6 +50,10 @@ pub struct Scenario {
     /// How long to run after the last participant joined.
     #[serde(with = "humantime_serde")]
     pub duration: Duration,
+    /// Steady-state figures (`steady` in the report, and `--find-capacity`'s verdict)
+    /// start this long after the last join.
+    #[serde(with = "humantime_serde")]
+    pub warmup: Duration,
     /// Publishers send a camera track besides the microphone.
     pub video: bool,
     /// The camera track has three simulcast layers.
@@ -128,6 +132,7 @@ impl Default for Scenario {
             publishers: 2,
             subscribers: 2,
             duration: Duration::from_secs(15),
+            warmup: Duration::from_secs(5),
             video: false,
             simulcast: true,
             audio_bitrate: 32_000,

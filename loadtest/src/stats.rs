@@ -11,6 +11,10 @@ use parking_lot::Mutex;
 use serde::Serialize;
 
 /// Delays are recorded in microseconds, up to a minute.
+pub fn new_histogram() -> Histogram<u64> {
+    histogram()
+}
+
 fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
 }
