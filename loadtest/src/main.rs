@@ -54,6 +54,9 @@ struct Cli {
     video_bitrate: Option<u32>,
     #[arg(long)]
     fps: Option<u32>,
+    /// Pace video at 2.5 x its bitrate like a browser (true/false).
+    #[arg(long)]
+    pacing: Option<bool>,
     #[arg(long, value_parser = humantime::parse_duration)]
     keyframe_interval: Option<Duration>,
     /// Participants joining per second.
@@ -131,7 +134,7 @@ fn scenario(cli: &Cli) -> Result<Scenario> {
     }
     set!(mode <- cli.mode, url <- cli.url, rooms <- cli.rooms, publishers <- cli.publishers,
         subscribers <- cli.subscribers, duration <- cli.duration, warmup <- cli.warmup, simulcast <- cli.simulcast,
-        audio_bitrate <- cli.audio_bitrate, video_bitrate <- cli.video_bitrate, fps <- cli.fps,
+        audio_bitrate <- cli.audio_bitrate, video_bitrate <- cli.video_bitrate, fps <- cli.fps, pacing <- cli.pacing,
         keyframe_interval <- cli.keyframe_interval, join_rate <- cli.join_rate, speaking <- cli.speaking, dtx <- cli.dtx,
         room_prefix <- cli.room_prefix, threads <- cli.threads, connect_timeout <- cli.connect_timeout,
         capacity_step <- cli.capacity_step, capacity_max <- cli.capacity_max,

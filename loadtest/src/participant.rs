@@ -121,6 +121,18 @@ struct VideoTx {
     next: Instant,
     interval: Duration,
     gop: u32,
+    /// Packets made but not yet written (pacing).
+    queue: std::collections::VecDeque<Queued>,
+    next_pace: Instant,
+    /// Pacing rate, bits/s.
+    pace_bps: f64,
+}
+
+struct Queued {
+    layer: usize,
+    payload: Vec<u8>,
+    ts: u32,
+    marker: bool,
 }
 
 /// Reception of one track.
@@ -403,6 +415,14 @@ impl Participant {
                 next: now,
                 interval: Duration::from_secs_f64(1.0 / sc.fps.max(1) as f64),
                 gop,
+                queue: std::collections::VecDeque::new(),
+                next_pace: now,
+                pace_bps: 2.5
+                    * layers
+                        .iter()
+                        .map(|l| l.bitrate as f64)
+                        .sum::<f64>()
+                        .max(100_000.0),
             });
         }
         self.pending = Some(pending);
@@ -520,6 +540,9 @@ impl Participant {
             }
             if let Some(v) = &self.video {
                 wake = wake.min(v.next);
+                if !v.queue.is_empty() {
+                    wake = wake.min(v.next_pace);
+                }
             }
             if !self.connected {
                 wake = wake.min(connect_deadline);
@@ -931,35 +954,52 @@ impl Participant {
             while v.next <= now {
                 let periodic = v.frame % v.gop == 0;
                 let ts = (v.frame as u64 * 90_000 / sc.fps.max(1) as u64) as u32;
-                for l in v.layers.iter_mut() {
+                for (li, l) in v.layers.iter_mut().enumerate() {
                     let key = periodic || std::mem::take(&mut l.force_key);
                     let packets = l.src.next_frame(key);
-                    let mut api = pc.rtc.direct_api();
-                    let Some(tx) = api.stream_tx_by_mid(v.mid, l.rid) else {
-                        continue;
-                    };
                     let last = packets.len() - 1;
-                    let sent = now_us();
-                    for (i, mut p) in packets.into_iter().enumerate() {
-                        Trailer {
-                            sent_us: sent,
-                            counter: l.counter,
-                        }
-                        .write(&mut p);
-                        debug_assert!(p.len() > TRAILER_LEN);
-                        tx.write_rtp(
-                            RtpWrite::new(v.pt, l.seq.into(), ts, now, p)
-                                .marker(i == last)
-                                .nackable(true),
-                        );
-                        l.seq += 1;
-                        l.counter += 1;
-                        self.delta.packets_sent += 1;
+                    for (i, p) in packets.into_iter().enumerate() {
+                        v.queue.push_back(Queued {
+                            layer: li,
+                            payload: p,
+                            ts,
+                            marker: i == last,
+                        });
                     }
-                    wrote = true;
                 }
                 v.frame += 1;
                 v.next += v.interval;
+            }
+            // Paced like a browser (libwebrtc: 2.5 x the target rate), or all at once.
+            if v.queue.is_empty() || !sc.pacing {
+                v.next_pace = now;
+            }
+            while v.next_pace <= now {
+                let Some(q) = v.queue.pop_front() else { break };
+                let l = &mut v.layers[q.layer];
+                let mut p = q.payload;
+                Trailer {
+                    sent_us: now_us(),
+                    counter: l.counter,
+                }
+                .write(&mut p);
+                debug_assert!(p.len() > TRAILER_LEN);
+                let bits = (p.len() as f64 + 40.0) * 8.0;
+                let mut api = pc.rtc.direct_api();
+                if let Some(tx) = api.stream_tx_by_mid(v.mid, l.rid) {
+                    tx.write_rtp(
+                        RtpWrite::new(v.pt, l.seq.into(), q.ts, now, p)
+                            .marker(q.marker)
+                            .nackable(true),
+                    );
+                    self.delta.packets_sent += 1;
+                    wrote = true;
+                }
+                l.seq += 1;
+                l.counter += 1;
+                if sc.pacing {
+                    v.next_pace += Duration::from_secs_f64(bits / v.pace_bps);
+                }
             }
         }
         if wrote {

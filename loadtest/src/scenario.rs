@@ -63,6 +63,9 @@ pub struct Scenario {
     /// Top video layer bitrate, bits/s.
     pub video_bitrate: u32,
     pub fps: u32,
+    /// Pace video packets at 2.5 x the video bitrate, as browsers do (libwebrtc's
+    /// pacer); false writes each frame's packets back to back.
+    pub pacing: bool,
     /// A keyframe this often (besides those asked for by PLI/FIR).
     #[serde(with = "humantime_serde")]
     pub keyframe_interval: Duration,
@@ -138,6 +141,7 @@ impl Default for Scenario {
             audio_bitrate: 32_000,
             video_bitrate: 1_200_000,
             fps: 30,
+            pacing: true,
             keyframe_interval: Duration::from_secs(3),
             join_rate: 20.0,
             speaking: Speaking::All,
