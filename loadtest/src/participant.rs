@@ -72,7 +72,11 @@ type Ws =
 pub async fn run(spec: Spec, sh: Arc<Shared>, stop: tokio::sync::watch::Receiver<bool>) {
     let collector = sh.collector.clone();
     collector.started();
-    let role = if spec.publish { "publisher" } else { "subscriber" };
+    let role = if spec.publish {
+        "publisher"
+    } else {
+        "subscriber"
+    };
     let mut p = Participant::new(spec, sh);
     let r = p.run(stop).await;
     if let Err(e) = r {
