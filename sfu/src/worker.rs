@@ -41,6 +41,8 @@ impl Worker {
         let udp = std::net::UdpSocket::bind(cfg.udp_listen)
             .with_context(|| format!("binding media UDP {} (is another maxd running?)", cfg.udp_listen))?;
         udp.set_nonblocking(true)?;
+        let (rcv, snd) = (grow_buffer(&udp, libc::SO_RCVBUF), grow_buffer(&udp, libc::SO_SNDBUF));
+        tracing::debug!(receive = rcv, send = snd, "media socket buffers (bytes)");
         let udp_addr = udp.local_addr()?;
         let tcp = match cfg.tcp_listen {
             Some(a) => {
@@ -248,6 +250,32 @@ async fn tcp_conn(stream: TcpStream, peer: SocketAddr, events: mpsc::Sender<TcpE
     let _ = events.send(TcpEvent::Closed(peer)).await;
 }
 
+/// Socket buffer size asked for: the 208 KiB default overflows (and drops datagrams)
+/// when the media thread is busy for a few milliseconds under load.
+const SOCKET_BUFFER: libc::c_int = 8 * 1024 * 1024;
+
+/// Grows a socket buffer (`SO_RCVBUF` or `SO_SNDBUF`) to [`SOCKET_BUFFER`]: past the
+/// system limit (`net.core.rmem_max`) when privileged, else up to it. Returns the size
+/// the kernel reports.
+fn grow_buffer(sock: &std::net::UdpSocket, opt: libc::c_int) -> libc::c_int {
+    let fd = sock.as_raw_fd();
+    let force = if opt == libc::SO_RCVBUF { libc::SO_RCVBUFFORCE } else { libc::SO_SNDBUFFORCE };
+    let size = SOCKET_BUFFER;
+    let len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `fd` is an open socket; the option value is a c_int we own.
+    unsafe {
+        let p = (&size as *const libc::c_int).cast();
+        if libc::setsockopt(fd, libc::SOL_SOCKET, force, p, len) != 0 {
+            libc::setsockopt(fd, libc::SOL_SOCKET, opt, p, len);
+        }
+    }
+    let mut got: libc::c_int = 0;
+    let mut got_len = len;
+    // SAFETY: as above; `got` and `got_len` are ours.
+    unsafe { libc::getsockopt(fd, libc::SOL_SOCKET, opt, (&mut got as *mut libc::c_int).cast(), &mut got_len) };
+    got
+}
+
 /// Datagrams queued for the UDP socket and sent with one `sendmmsg` per flush: the
 /// copies of one forwarded packet cost one system call instead of one each, and the
 /// media thread gives up the CPU at most once for them (on loopback and busy hosts,
@@ -396,6 +424,23 @@ mod tests {
 
     /// Queued datagrams reach their destinations intact and in order, across flushes
     /// and with an IPv6 socket too.
+    #[test]
+    fn media_socket_buffers_grow_past_the_default() {
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        // SAFETY: getuid has no preconditions.
+        let root = unsafe { libc::getuid() } == 0;
+        // The kernel reports twice what it keeps; the default is 212,992. Privileged, the
+        // buffers get the full 8 MiB; otherwise up to the system limit.
+        for opt in [libc::SO_RCVBUF, libc::SO_SNDBUF] {
+            let got = grow_buffer(&sock, opt);
+            if root {
+                assert_eq!(got, 2 * SOCKET_BUFFER, "option {opt}");
+            } else {
+                assert!(got >= 212_992, "option {opt}: {got}");
+            }
+        }
+    }
+
     #[test]
     fn sendmmsg_batches_arrive() {
         for (bind, peer) in [("127.0.0.1:0", "127.0.0.1:0"), ("[::1]:0", "[::1]:0")] {
