@@ -129,6 +129,27 @@ fn simulcast_switches_only_at_keyframes_and_stays_continuous() {
     assert!(w.clients[p].msgs.iter().any(|m| matches!(m, ServerMsg::SubscribedQuality { qualities, .. } if qualities == &vec![Quality::Low])));
 }
 
+/// The publisher's video track is `mime` and every subscriber received it intact, more
+/// than 60 frames, starting on a keyframe (forwarding waits for one).
+fn assert_video_forwarded_from_a_keyframe(w: &World, publisher: usize, subscribers: &[usize], mime: &str) {
+    let video = w.clients[publisher]
+        .msgs
+        .iter()
+        .find_map(|m| match m {
+            ServerMsg::TrackPublished { track } if track.kind == sfu::proto::TrackKind::Video => Some(track.clone()),
+            _ => None,
+        })
+        .expect("video track published");
+    assert_eq!(video.codec, mime);
+    for &s in subscribers {
+        let r = w.clients[s].received.get(&video.id).unwrap_or_else(|| panic!("{mime} received by {s}"));
+        assert_eq!(r.bad, 0, "{mime} payloads intact");
+        assert!(r.packets.len() > 60, "{mime} frames flowed: {}", r.packets.len());
+        let first = r.packets.iter().min_by_key(|p| p.0).unwrap();
+        assert!(first.4, "the first forwarded {mime} frame is a keyframe");
+    }
+}
+
 #[test]
 fn h264_is_forwarded_and_its_keyframes_recognised() {
     let mut w = World::new(5, Link { latency: Duration::from_millis(10), jitter: Duration::from_millis(10), loss: 0.02 });
@@ -137,23 +158,8 @@ fn h264_is_forwarded_and_its_keyframes_recognised() {
     let s1 = w.join("s1");
     let s2 = w.join("s2");
     w.run(5_000, false, |_, _| {});
-    let video = w.clients[p]
-        .msgs
-        .iter()
-        .find_map(|m| match m {
-            ServerMsg::TrackPublished { track } if track.kind == sfu::proto::TrackKind::Video => Some(track.clone()),
-            _ => None,
-        })
-        .expect("video track published");
-    assert_eq!(video.codec, "video/H264");
-    for s in [s1, s2] {
-        let r = w.clients[s].received.get(&video.id).expect("H.264 received");
-        assert_eq!(r.bad, 0, "payloads intact");
-        assert!(r.packets.len() > 60, "frames flowed: {}", r.packets.len());
-        // Forwarding starts on an IDR frame: the first frame a subscriber gets is a key.
-        let first = r.packets.iter().min_by_key(|p| p.0).unwrap();
-        assert!(first.4, "the first forwarded H.264 frame is an IDR");
-    }
+    // H.264 keyframes are IDR slices (or SPS/PPS ahead of them).
+    assert_video_forwarded_from_a_keyframe(&w, p, &[s1, s2], "video/H264");
 }
 
 #[test]
@@ -164,20 +170,7 @@ fn vp9_and_av1_are_forwarded_starting_on_keyframes() {
         w.publish_codec(p, false, codec);
         let s = w.join("sub");
         w.run(5_000, false, |_, _| {});
-        let video = w.clients[p]
-            .msgs
-            .iter()
-            .find_map(|m| match m {
-                ServerMsg::TrackPublished { track } if track.kind == sfu::proto::TrackKind::Video => Some(track.clone()),
-                _ => None,
-            })
-            .expect("video track published");
-        assert_eq!(video.codec, mime);
-        let r = w.clients[s].received.get(&video.id).unwrap_or_else(|| panic!("{mime} received"));
-        assert_eq!(r.bad, 0, "{mime} payloads intact");
-        assert!(r.packets.len() > 60, "{mime} frames flowed: {}", r.packets.len());
-        let first = r.packets.iter().min_by_key(|p| p.0).unwrap();
-        assert!(first.4, "the first forwarded {mime} frame is a keyframe");
+        assert_video_forwarded_from_a_keyframe(&w, p, &[s], mime);
     }
 }
 
