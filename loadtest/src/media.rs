@@ -300,33 +300,14 @@ impl Vp8Source {
     }
 }
 
-/// Whether a VP8 payload starts a keyframe (the SFU's rule, RFC 7741).
-pub fn vp8_is_keyframe(p: &[u8]) -> bool {
-    let Some(&b0) = p.first() else { return false };
-    if b0 & 0x10 == 0 || b0 & 0x07 != 0 {
-        return false;
-    }
-    let mut i = 1;
-    if b0 & 0x80 != 0 {
-        let Some(&x) = p.get(i) else { return false };
-        i += 1;
-        if x & 0x80 != 0 {
-            let Some(&pic) = p.get(i) else { return false };
-            i += if pic & 0x80 != 0 { 2 } else { 1 };
-        }
-        if x & 0x40 != 0 {
-            i += 1;
-        }
-        if x & 0x30 != 0 {
-            i += 1;
-        }
-    }
-    matches!(p.get(i), Some(&tag) if tag & 0x01 == 0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The SFU's own keyframe rule: what it must recognise in the simulator's frames.
+    fn vp8_is_keyframe(p: &[u8]) -> bool {
+        sfu::forward::is_keyframe(sfu::forward::Codec::Vp8, p)
+    }
 
     #[test]
     fn opus_packets_with_trailer_still_decode() {
