@@ -20,7 +20,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::http;
 use crate::media::now_us;
-use crate::report::{Participants, Report, ServerStats, TimePoint};
+use crate::report::{Participants, Report, TimePoint};
 use crate::scenario::Scenario;
 use crate::stats::{Dist, round2};
 
@@ -358,37 +358,16 @@ pub async fn run_chat(sc: &Scenario) -> Result<Report> {
             connected: a.connected,
             failed: users.len() - a.connected.min(users.len()),
         },
-        tracks_expected: 0,
-        tracks_received: 0,
         packets_sent: a.sent,
         packets_received: a.deliveries,
         packets_expected: a.expected,
         packets_lost: a.expected.saturating_sub(a.deliveries),
-        duplicates: 0,
-        foreign_packets: 0,
         loss_ratio: round2(loss.max(0.0) * 1e6) / 1e6,
         delay_ms: figures.fanout_ms.clone(),
-        steady: Default::default(),
-        jitter_ms: Dist::default(),
-        join_ms: Default::default(),
-        time_to_first_audio_ms: Dist::default(),
-        time_to_first_video_ms: Dist::default(),
-        nacks_sent: 0,
-        nacks_received: 0,
-        plis_sent: 0,
-        firs_sent: 0,
-        keyframe_requests_received: 0,
-        bitrate_out_kbps: 0.0,
-        bitrate_in_kbps: 0.0,
-        send_errors: 0,
         errors: a.errors.values().sum(),
         errors_by_kind: a.errors.clone(),
-        server: ServerStats::default(),
-        simulator_cpu_percent: None,
-        simulator_socket_drops: 0,
         timeline,
-        capacity: None,
         chat: Some(serde_json::to_value(&figures)?),
-        files: None,
+        ..Default::default()
     })
 }

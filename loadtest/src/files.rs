@@ -12,7 +12,7 @@ use relay::client::{Client, Options, Progress};
 use relay::tls::Trust;
 use serde::Serialize;
 
-use crate::report::{Participants, Report, ServerStats};
+use crate::report::{Participants, Report};
 use crate::scenario::Scenario;
 use crate::stats::{Dist, round2};
 use crate::token::TokenSource;
@@ -179,7 +179,6 @@ pub async fn run_files(sc: &Scenario) -> Result<Report> {
     Ok(Report {
         mode: "files".into(),
         scenario: sc.clone(),
-        rooms: Vec::new(),
         duration_s: round2(start.elapsed().as_secs_f64()),
         participants: Participants {
             planned: n,
@@ -189,36 +188,12 @@ pub async fn run_files(sc: &Scenario) -> Result<Report> {
         },
         tracks_expected: 2 * n,
         tracks_received: ok,
-        packets_sent: 0,
-        packets_received: 0,
-        packets_expected: 0,
-        packets_lost: 0,
-        duplicates: 0,
-        foreign_packets: 0,
-        loss_ratio: 0.0,
-        delay_ms: Dist::default(),
-        steady: Default::default(),
-        jitter_ms: Dist::default(),
-        join_ms: Default::default(),
-        time_to_first_audio_ms: Dist::default(),
-        time_to_first_video_ms: Dist::default(),
-        nacks_sent: 0,
-        nacks_received: 0,
-        plis_sent: 0,
-        firs_sent: 0,
-        keyframe_requests_received: 0,
         bitrate_out_kbps: round2(fig.upload.mib_per_s * 8.0 * 1048.576),
         bitrate_in_kbps: round2(fig.download.mib_per_s * 8.0 * 1048.576),
-        send_errors: 0,
         errors: errors.values().sum(),
         errors_by_kind: errors,
-        server: ServerStats::default(),
-        simulator_cpu_percent: None,
-        simulator_socket_drops: 0,
-        timeline: Vec::new(),
-        capacity: None,
-        chat: None,
         files: Some(serde_json::to_value(&fig)?),
+        ..Default::default()
     })
 }
 

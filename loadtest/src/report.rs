@@ -107,7 +107,7 @@ pub struct Capacity {
     pub steps: Vec<CapacityStep>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Default)]
 pub struct Report {
     pub mode: String,
     pub scenario: Scenario,
