@@ -11,6 +11,16 @@ use support::Maxd;
 
 const SECRET: &str = "loadtest-e2e-secret-0123456789abcdef";
 
+/// Runs a scenario on a runtime of its own, as the `loadtest` binary does.
+fn run(sc: &Scenario) -> loadtest::Report {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(loadtest::run(sc, &RunOptions::default()))
+        .expect("run")
+}
+
 #[test]
 fn short_scenario_every_track_arrives_without_loss() {
     let m = Maxd::start_with(r#"["sfu"]"#, &[("MAXD_AUTH__SECRET", SECRET)]);
@@ -29,13 +39,7 @@ fn short_scenario_every_track_arrives_without_loss() {
         connect_timeout: Duration::from_secs(20),
         ..Scenario::default()
     };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let r = rt
-        .block_on(loadtest::run(&sc, &RunOptions::default()))
-        .expect("run");
+    let r = run(&sc);
     let table = r.table();
     let ctx = format!("{table}\nmaxd log:\n{}", m.log());
 
@@ -148,13 +152,7 @@ fn chat_mode_delivers_every_message() {
         data_dir: Some(m.dir.path().join("data").display().to_string()),
         ..Scenario::default()
     };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let r = rt
-        .block_on(loadtest::run(&sc, &RunOptions::default()))
-        .expect("run");
+    let r = run(&sc);
     let ctx = format!("{}\nmaxd log:\n{}", r.table(), m.log());
     let c = r.chat.as_ref().expect("chat figures");
     assert_eq!(c["users"], 10, "{ctx}");
@@ -196,13 +194,7 @@ fn files_mode_moves_every_file_both_ways() {
         token_secret: Some(SECRET.into()),
         ..Scenario::default()
     };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let r = rt
-        .block_on(loadtest::run(&sc, &RunOptions::default()))
-        .expect("run");
+    let r = run(&sc);
     let ctx = format!("{}\nmaxd log:\n{}", r.table(), m.log());
     let f = r.files.as_ref().expect("file figures");
     for phase in ["upload", "download"] {

@@ -152,7 +152,7 @@ pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
 pub fn metric(text: &str, name: &str) -> f64 {
     text.lines()
         .filter(|l| !l.starts_with('#'))
-        .filter(|l| l.split(|c| c == '{' || c == ' ').next() == Some(name))
+        .filter(|l| l.split(['{', ' ']).next() == Some(name))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
