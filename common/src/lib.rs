@@ -7,10 +7,12 @@
 //! - [`Context`]: what `maxd` hands each plane when it starts it.
 
 pub mod pii;
+pub mod revoke;
 pub mod token;
 
 use std::path::PathBuf;
 
+pub use revoke::Revocations;
 pub use token::{Claims, Grants, Keys, TokenError};
 
 /// What `maxd` hands to each plane it starts.

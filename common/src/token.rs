@@ -5,10 +5,12 @@
 //! optional room, the grants it carries and its expiry.
 
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
+
+use crate::revoke::{Revocations, now_secs};
 
 /// File in the data directory holding the dev-mode secret (hex), made on first use.
 pub const DEV_SECRET_FILE: &str = "dev-secret.hex";
@@ -126,6 +128,8 @@ pub enum TokenError {
     WrongRoom,
     #[error("access token does not grant {0}")]
     NotGranted(&'static str),
+    #[error("session was revoked: log in again")]
+    Revoked,
 }
 
 impl TokenError {
@@ -133,7 +137,7 @@ impl TokenError {
     /// 403 when it is but may not do this.
     pub fn http_status(&self) -> u16 {
         match self {
-            TokenError::Missing | TokenError::Invalid | TokenError::Expired => 401,
+            TokenError::Missing | TokenError::Invalid | TokenError::Expired | TokenError::Revoked => 401,
             TokenError::WrongRoom | TokenError::NotGranted(_) => 403,
         }
     }
@@ -152,22 +156,20 @@ pub enum KeyError {
     Io { path: String, source: std::io::Error },
 }
 
-/// Signing and verification keys.
+/// Signing and verification keys, and the process's list of revoked sessions that
+/// [`Keys::verify`] consults (clones share it).
 #[derive(Clone)]
 pub struct Keys {
     enc: EncodingKey,
     dec: DecodingKey,
     validation: Validation,
+    revoked: Revocations,
 }
 
 impl std::fmt::Debug for Keys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Keys(..)")
     }
-}
-
-fn now_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 impl Keys {
@@ -184,6 +186,7 @@ impl Keys {
             enc: EncodingKey::from_secret(secret),
             dec: DecodingKey::from_secret(secret),
             validation,
+            revoked: Revocations::default(),
         })
     }
 
@@ -242,17 +245,27 @@ impl Keys {
         })
     }
 
-    /// Verifies signature and expiry.
+    /// The revocation list [`Keys::verify`] consults: signalling adds to it, planes
+    /// holding long-lived connections listen to it.
+    pub fn revocations(&self) -> &Revocations {
+        &self.revoked
+    }
+
+    /// Verifies signature, expiry, and that the token's session (if any) is not revoked.
     pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
         if token.is_empty() {
             return Err(TokenError::Missing);
         }
-        jsonwebtoken::decode::<Claims>(token, &self.dec, &self.validation)
+        let claims = jsonwebtoken::decode::<Claims>(token, &self.dec, &self.validation)
             .map(|d| d.claims)
             .map_err(|e| match e.kind() {
                 jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
                 _ => TokenError::Invalid,
-            })
+            })?;
+        if claims.sid.as_deref().is_some_and(|sid| self.revoked.is_revoked(sid)) {
+            return Err(TokenError::Revoked);
+        }
+        Ok(claims)
     }
 
     /// Verifies the token and that it opens `room`.
@@ -317,6 +330,27 @@ mod tests {
             exp: iat + 10,
         });
         assert_eq!(k.verify(&t), Err(TokenError::Expired));
+    }
+
+    #[test]
+    fn a_revoked_session_is_refused_by_every_clone() {
+        let k = keys();
+        let other_plane = k.clone();
+        let iat = now_secs();
+        let claims = |sid: &str| Claims {
+            sub: "1".into(),
+            name: None,
+            room: None,
+            grants: Grants::default(),
+            sid: Some(sid.into()),
+            iat,
+            exp: iat + 60,
+        };
+        let (t1, t2) = (k.mint(&claims("s1")), k.mint(&claims("s2")));
+        assert!(other_plane.verify(&t1).is_ok());
+        k.revocations().revoke("s1", iat + 60);
+        assert_eq!(other_plane.verify(&t1), Err(TokenError::Revoked));
+        assert!(other_plane.verify(&t2).is_ok());
     }
 
     #[test]
