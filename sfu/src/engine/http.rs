@@ -162,9 +162,8 @@ impl Engine {
             }
         };
         self.resources.insert(resource.clone(), pk);
-        // Not connected until ICE says so: a session never connected ends after the
-        // resume window, like one whose connection was lost.
-        self.participants[pk].disconnected_at = Some(now);
+        // `admit` leaves it detached until ICE connects: a session never connected ends
+        // after the resume window, like one whose connection was lost.
         if !is_whep {
             let info = self.participant_info(pk);
             self.broadcast(&room, Some(pk), &ServerMsg::ParticipantJoined { participant: info });

@@ -10,7 +10,7 @@ use str0m::{Event, IceConnectionState};
 
 use super::ids::{PartKey, PeerKey};
 use super::negotiate::pt_codec;
-use super::state::{Layer, Track, TrackKey, order_rids};
+use super::state::{Layer, Link, Track, TrackKey, order_rids};
 use super::{Engine, Io};
 use crate::forward::{Codec, LayerDecision, Throttle, is_keyframe};
 use crate::proto::{ConnQuality, PcKind, Quality, QualityUpdate, ServerMsg, SpeakerInfo, TrackKind};
@@ -61,12 +61,12 @@ impl Engine {
                         tracing::debug!(peer = pk, "ICE disconnected; waiting for a restart or the resume window");
                         // WHIP/WHEP sessions have no WebSocket: losing ICE starts their
                         // resume window.
-                        if p.http.is_some() && p.disconnected_at.is_none() {
-                            p.disconnected_at = Some(now);
+                        if matches!(p.link, Link::Http) {
+                            p.link = Link::Detached { since: now, conn: None };
                         }
                     }
                     IceConnectionState::Connected | IceConnectionState::Completed if p.http.is_some() => {
-                        p.disconnected_at = None;
+                        p.link = Link::Http;
                     }
                     _ => {}
                 }

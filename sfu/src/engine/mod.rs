@@ -109,6 +109,8 @@ pub struct Engine {
     /// Some peer failed since the last sweep.
     any_failed: bool,
     started: Instant,
+    /// The time of the input being handled.
+    now: Instant,
 }
 
 const TICK: Duration = Duration::from_millis(200);
@@ -165,6 +167,7 @@ impl Engine {
             whep_refill: Vec::new(),
             any_failed: false,
             started: now,
+            now,
         })
     }
 
@@ -182,6 +185,7 @@ impl Engine {
 
     /// Drives time forward.
     pub fn handle_timeout(&mut self, now: Instant, io: &mut dyn Io) {
+        self.now = now;
         while let Some(Reverse((t, pk, uid))) = self.timers.peek().copied() {
             if t > now {
                 break;
@@ -217,6 +221,7 @@ impl Engine {
         data: &[u8],
         io: &mut dyn Io,
     ) -> bool {
+        self.now = now;
         self.counters.packets_in += 1;
         self.counters.bytes_in += data.len() as u64;
         let Some(pk) = self.demux(source, data) else {
@@ -243,12 +248,18 @@ impl Engine {
 
     /// A signalling command.
     pub fn handle_command(&mut self, now: Instant, cmd: Command, io: &mut dyn Io) {
+        self.now = now;
         match cmd {
             Command::Join { conn, claims, tx, auto_subscribe } => self.join(now, conn, claims, tx, auto_subscribe, io),
             Command::Resume { conn, claims, tx, session_id } => self.resume(conn, claims, tx, &session_id),
             Command::Client { conn, msg } => {
                 if let Some(&pk) = self.conns.get(&conn) {
-                    self.client_msg(now, pk, msg, io);
+                    match (&self.participants[pk].link, msg) {
+                        (state::Link::Ws { .. }, msg) => self.client_msg(now, pk, msg, io),
+                        // A detached WebSocket's `leave` still counts; nothing else does.
+                        (_, ClientMsg::Leave) => self.remove_participant(now, pk, "left", false, io),
+                        _ => {}
+                    }
                 }
             }
             Command::Closed { conn } => self.conn_closed(now, conn),
@@ -476,14 +487,15 @@ impl Engine {
     /// messages loses its WebSocket (it may resume); media is not affected.
     fn send(&mut self, pk: PartKey, msg: ServerMsg) {
         let Some(p) = self.participants.get_mut(pk) else { return };
-        let Some((_, tx)) = &p.conn else { return };
-        if let Err(e) = tx.try_send(msg) {
-            if matches!(e, tokio::sync::mpsc::error::TrySendError::Full(_)) {
+        let state::Link::Ws { tx, .. } = &p.link else { return };
+        match tx.try_send(msg) {
+            Ok(()) => {}
+            Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
                 self.counters.signal_drops += 1;
-                tracing::info!(participant = %p.id, "signalling client too slow; dropping its WebSocket");
+                self.detach(pk, "signalling client too slow; dropping its WebSocket");
             }
-            if let Some((conn, _)) = p.conn.take() {
-                self.conns.remove(&conn);
+            Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => {
+                self.detach(pk, "signalling connection gone");
             }
         }
     }

@@ -7,7 +7,7 @@ use common::token::Source;
 use rand::Rng;
 
 use super::ids::{ConnId, PartKey};
-use super::state::{HttpSession, Participant, Room, SignalTx};
+use super::state::{HttpSession, Link, Participant, Room, SignalTx};
 use super::{Engine, Io};
 use crate::forward::SpeakerDetector;
 use crate::proto::{ClientMsg, ErrorCode, ParticipantInfo, PcKind, ServerMsg};
@@ -115,8 +115,8 @@ impl Engine {
             room: room_name.clone(),
             grants: claims.grants.clone(),
             session_id: session_id.clone(),
-            conn: None,
-            disconnected_at: None,
+            // Until a WebSocket or media attaches, the resume window runs.
+            link: Link::Detached { since: now, conn: None },
             publisher: None,
             subscriber: None,
             tracks: Vec::new(),
@@ -137,7 +137,7 @@ impl Engine {
         self.sessions.insert(session_id, pk);
         if let Some((c, tx)) = conn {
             self.conns.insert(c, pk);
-            self.participants[pk].conn = Some((c, tx));
+            self.participants[pk].link = Link::Ws { conn: c, tx };
         }
         self.participants[pk].span.in_scope(|| tracing::info!(via = http_kind.unwrap_or("rtc"), "joined"));
         Ok(pk)
@@ -204,11 +204,12 @@ impl Engine {
             return;
         };
         let p = &mut self.participants[pk];
-        if let Some((old, _)) = p.conn.take() {
+        // The old WebSocket (if still open) loses its queue and closes; its messages no
+        // longer count.
+        if let Some(old) = p.link.conn() {
             self.conns.remove(&old);
         }
-        p.conn = Some((conn, tx));
-        p.disconnected_at = None;
+        p.link = Link::Ws { conn, tx };
         self.conns.insert(conn, pk);
         self.participants[pk].span.in_scope(|| tracing::info!("resumed"));
         let joined = self.joined_msg(pk, true);
@@ -218,13 +219,31 @@ impl Engine {
         }
     }
 
+    /// The WebSocket `conn` is gone. If its participant was attached to it, the resume
+    /// window starts now; if the engine had already detached it, the window runs already.
     pub(super) fn conn_closed(&mut self, now: Instant, conn: ConnId) {
         let Some(pk) = self.conns.remove(&conn) else { return };
         let p = &mut self.participants[pk];
-        if p.conn.as_ref().is_some_and(|(c, _)| *c == conn) {
-            p.conn = None;
-            p.disconnected_at = Some(now);
-            p.span.in_scope(|| tracing::info!("signalling connection lost; session kept for resume"));
+        match &mut p.link {
+            Link::Ws { conn: c, .. } if *c == conn => {
+                p.link = Link::Detached { since: now, conn: None };
+                p.span.in_scope(|| tracing::info!("signalling connection lost; session kept for resume"));
+            }
+            Link::Detached { conn: c, .. } if *c == Some(conn) => *c = None,
+            _ => {}
+        }
+    }
+
+    /// Detaches a participant's WebSocket from the engine's side (the client does not
+    /// read, or is gone): its queue is dropped, so the connection closes, and the resume
+    /// window starts now. The connection stays known until it closes, so a `leave` it
+    /// sent meanwhile still removes the participant.
+    pub(super) fn detach(&mut self, pk: PartKey, why: &str) {
+        let now = self.now;
+        let Some(p) = self.participants.get_mut(pk) else { return };
+        if let Link::Ws { conn, .. } = p.link {
+            p.link = Link::Detached { since: now, conn: Some(conn) };
+            p.span.in_scope(|| tracing::info!("{why}; session kept for resume"));
         }
     }
 
@@ -329,8 +348,8 @@ impl Engine {
             self.remove_peer(peer, io);
         }
         self.sessions.remove(&p.session_id);
-        if let Some((c, _)) = &p.conn {
-            self.conns.remove(c);
+        if let Some(c) = p.link.conn() {
+            self.conns.remove(&c);
         }
         if let Some(room) = self.rooms.get_mut(&p.room) {
             room.participants.retain(|&k| k != pk);
@@ -355,7 +374,7 @@ impl Engine {
         let expired: Vec<PartKey> = self
             .participants
             .iter()
-            .filter(|(_, p)| p.disconnected_at.is_some_and(|t| now.saturating_duration_since(t) >= window))
+            .filter(|(_, p)| p.link.detached_since().is_some_and(|t| now.saturating_duration_since(t) >= window))
             .map(|(k, _)| k)
             .collect();
         for pk in expired {

@@ -41,8 +41,8 @@ pub struct Participant {
     pub room: String,
     pub grants: Grants,
     pub session_id: String,
-    pub conn: Option<(ConnId, SignalTx)>,
-    pub disconnected_at: Option<Instant>,
+    /// How the participant is reached, and whether its resume window runs.
+    pub link: Link,
     pub publisher: Option<PeerKey>,
     pub subscriber: Option<PeerKey>,
     pub tracks: Vec<TrackKey>,
@@ -64,6 +64,39 @@ pub struct Participant {
     pub loss: f32,
     /// Set for a WHIP or WHEP session (no WebSocket; driven over HTTP).
     pub http: Option<HttpSession>,
+}
+
+/// A participant's signalling link. The resume window runs exactly while it is
+/// [`Link::Detached`]: every way a WebSocket ends (client close, send failure, a slow
+/// reader dropped, a refused message queue) detaches it, and only `resume` (or, for
+/// WHIP/WHEP, media connecting again) attaches it again. A participant detached for the
+/// resume window is removed.
+pub enum Link {
+    /// A `/rtc` WebSocket is attached: messages go to `tx`.
+    Ws { conn: ConnId, tx: SignalTx },
+    /// No signalling since `since`. `conn` is the last WebSocket, whose `leave` and close
+    /// still count until it is gone.
+    Detached { since: Instant, conn: Option<ConnId> },
+    /// A WHIP/WHEP session with its media connected (it has no WebSocket).
+    Http,
+}
+
+impl Link {
+    pub fn detached_since(&self) -> Option<Instant> {
+        match self {
+            Link::Detached { since, .. } => Some(*since),
+            _ => None,
+        }
+    }
+
+    /// The WebSocket this link knows of, attached or last.
+    pub fn conn(&self) -> Option<ConnId> {
+        match self {
+            Link::Ws { conn, .. } => Some(*conn),
+            Link::Detached { conn, .. } => *conn,
+            Link::Http => None,
+        }
+    }
 }
 
 /// A participant made by `POST /whip/{room}` or `POST /whep/{room}`.
