@@ -24,6 +24,71 @@ pub struct Counters {
     pub drop_layer: u64,
     pub peer_panics: u64,
     pub signal_drops: u64,
+    /// Peer connections whose ICE timed out (no STUN and no media on any path).
+    pub ice_timeouts: u64,
+    /// Binding requests replayed because authenticated media proved the path alive.
+    pub consent_by_media: u64,
+    /// STUN dropped: the peer had used all the new source addresses it may.
+    pub drop_address_limit: u64,
+    /// Participants removed, by [`LeaveReason`].
+    pub left: [u64; LeaveReason::ALL.len()],
+}
+
+/// Why a participant left the room; a metric label and the text the client gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaveReason {
+    /// It sent `leave`.
+    Left,
+    /// Its identity joined again elsewhere.
+    Replaced,
+    /// Its signalling link was gone for the whole resume window (WHIP/WHEP: its media).
+    ResumeWindowExpired,
+    /// One of its peer connections failed (DTLS closed, SCTP lost, a WebRTC stack panic).
+    MediaFailed,
+    /// `DELETE` on its WHIP/WHEP session.
+    Deleted,
+    /// Its WHIP/WHEP offer could not be answered.
+    OfferRefused,
+    /// Its access token's session was revoked.
+    Revoked,
+}
+
+impl LeaveReason {
+    pub const ALL: [LeaveReason; 7] = [
+        LeaveReason::Left,
+        LeaveReason::Replaced,
+        LeaveReason::ResumeWindowExpired,
+        LeaveReason::MediaFailed,
+        LeaveReason::Deleted,
+        LeaveReason::OfferRefused,
+        LeaveReason::Revoked,
+    ];
+
+    /// The `reason` label of `maxd_sfu_participants_left_total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            LeaveReason::Left => "left",
+            LeaveReason::Replaced => "replaced",
+            LeaveReason::ResumeWindowExpired => "resume_window_expired",
+            LeaveReason::MediaFailed => "media_failed",
+            LeaveReason::Deleted => "deleted",
+            LeaveReason::OfferRefused => "offer_refused",
+            LeaveReason::Revoked => "revoked",
+        }
+    }
+
+    /// What the participant is told (`left.reason`) and what the log says.
+    pub fn text(self) -> &'static str {
+        match self {
+            LeaveReason::Left => "left",
+            LeaveReason::Replaced => "duplicate identity",
+            LeaveReason::ResumeWindowExpired => "connection lost and not resumed within the resume window",
+            LeaveReason::MediaFailed => "media connection failed",
+            LeaveReason::Deleted => "ended by DELETE",
+            LeaveReason::OfferRefused => "offer refused",
+            LeaveReason::Revoked => "access revoked",
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -43,6 +108,9 @@ pub struct Metrics {
     drops: IntCounterVec,
     peer_panics: IntCounter,
     signal_drops: IntCounter,
+    ice_timeouts: IntCounter,
+    consent_by_media: IntCounter,
+    left: IntCounterVec,
     pub forward_latency: Histogram,
     pub worker_cpu_seconds: IntCounterVec,
 }
@@ -87,6 +155,12 @@ impl Metrics {
         )
         .expect("valid metric");
         r.register(Box::new(worker_cpu_seconds.clone())).expect("metric registered once");
+        let left = IntCounterVec::new(
+            Opts::new("participants_left_total", "Participants removed from rooms, by reason").subsystem("sfu"),
+            &["reason"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(left.clone())).expect("metric registered once");
         Metrics {
             rooms: gauge(r, "rooms", "Open rooms"),
             participants: gauge(r, "participants", "Participants in all rooms"),
@@ -111,6 +185,17 @@ impl Metrics {
                 "signal_slow_consumers_total",
                 "Signalling connections dropped because the client did not read fast enough",
             ),
+            ice_timeouts: counter(
+                r,
+                "ice_timeouts_total",
+                "Peer connections whose ICE timed out: no STUN and no authenticated media on any path",
+            ),
+            consent_by_media: counter(
+                r,
+                "consent_by_media_total",
+                "Paths kept alive by authenticated media for clients that skip STUN consent checks",
+            ),
+            left,
             forward_latency,
             worker_cpu_seconds,
         }
@@ -137,5 +222,11 @@ impl Metrics {
         self.drops.with_label_values(&["layer_not_selected"]).inc_by(c.drop_layer);
         self.peer_panics.inc_by(c.peer_panics);
         self.signal_drops.inc_by(c.signal_drops);
+        self.drops.with_label_values(&["address_limit"]).inc_by(c.drop_address_limit);
+        self.ice_timeouts.inc_by(c.ice_timeouts);
+        self.consent_by_media.inc_by(c.consent_by_media);
+        for (n, r) in c.left.iter().zip(LeaveReason::ALL) {
+            self.left.with_label_values(&[r.label()]).inc_by(*n);
+        }
     }
 }

@@ -18,6 +18,7 @@ use super::ids::{PartKey, PeerKey};
 use super::negotiate::{pt_codec, pt_for};
 use super::session::Refusal;
 use super::state::{HttpSession, Slot, Sub, Whep};
+use super::bounds::{MAX_REMOTE_CANDIDATES, check_sdp, client_text};
 use super::{Engine, Io};
 use crate::forward::{Codec, LayerSelector, Rewriter};
 use crate::proto::{PcKind, Quality, ServerMsg, Source, TrackKind};
@@ -125,8 +126,9 @@ impl Engine {
         offer_sdp: &str,
         io: &mut dyn Io,
     ) -> Result<HttpCreated, HttpError> {
+        check_sdp(offer_sdp).map_err(|e| HttpError::new(422, e))?;
         let offer = SdpOffer::from_sdp_string(offer_sdp)
-            .map_err(|e| HttpError::new(400, format!("the offer is not valid SDP: {e}")))?;
+            .map_err(|e| HttpError::new(400, format!("the offer is not valid SDP: {}", client_text(e))))?;
         let remote_ufrag =
             sdp_ufrag(offer_sdp).ok_or_else(|| HttpError::new(400, "the offer has no a=ice-ufrag"))?;
         let room = claims.room.clone().ok_or_else(|| HttpError::new(403, "access token opens no room"))?;
@@ -180,12 +182,12 @@ impl Engine {
         let answer = match res {
             Ok(Ok(a)) => a,
             Ok(Err(e)) => {
-                self.remove_participant(now, pk, "offer refused", false, io);
-                return Err(HttpError::new(400, format!("offer refused: {e}")));
+                self.remove_participant(now, pk, crate::metrics::LeaveReason::OfferRefused, false, io);
+                return Err(HttpError::new(400, format!("offer refused: {}", client_text(e))));
             }
             Err(_) => {
                 self.fail_peer(peer, "accepting a WHIP/WHEP offer", true);
-                self.remove_participant(now, pk, "offer refused", false, io);
+                self.remove_participant(now, pk, crate::metrics::LeaveReason::OfferRefused, false, io);
                 return Err(HttpError::new(400, "the offer could not be handled"));
             }
         };
@@ -210,7 +212,7 @@ impl Engine {
             })
             .collect();
         if usable.is_empty() {
-            self.remove_participant(now, pk, "nothing negotiated", false, io);
+            self.remove_participant(now, pk, crate::metrics::LeaveReason::OfferRefused, false, io);
             let what = if is_whep { "receive" } else { "send" };
             return Err(HttpError::new(
                 406,
@@ -255,11 +257,23 @@ impl Engine {
             Some(tag) if tag == current => {}
             Some(_) => return Err(HttpError::new(412, "If-Match does not match the session's ETag")),
         }
+        // Counted before anything is parsed: a fragment's cost on this thread is bounded.
+        let used = if restart { 0 } else { self.peers[peer].live.candidates };
+        if used + frag.candidates.len() > MAX_REMOTE_CANDIDATES {
+            return Err(HttpError::new(
+                422,
+                format!(
+                    "too many candidates: at most {MAX_REMOTE_CANDIDATES} per session until an ICE restart \
+                     ({used} already, {} in this PATCH)",
+                    frag.candidates.len()
+                ),
+            ));
+        }
         let mut candidates = Vec::with_capacity(frag.candidates.len());
         for c in &frag.candidates {
             match Candidate::from_sdp_string(c) {
                 Ok(c) => candidates.push(c),
-                Err(e) => return Err(HttpError::new(422, format!("candidate does not parse: {e}"))),
+                Err(e) => return Err(HttpError::new(422, format!("candidate does not parse: {}", client_text(e)))),
             }
         }
         if restart {
@@ -274,6 +288,7 @@ impl Engine {
             self.participants[pk].http.as_mut().expect("http session").remote_ufrag = ufrag;
             self.refresh_ufrag(peer);
         }
+        self.peers[peer].live.candidates += candidates.len();
         for c in candidates {
             self.peers[peer].rtc.add_remote_candidate(c);
         }
@@ -294,7 +309,7 @@ impl Engine {
     /// `DELETE` on a session.
     pub(super) fn http_delete(&mut self, now: Instant, resource: &str, identity: &str, io: &mut dyn Io) -> Result<(), HttpError> {
         let (pk, _) = self.http_session(resource, identity)?;
-        self.remove_participant(now, pk, "ended by DELETE", false, io);
+        self.remove_participant(now, pk, crate::metrics::LeaveReason::Deleted, false, io);
         Ok(())
     }
 

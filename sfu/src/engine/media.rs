@@ -17,6 +17,18 @@ use crate::proto::{ConnQuality, PcKind, Quality, QualityUpdate, ServerMsg, Speak
 
 impl Engine {
     pub(super) fn on_event(&mut self, now: Instant, pk: PeerKey, ev: Event, io: &mut dyn Io) {
+        // Media and feedback str0m accepted from the datagram being handled prove its
+        // path alive (see `liveness`).
+        if let Some((from_pk, source)) = self.input_from {
+            if from_pk == pk
+                && matches!(
+                    ev,
+                    Event::RtpPacket(_) | Event::KeyframeRequest(_) | Event::EgressBitrateEstimate(_)
+                )
+            {
+                self.note_media(now, pk, source, io);
+            }
+        }
         match ev {
             Event::RtpPacket(pkt) => self.on_rtp(now, pk, pkt, io),
             Event::MediaAdded(m) if self.peers[pk].kind == PcKind::Publisher => self.on_media_added(pk, m),
@@ -55,18 +67,32 @@ impl Engine {
             }
             Event::IceConnectionStateChange(state) => {
                 let part = self.peers[pk].part;
-                let p = &mut self.participants[part];
                 match state {
                     IceConnectionState::Disconnected => {
-                        tracing::debug!(peer = pk, "ICE disconnected; waiting for a restart or the resume window");
+                        self.counters.ice_timeouts += 1;
+                        self.peers[pk].ice_down_since.get_or_insert(now);
+                        let kind = self.peers[pk].kind;
+                        self.participants[part].span.in_scope(|| {
+                            tracing::info!(
+                                peer = pk,
+                                pc = ?kind,
+                                "ICE disconnected: no STUN and no authenticated media on any path; \
+                                 waiting for an ICE restart until the resume window ends"
+                            )
+                        });
                         // WHIP/WHEP sessions have no WebSocket: losing ICE starts their
                         // resume window.
+                        let p = &mut self.participants[part];
                         if matches!(p.link, Link::Http) {
                             p.link = Link::Detached { since: now, conn: None };
                         }
                     }
-                    IceConnectionState::Connected | IceConnectionState::Completed if p.http.is_some() => {
-                        p.link = Link::Http;
+                    IceConnectionState::Connected | IceConnectionState::Completed => {
+                        self.peers[pk].ice_down_since = None;
+                        let p = &mut self.participants[part];
+                        if p.http.is_some() {
+                            p.link = Link::Http;
+                        }
                     }
                     _ => {}
                 }

@@ -7,8 +7,10 @@
 //! [`Engine::drain`] until `Timeout`; events drained are queued and handled after, so
 //! handling one never nests inside another peer's drain.
 
+mod bounds;
 mod http;
 mod ids;
+mod liveness;
 mod media;
 mod negotiate;
 mod session;
@@ -31,7 +33,7 @@ pub use ids::{ConnId, PartKey, PeerKey};
 pub use state::SignalTx;
 use state::{Participant, Peer, Room, Sub, Track};
 
-use crate::metrics::{Counters, Metrics};
+use crate::metrics::{Counters, LeaveReason, Metrics};
 use crate::proto::{ClientMsg, ServerMsg};
 
 /// Writes datagrams for the engine.
@@ -111,6 +113,9 @@ pub struct Engine {
     started: Instant,
     /// The time of the input being handled.
     now: Instant,
+    /// The peer and source address of the datagram being handled: events it produces
+    /// are authenticated traffic from that address.
+    input_from: Option<(PeerKey, SocketAddr)>,
 }
 
 const TICK: Duration = Duration::from_millis(200);
@@ -168,6 +173,7 @@ impl Engine {
             any_failed: false,
             started: now,
             now,
+            input_from: None,
         })
     }
 
@@ -224,18 +230,33 @@ impl Engine {
         self.now = now;
         self.counters.packets_in += 1;
         self.counters.bytes_in += data.len() as u64;
-        let Some(pk) = self.demux(source, data) else {
-            self.counters.drop_unknown_source += 1;
-            return false;
+        let pk = if stun::is_stun(data) {
+            // STUN is routed by the ufrag it names, and teaches us the client's address.
+            let Some(pk) = stun::local_ufrag(data).and_then(|u| self.by_ufrag.get(u).copied()) else {
+                self.counters.drop_unknown_source += 1;
+                return false;
+            };
+            if !self.note_stun(now, pk, proto, source, destination, data) {
+                return false;
+            }
+            pk
+        } else {
+            let Some(&pk) = self.by_addr.get(&source) else {
+                self.counters.drop_unknown_source += 1;
+                return false;
+            };
+            pk
         };
         let Ok(recv) = Receive::new(proto, source, destination, data) else {
             self.counters.drop_malformed += 1;
             return false;
         };
         self.forwarded_in_input = 0;
+        self.input_from = Some((pk, source));
         self.peer_input(pk, Input::Receive(now, recv));
         self.drain(pk, io);
         self.process(now, io);
+        self.input_from = None;
         self.forwarded_in_input > 0
     }
 
@@ -257,7 +278,7 @@ impl Engine {
                     match (&self.participants[pk].link, msg) {
                         (state::Link::Ws { .. }, msg) => self.client_msg(now, pk, msg, io),
                         // A detached WebSocket's `leave` still counts; nothing else does.
-                        (_, ClientMsg::Leave) => self.remove_participant(now, pk, "left", false, io),
+                        (_, ClientMsg::Leave) => self.remove_participant(now, pk, LeaveReason::Left, false, io),
                         _ => {}
                     }
                 }
@@ -277,22 +298,6 @@ impl Engine {
             }
         }
         self.process(now, io);
-    }
-
-    fn demux(&mut self, source: SocketAddr, data: &[u8]) -> Option<PeerKey> {
-        if stun::is_stun(data) {
-            let ufrag = stun::local_ufrag(data)?;
-            let pk = *self.by_ufrag.get(ufrag)?;
-            if self.by_addr.get(&source) != Some(&pk) {
-                let peer = &mut self.peers[pk];
-                if !peer.addrs.contains(&source) {
-                    peer.addrs.push(source);
-                }
-                self.by_addr.insert(source, pk);
-            }
-            return Some(pk);
-        }
-        self.by_addr.get(&source).copied()
     }
 
     /// Feeds one input to a peer; a panic inside str0m fails only that peer.
@@ -393,7 +398,7 @@ impl Engine {
             for pk in failed {
                 if let Some(peer) = self.peers.get(pk) {
                     let part = peer.part;
-                    self.remove_participant(now, part, "media connection failed", true, io);
+                    self.remove_participant(now, part, LeaveReason::MediaFailed, true, io);
                 }
             }
             // Events the removal produced for the remaining peers.
@@ -440,6 +445,8 @@ impl Engine {
             kind,
             ufrag: ufrag.clone(),
             addrs: Vec::new(),
+            live: liveness::Liveness::new(),
+            ice_down_since: None,
             next_timeout: None,
             failed: false,
             #[cfg(feature = "fault-injection")]
@@ -461,6 +468,7 @@ impl Engine {
             self.by_ufrag.remove(&peer.ufrag);
             self.by_ufrag.insert(ufrag.clone(), pk);
             peer.ufrag = ufrag;
+            peer.live.restarted();
         }
     }
 

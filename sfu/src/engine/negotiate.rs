@@ -8,6 +8,7 @@ use str0m::media::{Direction, MediaKind, Mid, Pt};
 use str0m::{Candidate, Rtc};
 
 use super::ids::PartKey;
+use super::bounds::{MAX_MLINES, MAX_REMOTE_CANDIDATES, check_sdp, client_text};
 use super::state::{PendingOffer, Sub, SubKey, TrackKey};
 use super::{Engine, Io};
 use crate::forward::{Codec, LayerSelector, Rewriter};
@@ -50,9 +51,15 @@ impl Engine {
         if !self.participants[pk].grants.publish {
             return self.error(pk, ErrorCode::NotAllowed, "token does not grant publish");
         }
+        if let Err(e) = check_sdp(sdp) {
+            return self.error(pk, ErrorCode::Limit, e);
+        }
+        if tracks.len() > MAX_MLINES {
+            return self.error(pk, ErrorCode::Limit, format!("too many track descriptions (at most {MAX_MLINES})"));
+        }
         let offer = match SdpOffer::from_sdp_string(sdp) {
             Ok(o) => o,
-            Err(e) => return self.error(pk, ErrorCode::BadSdp, format!("offer does not parse: {e}")),
+            Err(e) => return self.error(pk, ErrorCode::BadSdp, format!("offer does not parse: {}", client_text(e))),
         };
         for t in tracks {
             if !self.participants[pk].grants.may_publish(t.source) {
@@ -74,7 +81,7 @@ impl Engine {
             Ok(Ok(a)) => a,
             Ok(Err(e)) => {
                 self.drain(peer, io);
-                return self.error(pk, ErrorCode::BadSdp, format!("offer refused: {e}"));
+                return self.error(pk, ErrorCode::BadSdp, format!("offer refused: {}", client_text(e)));
             }
             Err(_) => {
                 self.fail_peer(peer, "accepting an offer", true);
@@ -83,6 +90,9 @@ impl Engine {
         };
         self.drain(peer, io);
         self.refresh_ufrag(peer);
+        // Descriptions are kept only for media the connection has.
+        let rtc = &self.peers[peer].rtc;
+        self.participants[pk].publish_meta.retain(|mid, _| rtc.media(Mid::from(mid.as_str())).is_some());
         self.send(pk, ServerMsg::Answer { sdp: answer.to_sdp_string() });
     }
 
@@ -93,9 +103,12 @@ impl Engine {
         if self.participants[pk].pending_offer.as_ref().is_none_or(|o| o.id != offer_id) {
             return self.error(pk, ErrorCode::BadState, format!("no offer {offer_id} is awaiting an answer"));
         }
+        if let Err(e) = check_sdp(sdp) {
+            return self.error(pk, ErrorCode::Limit, e);
+        }
         let answer = match SdpAnswer::from_sdp_string(sdp) {
             Ok(a) => a,
-            Err(e) => return self.error(pk, ErrorCode::BadSdp, format!("answer does not parse: {e}")),
+            Err(e) => return self.error(pk, ErrorCode::BadSdp, format!("answer does not parse: {}", client_text(e))),
         };
         let pending = self.participants[pk].pending_offer.take().expect("checked above");
         let rtc = &mut self.peers[peer].rtc;
@@ -105,7 +118,7 @@ impl Engine {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
                 // The offer is spent; offer again so the client can recover.
-                self.error(pk, ErrorCode::BadSdp, format!("answer refused: {e}"));
+                self.error(pk, ErrorCode::BadSdp, format!("answer refused: {}", client_text(e)));
                 self.participants[pk].offer_again = true;
             }
             Err(_) => {
@@ -134,12 +147,20 @@ impl Engine {
         if line.is_empty() {
             return; // end-of-candidates
         }
+        if self.peers[peer].live.candidates >= MAX_REMOTE_CANDIDATES {
+            return self.error(
+                pk,
+                ErrorCode::Limit,
+                format!("too many candidates: at most {MAX_REMOTE_CANDIDATES} per connection until an ICE restart"),
+            );
+        }
         match Candidate::from_sdp_string(line) {
             Ok(c) => {
+                self.peers[peer].live.candidates += 1;
                 self.peers[peer].rtc.add_remote_candidate(c);
                 self.drain(peer, io);
             }
-            Err(e) => self.error(pk, ErrorCode::BadMessage, format!("candidate does not parse: {e}")),
+            Err(e) => self.error(pk, ErrorCode::BadMessage, format!("candidate does not parse: {}", client_text(e))),
         }
     }
 

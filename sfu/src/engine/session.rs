@@ -10,6 +10,7 @@ use super::ids::{ConnId, PartKey};
 use super::state::{HttpSession, Link, Participant, Room, SignalTx};
 use super::{Engine, Io};
 use crate::forward::SpeakerDetector;
+use crate::metrics::LeaveReason;
 use crate::proto::{ClientMsg, ErrorCode, ParticipantInfo, PcKind, ServerMsg};
 
 fn random_id(prefix: &str, len: usize) -> String {
@@ -82,7 +83,7 @@ impl Engine {
             r.participants.iter().copied().find(|&k| self.participants[k].identity == claims.sub)
         });
         if let Some(old) = existing {
-            self.remove_participant(now, old, "duplicate identity", true, io);
+            self.remove_participant(now, old, LeaveReason::Replaced, true, io);
         }
         let count = self.rooms.get(&room_name).map_or(0, |r| r.participants.len());
         if count >= self.cfg.max_participants {
@@ -304,7 +305,7 @@ impl Engine {
             }
             ClientMsg::Ping => self.send(pk, ServerMsg::Pong),
             ClientMsg::Leave => {
-                self.remove_participant(now, pk, "left", true, io);
+                self.remove_participant(now, pk, LeaveReason::Left, true, io);
             }
         }
     }
@@ -325,10 +326,19 @@ impl Engine {
 
     /// Removes a participant: its subscriptions, its tracks (telling subscribers), its
     /// peers; tells the room. `notify` sends `left` to the participant itself.
-    pub(super) fn remove_participant(&mut self, now: Instant, pk: PartKey, reason: &str, notify: bool, io: &mut dyn Io) {
+    pub(super) fn remove_participant(
+        &mut self,
+        now: Instant,
+        pk: PartKey,
+        why: LeaveReason,
+        notify: bool,
+        io: &mut dyn Io,
+    ) {
         if !self.participants.contains(pk) {
             return;
         }
+        self.counters.left[LeaveReason::ALL.iter().position(|&r| r == why).expect("listed")] += 1;
+        let reason = why.text();
         for s in self.participants[pk].subs.clone() {
             self.remove_sub(s);
         }
@@ -340,7 +350,7 @@ impl Engine {
         }
         let hidden = self.is_hidden(pk);
         let p = self.participants.remove(pk);
-        p.span.in_scope(|| tracing::info!(reason, "left"));
+        p.span.in_scope(|| tracing::info!(reason = why.label(), "left: {reason}"));
         if let Some(h) = &p.http {
             self.resources.remove(&h.resource);
         }
@@ -378,7 +388,18 @@ impl Engine {
             .map(|(k, _)| k)
             .collect();
         for pk in expired {
-            self.remove_participant(now, pk, "signalling connection lost", false, io);
+            self.remove_participant(now, pk, LeaveReason::ResumeWindowExpired, false, io);
+        }
+        // A connection whose ICE stayed down for the window is not coming back: the
+        // participant is told and removed (its WebSocket may still be open).
+        let media_gone: Vec<PartKey> = self
+            .peers
+            .iter()
+            .filter(|(_, peer)| peer.ice_down_since.is_some_and(|t| now.saturating_duration_since(t) >= window))
+            .map(|(_, peer)| peer.part)
+            .collect();
+        for pk in media_gone {
+            self.remove_participant(now, pk, LeaveReason::MediaFailed, true, io);
         }
         let grace = self.cfg.empty_room_grace;
         self.rooms.retain(|_, r| {

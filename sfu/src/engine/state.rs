@@ -134,6 +134,10 @@ pub struct Peer {
     pub kind: PcKind,
     pub ufrag: String,
     pub addrs: Vec<SocketAddr>,
+    /// Consent by media, and the bounds on addresses and candidates.
+    pub live: super::liveness::Liveness,
+    /// Since when ICE has been disconnected (no STUN and no media on any path).
+    pub ice_down_since: Option<Instant>,
     pub next_timeout: Option<Instant>,
     pub failed: bool,
     /// Fault injection: the next input panics inside the WebRTC stack's call.

@@ -130,6 +130,9 @@ pub struct Client {
     pub keyframe_requests: u64,
     pub force_key: bool,
     pub msgs: Vec<ServerMsg>,
+    /// The server's ICE passwords from its SDP, publisher and subscriber connection.
+    pub pub_server_pwd: Option<String>,
+    pub sub_server_pwd: Option<String>,
     pub next_frame: u32,
     pub next_audio: u32,
 }
@@ -146,6 +149,33 @@ impl Client {
     }
 }
 
+/// The `a=ice-pwd` of an SDP.
+pub fn ice_pwd(sdp: &str) -> Option<String> {
+    sdp.lines().find_map(|l| l.trim().strip_prefix("a=ice-pwd:")).map(str::to_string)
+}
+
+/// A binding success response to `request` from `from`, signed with `pwd`.
+pub fn stun_reply(request: &[u8], from: SocketAddr, pwd: &str) -> Option<Vec<u8>> {
+    use hmac::{Hmac, Mac};
+    use str0m::ice::StunMessage;
+    let req = StunMessage::parse(request).ok()?;
+    if !req.is_binding_request() {
+        return None;
+    }
+    let reply = StunMessage::binding_reply(req.trans_id(), from);
+    let mut buf = vec![0u8; 1500];
+    let hmac = |key: &[u8], parts: &[&[u8]]| -> [u8; 20] {
+        let mut m = Hmac::<sha1::Sha1>::new_from_slice(key).expect("any key length");
+        for p in parts {
+            m.update(p);
+        }
+        m.finalize().into_bytes().into()
+    };
+    let n = reply.to_bytes(Some(pwd.as_bytes()), &mut buf, hmac).ok()?;
+    buf.truncate(n);
+    Some(buf)
+}
+
 pub fn client_rtc(now: Instant, addr: SocketAddr) -> Rtc {
     let mut rtc = Rtc::builder().set_rtp_mode(true).build(now);
     rtc.add_local_candidate(Candidate::host(addr, "udp").unwrap());
@@ -157,6 +187,12 @@ pub struct World {
     pub net: Net,
     pub engine: Engine,
     pub clients: Vec<Client>,
+    /// Datagrams from or to these addresses are lost (a connection that never starts).
+    pub blackhole: Vec<SocketAddr>,
+    /// Binding requests from these addresses never reach the server; the harness answers
+    /// them itself with the server's password, so the client stays happy while the
+    /// server sees media and no STUN at all - a client that skips consent checks.
+    pub no_stun_from: Vec<SocketAddr>,
 }
 
 impl World {
@@ -170,7 +206,14 @@ impl World {
             keyframe_interval: Duration::from_millis(500),
             max_participants: 500,
         };
-        World { now, net: Net::new(seed, link), engine: Engine::new(cfg, None, now).unwrap(), clients: Vec::new() }
+        World {
+            now,
+            net: Net::new(seed, link),
+            engine: Engine::new(cfg, None, now).unwrap(),
+            clients: Vec::new(),
+            blackhole: Vec::new(),
+            no_stun_from: Vec::new(),
+        }
     }
 
     pub fn join(&mut self, identity: &str) -> usize {
@@ -208,6 +251,8 @@ impl World {
             keyframe_requests: 0,
             force_key: false,
             msgs: Vec::new(),
+            pub_server_pwd: None,
+            sub_server_pwd: None,
             next_frame: 0,
             next_audio: 0,
         });
@@ -289,14 +334,22 @@ impl World {
         let c = &mut self.clients[i];
         c.msgs.push(m.clone());
         match m {
-            ServerMsg::Joined { participant, .. } => c.pid = participant.id,
+            ServerMsg::Joined { participant, participants, .. } => {
+                c.pid = participant.id;
+                // Tracks published before this client joined.
+                for t in participants.iter().flat_map(|p| &p.tracks) {
+                    c.track_video.insert(t.id.clone(), t.kind == sfu::proto::TrackKind::Video);
+                }
+            }
             ServerMsg::Answer { sdp } => {
+                c.pub_server_pwd = ice_pwd(&sdp);
                 let rtc = c.publisher.as_mut().unwrap();
                 rtc.sdp_api().accept_answer(c.pending.take().unwrap(), SdpAnswer::from_sdp_string(&sdp).unwrap()).unwrap();
                 let mut ev = Vec::new();
                 Client::drain(rtc, now, &mut self.net, &mut ev);
             }
             ServerMsg::Offer { sdp, offer_id, tracks } => {
+                c.sub_server_pwd = ice_pwd(&sdp);
                 let addr = c.sub_addr;
                 let rtc = c.subscriber.get_or_insert_with(|| client_rtc(now, addr));
                 let answer = rtc.sdp_api().accept_offer(SdpOffer::from_sdp_string(&sdp).unwrap()).unwrap();
@@ -373,6 +426,20 @@ impl World {
         self.now += Duration::from_millis(1);
         let now = self.now;
         while let Some(d) = self.net.pop_due(now) {
+            if self.blackhole.contains(&d.from) || self.blackhole.contains(&d.to) {
+                continue;
+            }
+            // STUN starts with two zero bits and carries the magic cookie.
+            let stun = d.data.len() >= 20 && d.data[0] < 2 && d.data[4..8] == [0x21, 0x12, 0xa4, 0x42];
+            if stun && d.to == server() && self.no_stun_from.contains(&d.from) {
+                if let Some(c) = self.clients.iter().find(|c| c.pub_addr == d.from || c.sub_addr == d.from) {
+                    let pwd = if c.pub_addr == d.from { &c.pub_server_pwd } else { &c.sub_server_pwd };
+                    if let Some(reply) = pwd.as_deref().and_then(|p| stun_reply(&d.data, d.from, p)) {
+                        self.net.send(now, server(), d.from, &reply);
+                    }
+                }
+                continue;
+            }
             if d.to == server() {
                 let mut io = NetIo { net: &mut self.net, now };
                 self.engine.handle_datagram(now, Protocol::Udp, d.from, d.to, &d.data, &mut io);
