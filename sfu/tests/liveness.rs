@@ -98,3 +98,27 @@ fn a_publisher_silent_on_every_path_is_cut_off_and_counted() {
 }
 
 
+
+/// The first packets a new subscriber gets: audio at once after its DTLS completes,
+/// video from a keyframe requested when it subscribed.
+#[test]
+fn a_new_subscriber_gets_audio_at_once_and_video_within_a_keyframe_request() {
+    let mut w = World::new(6, link());
+    let p = w.join("pub");
+    w.publish(p, false);
+    w.run(3_000, false, |_, _| {});
+    let s = w.join("late");
+    w.run(3_000, false, |_, _| {});
+    let c = &w.clients[s];
+    let connected = c.sub_connected_at.expect("the subscriber connected");
+    for (t, r) in &c.received {
+        let video = c.track_video[t];
+        let after = r.first_at.unwrap().saturating_duration_since(connected);
+        eprintln!("video={video}: first packet {after:?} after DTLS");
+        // One hop of 5 ms; audio leaves every 20 ms; a keyframe asked for at subscribe
+        // time is out by the time DTLS completes.
+        let goal = if video { Duration::from_millis(50) } else { Duration::from_millis(30) };
+        assert!(after <= goal, "video={video}: first packet {after:?} after DTLS (goal {goal:?})");
+    }
+    assert_eq!(c.received.len(), 2);
+}

@@ -97,6 +97,12 @@ impl Engine {
                     _ => {}
                 }
             }
+            Event::Connected if self.peers[pk].kind == PcKind::Subscriber => {
+                // Media waits for nothing once DTLS is done: choose every subscription's
+                // layer now (audio flows at once) and ask for the keyframes video needs.
+                let tracks: Vec<TrackKey> = self.peers[pk].mid_sub.values().map(|&sk| self.subs[sk].track).collect();
+                self.layers_changed.extend(tracks);
+            }
             Event::Closed => self.fail_peer(pk, "closed by the remote (DTLS close or SCTP lost)", false),
             _ => {}
         }
@@ -347,7 +353,10 @@ impl Engine {
             let sub = &mut self.subs[sk];
             sub.selector.update_target(&active, &rates, budget);
             if let Some(l) = sub.selector.wants_keyframe() {
-                if sub.ssrc.is_some() {
+                // A keyframe is useful once the subscription is negotiated and its
+                // connection can carry it (DTLS done); `Event::Connected` asks again.
+                let ready = self.peers.get(sub.peer).is_some_and(|p| p.rtc.is_connected());
+                if sub.ssrc.is_some() && ready {
                     want[l.min(2)] = true;
                 }
             }

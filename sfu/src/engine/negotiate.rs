@@ -309,6 +309,8 @@ impl Engine {
         let sub = &mut self.subs[sk];
         sub.ssrc = ssrc;
         sub.pt = pt;
+        // Forward from now on: the layer is chosen at once, not at the next second.
+        self.layers_changed.push(sub.track);
         if pt.is_none() {
             let id = self.tracks[sub.track].id.clone();
             let part = sub.part;

@@ -103,6 +103,8 @@ pub fn payload_h264(sender: u8, layer: u8, index: u32, key: bool) -> Vec<u8> {
 
 #[derive(Default, Debug, Clone)]
 pub struct Received {
+    /// When the first packet arrived.
+    pub first_at: Option<Instant>,
     /// (out seq, sender, layer, index, key, rtp ts) in arrival order.
     pub packets: Vec<(u64, u8, u8, u32, bool, u32)>,
     pub bad: u64,
@@ -133,6 +135,8 @@ pub struct Client {
     /// The server's ICE passwords from its SDP, publisher and subscriber connection.
     pub pub_server_pwd: Option<String>,
     pub sub_server_pwd: Option<String>,
+    /// When the subscriber connection's DTLS completed.
+    pub sub_connected_at: Option<Instant>,
     pub next_frame: u32,
     pub next_audio: u32,
 }
@@ -253,6 +257,7 @@ impl World {
             msgs: Vec::new(),
             pub_server_pwd: None,
             sub_server_pwd: None,
+            sub_connected_at: None,
             next_frame: 0,
             next_audio: 0,
         });
@@ -458,7 +463,8 @@ impl World {
                     rtc.handle_input(Input::Receive(now, r)).unwrap();
                     let mut ev = Vec::new();
                     Client::drain(rtc, now, &mut self.net, &mut ev);
-                    World::client_events(c, ev);
+                    let sub = d.to == c.sub_addr;
+                    World::client_events(c, ev, now, sub);
                 }
             }
         }
@@ -478,20 +484,24 @@ impl World {
             self.engine.handle_timeout(now, &mut io);
         }
         for c in self.clients.iter_mut() {
-            let mut ev = Vec::new();
-            for rtc in [c.publisher.as_mut(), c.subscriber.as_mut()].into_iter().flatten() {
+            for sub in [false, true] {
+                let rtc = if sub { c.subscriber.as_mut() } else { c.publisher.as_mut() };
+                let Some(rtc) = rtc else { continue };
+                let mut ev = Vec::new();
                 rtc.handle_input(Input::Timeout(now)).unwrap();
                 Client::drain(rtc, now, &mut self.net, &mut ev);
+                World::client_events(c, ev, now, sub);
             }
-            World::client_events(c, ev);
         }
         self.pump();
         self.send_media(step);
     }
 
-    pub fn client_events(c: &mut Client, ev: Vec<Event>) {
+    /// Handles a client's events; `sub`: they came from its subscriber connection.
+    pub fn client_events(c: &mut Client, ev: Vec<Event>, now: Instant, sub: bool) {
         for e in ev {
             match e {
+                Event::Connected if sub && c.sub_connected_at.is_none() => c.sub_connected_at = Some(now),
                 Event::KeyframeRequest(_) => {
                     c.keyframe_requests += 1;
                     c.force_key = true;
@@ -502,6 +512,7 @@ impl World {
                     let Some(track) = c.mid_track.get(&mid.to_string()).cloned() else { continue };
                     let video = c.track_video.get(&track).copied().unwrap_or(false);
                     let r = c.received.entry(track).or_default();
+                    r.first_at.get_or_insert(now);
                     match check(&p.payload, video) {
                         Some((s, l, idx, key)) => r.packets.push((*p.seq_no, s, l, idx, key, p.header.timestamp)),
                         None => r.bad += 1,
