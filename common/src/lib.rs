@@ -6,6 +6,7 @@
 //!   text) out of logs.
 //! - [`Context`]: what `maxd` hands each plane when it starts it.
 
+pub mod netaddr;
 pub mod pii;
 pub mod revoke;
 pub mod token;

@@ -27,6 +27,24 @@ pub struct Config {
     pub keyframe_request_interval: Duration,
     /// Most participants in one room.
     pub max_participants_per_room: usize,
+    /// Most ICE-TCP connections open at once; more are closed at once (and logged).
+    pub tcp_max_connections: usize,
+    /// Most ICE-TCP connections from one client address (IPv6: one /64). Raise it when
+    /// many clients share one address (a large NAT with UDP blocked).
+    pub tcp_max_connections_per_ip: usize,
+    /// Time an ICE-TCP connection has to send its first frame (a STUN check).
+    #[serde(with = "humantime_serde")]
+    pub tcp_first_frame_timeout: Duration,
+    /// An ICE-TCP connection that sends nothing for this long is closed.
+    #[serde(with = "humantime_serde")]
+    pub tcp_idle_timeout: Duration,
+    /// A `/rtc` WebSocket is pinged this often ...
+    #[serde(with = "humantime_serde")]
+    pub ws_ping_interval: Duration,
+    /// ... and closed when nothing (not even a pong) came for this long; the session
+    /// then waits `resume_window` for a resume.
+    #[serde(with = "humantime_serde")]
+    pub ws_idle_timeout: Duration,
 }
 
 impl Default for Config {
@@ -39,6 +57,12 @@ impl Default for Config {
             resume_window: Duration::from_secs(10),
             keyframe_request_interval: Duration::from_millis(500),
             max_participants_per_room: 500,
+            tcp_max_connections: 4096,
+            tcp_max_connections_per_ip: 64,
+            tcp_first_frame_timeout: Duration::from_secs(5),
+            tcp_idle_timeout: Duration::from_secs(30),
+            ws_ping_interval: Duration::from_secs(15),
+            ws_idle_timeout: Duration::from_secs(40),
         }
     }
 }
@@ -53,6 +77,12 @@ impl Config {
                 "udp_listen {} binds every interface, so it cannot be advertised to clients: set public_ip to the address clients reach",
                 self.udp_listen
             ));
+        }
+        if self.tcp_max_connections == 0 || self.tcp_max_connections_per_ip == 0 {
+            return Err("tcp_max_connections and tcp_max_connections_per_ip must be at least 1 (unset tcp_listen to disable ICE-TCP)".into());
+        }
+        if self.ws_ping_interval.is_zero() || self.ws_idle_timeout <= self.ws_ping_interval {
+            return Err("ws_idle_timeout must be longer than ws_ping_interval, which must not be zero".into());
         }
         if self.resume_window > Duration::from_secs(600) {
             return Err("resume_window may be at most 10m".into());

@@ -10,6 +10,7 @@
 mod config;
 pub mod engine;
 pub mod forward;
+mod ice_tcp;
 pub mod metrics;
 pub mod proto;
 mod rtc_ws;
@@ -33,10 +34,18 @@ impl Sfu {
     pub async fn start(config: Config, ctx: common::Context) -> anyhow::Result<Sfu> {
         let metrics = metrics::Metrics::new(&ctx.registry);
         let worker = worker::Worker::spawn(&config, metrics)?;
+        // A revoked device session leaves every room at once (its token is refused from
+        // now on by `Keys::verify`).
+        let commands = worker.commands.clone();
+        ctx.keys.revocations().on_revoke(move |sid| {
+            let _ = commands.send(engine::Command::Revoke { sid: sid.to_string() });
+        });
         let state = rtc_ws::RtcState {
             keys: ctx.keys.clone(),
             commands: worker.commands.clone(),
             next_conn: Arc::new(AtomicU64::new(1)),
+            ping_interval: config.ws_ping_interval,
+            idle_timeout: config.ws_idle_timeout,
         };
         Ok(Sfu { worker, state })
     }

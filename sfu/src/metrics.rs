@@ -97,6 +97,7 @@ pub struct Metrics {
     pub participants: IntGauge,
     pub tracks: IntGauge,
     pub subscriptions: IntGauge,
+    pub tcp_connections: IntGauge,
     packets_in: IntCounter,
     bytes_in: IntCounter,
     packets_out: IntCounter,
@@ -111,6 +112,7 @@ pub struct Metrics {
     ice_timeouts: IntCounter,
     consent_by_media: IntCounter,
     left: IntCounterVec,
+    tcp_refused: IntCounterVec,
     pub forward_latency: Histogram,
     pub worker_cpu_seconds: IntCounterVec,
 }
@@ -161,11 +163,19 @@ impl Metrics {
         )
         .expect("valid metric");
         r.register(Box::new(left.clone())).expect("metric registered once");
+        let tcp_refused = IntCounterVec::new(
+            Opts::new("tcp_refused_total", "ICE-TCP connections refused, by the limit that refused them")
+                .subsystem("sfu"),
+            &["limit"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(tcp_refused.clone())).expect("metric registered once");
         Metrics {
             rooms: gauge(r, "rooms", "Open rooms"),
             participants: gauge(r, "participants", "Participants in all rooms"),
             tracks: gauge(r, "tracks", "Published tracks"),
             subscriptions: gauge(r, "subscriptions", "Track subscriptions (downtracks)"),
+            tcp_connections: gauge(r, "tcp_connections", "Open ICE-TCP connections"),
             packets_in: counter(r, "packets_received_total", "Datagrams received on the media ports"),
             bytes_in: counter(r, "bytes_received_total", "Bytes received on the media ports"),
             packets_out: counter(r, "packets_sent_total", "Datagrams sent on the media ports"),
@@ -196,9 +206,19 @@ impl Metrics {
                 "Paths kept alive by authenticated media for clients that skip STUN consent checks",
             ),
             left,
+            tcp_refused,
             forward_latency,
             worker_cpu_seconds,
         }
+    }
+
+    /// Counts an ICE-TCP connection refused by a limit.
+    pub fn tcp_refused(&self, r: crate::ice_tcp::Refused) {
+        let label = match r {
+            crate::ice_tcp::Refused::Total => "total",
+            crate::ice_tcp::Refused::PerIp => "per_ip",
+        };
+        self.tcp_refused.with_label_values(&[label]).inc();
     }
 
     pub fn local_latency(&self) -> LocalHistogram {

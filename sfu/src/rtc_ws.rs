@@ -32,6 +32,10 @@ pub struct RtcState {
     pub keys: common::Keys,
     pub commands: mpsc::UnboundedSender<Command>,
     pub next_conn: Arc<AtomicU64>,
+    /// Ping the client this often ...
+    pub ping_interval: Duration,
+    /// ... and close the socket when nothing came from it for this long.
+    pub idle_timeout: Duration,
 }
 
 /// A refusal before the upgrade: status and a JSON body saying why.
@@ -90,7 +94,7 @@ async fn close_gracefully(
     code: u16,
     reason: &'static str,
 ) {
-    if sink.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await.is_err() {
+    if !send(sink, Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await {
         return;
     }
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
@@ -101,6 +105,15 @@ async fn close_gracefully(
         }
     })
     .await;
+}
+
+/// Longest a frame may wait for the client's TCP window: a client that stopped reading
+/// must not hold its session task (and socket) forever.
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Sends one frame; false when the socket failed or the client did not take it in time.
+async fn send(sink: &mut futures_util::stream::SplitSink<WebSocket, Message>, m: Message) -> bool {
+    matches!(tokio::time::timeout(SEND_TIMEOUT, sink.send(m)).await, Ok(Ok(())))
 }
 
 fn text(msg: &ServerMsg) -> Message {
@@ -135,21 +148,35 @@ async fn session(socket: WebSocket, st: RtcState, claims: common::Claims) {
     let mut bucket = Bucket { tokens: RATE_BURST, at: Instant::now() };
     let first_deadline = tokio::time::sleep(FIRST_MESSAGE_TIMEOUT);
     tokio::pin!(first_deadline);
+    // A client that vanished without closing (a killed app, a dead NAT mapping) answers
+    // no ping: its socket is closed and its session waits for a resume.
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + st.ping_interval, st.ping_interval);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_heard = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = &mut first_deadline, if !joined => {
-                let _ = sink.send(text(&ServerMsg::Error { code: ErrorCode::BadState, message: "send `join` or `resume` first".into() })).await;
+                send(&mut sink, text(&ServerMsg::Error { code: ErrorCode::BadState, message: "send `join` or `resume` first".into() })).await;
                 break;
+            }
+            _ = ping.tick() => {
+                if last_heard.elapsed() >= st.idle_timeout {
+                    break;
+                }
+                if !send(&mut sink, Message::Ping(Default::default())).await {
+                    break;
+                }
             }
             incoming = stream.next() => {
                 let frame = match incoming {
                     Some(Ok(f)) => f,
                     _ => break,
                 };
+                last_heard = tokio::time::Instant::now();
                 let raw = match frame {
                     Message::Text(t) if t.len() > MAX_FRAME => {
                         let e = ServerMsg::Error { code: ErrorCode::Limit, message: format!("message of {} bytes is over the {MAX_FRAME}-byte limit", t.len()) };
-                        let _ = sink.send(text(&e)).await;
+                        send(&mut sink, text(&e)).await;
                         close_gracefully(&mut sink, &mut stream, 1009, "message too big").await;
                         break;
                     }
@@ -157,21 +184,21 @@ async fn session(socket: WebSocket, st: RtcState, claims: common::Claims) {
                     Message::Close(_) => break,
                     Message::Binary(_) => {
                         let e = ServerMsg::Error { code: ErrorCode::BadMessage, message: "binary frames are not used: send JSON text".into() };
-                        if sink.send(text(&e)).await.is_err() { break; }
+                        if !send(&mut sink, text(&e)).await { break; }
                         continue;
                     }
                     _ => continue,
                 };
                 if !bucket.take() {
                     let e = ServerMsg::Error { code: ErrorCode::Limit, message: format!("more than {RATE_PER_SEC} messages a second; slow down") };
-                    if sink.send(text(&e)).await.is_err() { break; }
+                    if !send(&mut sink, text(&e)).await { break; }
                     continue;
                 }
                 let msg: ClientMsg = match serde_json::from_str(raw.as_str()) {
                     Ok(m) => m,
                     Err(e) => {
                         let e = ServerMsg::Error { code: ErrorCode::BadMessage, message: format!("not a valid message: {e}") };
-                        if sink.send(text(&e)).await.is_err() { break; }
+                        if !send(&mut sink, text(&e)).await { break; }
                         continue;
                     }
                 };
@@ -196,13 +223,13 @@ async fn session(socket: WebSocket, st: RtcState, claims: common::Claims) {
                         }
                         _ => {
                             let e = ServerMsg::Error { code: ErrorCode::BadState, message: "send `join` or `resume` first".into() };
-                            if sink.send(text(&e)).await.is_err() { break; }
+                            if !send(&mut sink, text(&e)).await { break; }
                             continue;
                         }
                     }
                 };
                 if st.commands.send(cmd).is_err() {
-                    let _ = sink.send(text(&ServerMsg::Left { reason: "server shutting down".into() })).await;
+                    send(&mut sink, text(&ServerMsg::Left { reason: "server shutting down".into() })).await;
                     break;
                 }
             }
@@ -210,7 +237,7 @@ async fn session(socket: WebSocket, st: RtcState, claims: common::Claims) {
                 match out {
                     Some(m) => {
                         let end = matches!(m, ServerMsg::Left { .. });
-                        if sink.send(text(&m)).await.is_err() { break; }
+                        if !send(&mut sink, text(&m)).await { break; }
                         if end {
                             close_gracefully(&mut sink, &mut stream, 1000, "left").await;
                             break;

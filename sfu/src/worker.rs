@@ -9,24 +9,18 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use str0m::net::Protocol;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{mpsc, watch};
 
 use crate::Config;
 use crate::engine::{Command, Engine, EngineConfig, Io};
+use crate::ice_tcp::{ACCEPT_PAUSE, Admission, TcpEvent, TcpLimits};
 use crate::metrics::Metrics;
 
 /// Largest datagram accepted.
 const MAX_DATAGRAM: usize = 2048;
 /// Datagrams handled per socket wake-up before timers and commands get a turn.
 const BATCH: usize = 64;
-
-enum TcpEvent {
-    Opened(SocketAddr, mpsc::Sender<Vec<u8>>),
-    Data(SocketAddr, Vec<u8>),
-    Closed(SocketAddr),
-}
 
 pub struct Worker {
     pub commands: mpsc::UnboundedSender<Command>,
@@ -67,6 +61,12 @@ impl Worker {
             max_participants: cfg.max_participants_per_room,
         };
         let engine = Engine::new(ecfg, Some(metrics.clone()), Instant::now()).map_err(anyhow::Error::msg)?;
+        let limits = TcpLimits {
+            max_connections: cfg.tcp_max_connections,
+            max_per_ip: cfg.tcp_max_connections_per_ip,
+            first_frame: cfg.tcp_first_frame_timeout,
+            idle: cfg.tcp_idle_timeout,
+        };
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
         let (stop_tx, stop_rx) = watch::channel(false);
         let thread = std::thread::Builder::new()
@@ -79,7 +79,7 @@ impl Worker {
                 rt.block_on(async move {
                     let udp = UdpSocket::from_std(udp).expect("registering the UDP socket");
                     let tcp = tcp.map(|l| TcpListener::from_std(l).expect("registering the TCP listener"));
-                    run(engine, udp, tcp, cmd_rx, stop_rx, metrics).await;
+                    run(engine, udp, tcp, limits, cmd_rx, stop_rx, metrics).await;
                 });
             })
             .context("starting the media worker thread")?;
@@ -136,6 +136,7 @@ async fn run(
     mut engine: Engine,
     udp: UdpSocket,
     tcp: Option<TcpListener>,
+    limits: TcpLimits,
     mut commands: mpsc::UnboundedReceiver<Command>,
     mut stop: watch::Receiver<bool>,
     metrics: Metrics,
@@ -150,6 +151,9 @@ async fn run(
     let cpu = metrics.worker_cpu_seconds.with_label_values(&["0"]);
     let mut cpu_last = thread_cpu_micros();
     let mut cpu_next = Instant::now() + Duration::from_secs(1);
+    let mut admission = Admission::default();
+    // Accepting pauses until then after an accept error (out of descriptors).
+    let mut accept_paused: Option<tokio::time::Instant> = None;
     loop {
         sleep.as_mut().reset(engine.poll_timeout().into());
         tokio::select! {
@@ -189,11 +193,35 @@ async fn run(
                         }
                     }
                 }
-                TcpEvent::Closed(a) => { io.tcp.remove(&a); }
+                TcpEvent::Closed(a) => {
+                    io.tcp.remove(&a);
+                    admission.closed(a);
+                    metrics.tcp_connections.set(admission.open() as i64);
+                }
             },
-            acc = async { match &tcp { Some(l) => l.accept().await, None => std::future::pending().await } } => {
-                if let Ok((stream, peer)) = acc {
-                    tokio::spawn(tcp_conn(stream, peer, tcp_tx.clone()));
+            acc = async {
+                if let Some(t) = accept_paused {
+                    tokio::time::sleep_until(t).await;
+                }
+                match &tcp { Some(l) => l.accept().await, None => std::future::pending().await }
+            } => {
+                accept_paused = None;
+                match acc {
+                    Ok((stream, peer)) => match admission.admit(&limits, peer, Instant::now()) {
+                        Ok(()) => {
+                            metrics.tcp_connections.set(admission.open() as i64);
+                            tokio::spawn(crate::ice_tcp::serve(stream, peer, limits, tcp_tx.clone()));
+                        }
+                        Err(r) => {
+                            metrics.tcp_refused(r);
+                            drop(stream);
+                        }
+                    },
+                    Err(e) => {
+                        // EMFILE and friends: retrying at once would spin this thread.
+                        tracing::warn!(error = %e, "ICE-TCP accept failed; pausing accepts for {ACCEPT_PAUSE:?}");
+                        accept_paused = Some(tokio::time::Instant::now() + ACCEPT_PAUSE);
+                    }
                 }
             }
             _ = &mut sleep => engine.handle_timeout(Instant::now(), &mut io),
@@ -211,43 +239,6 @@ async fn run(
         }
     }
     tracing::info!("media worker stopped");
-}
-
-/// One ICE-TCP connection: RFC 4571 framing (16-bit length, then the datagram).
-async fn tcp_conn(stream: TcpStream, peer: SocketAddr, events: mpsc::Sender<TcpEvent>) {
-    let _ = stream.set_nodelay(true);
-    let (mut rd, mut wr) = stream.into_split();
-    let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(1024);
-    if events.send(TcpEvent::Opened(peer, out_tx)).await.is_err() {
-        return;
-    }
-    let writer = tokio::spawn(async move {
-        while let Some(d) = out_rx.recv().await {
-            let len = (d.len().min(u16::MAX as usize) as u16).to_be_bytes();
-            if wr.write_all(&len).await.is_err() || wr.write_all(&d).await.is_err() {
-                break;
-            }
-        }
-    });
-    let mut len = [0u8; 2];
-    loop {
-        if rd.read_exact(&mut len).await.is_err() {
-            break;
-        }
-        let n = u16::from_be_bytes(len) as usize;
-        if n == 0 || n > MAX_DATAGRAM {
-            break;
-        }
-        let mut d = vec![0u8; n];
-        if rd.read_exact(&mut d).await.is_err() {
-            break;
-        }
-        if events.send(TcpEvent::Data(peer, d)).await.is_err() {
-            break;
-        }
-    }
-    writer.abort();
-    let _ = events.send(TcpEvent::Closed(peer)).await;
 }
 
 /// Socket buffer size asked for: the 208 KiB default overflows (and drops datagrams)

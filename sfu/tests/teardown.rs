@@ -62,7 +62,8 @@ impl Sim {
             name: None,
             room: Some(room.into()),
             grants: common::Grants::parse_list("publish,subscribe").unwrap(),
-            sid: None,
+            // Each identity's device session is named after it.
+            sid: Some(format!("sid-{identity}")),
             iat: 0,
             exp: u64::MAX,
         }
@@ -328,4 +329,24 @@ fn seeded_churn_leaves_nothing_behind() {
             "seed {seed}"
         );
     }
+}
+
+/// Revoking a device session (logout elsewhere) removes its participants at once and
+/// tells them why; others stay.
+#[test]
+fn a_revoked_session_leaves_at_once() {
+    let mut sim = Sim::new();
+    let mut a = sim.join("a", "r", 64);
+    let mut b = sim.join("b", "r", 64);
+    drain(&mut a);
+    drain(&mut b);
+    sim.cmd(Command::Revoke { sid: "sid-a".into() });
+    assert_eq!(sim.stats().participants, 1);
+    let told: Vec<ServerMsg> = std::iter::from_fn(|| a.rx.as_mut().unwrap().try_recv().ok()).collect();
+    assert!(
+        told.iter().any(|m| matches!(m, ServerMsg::Left { reason } if reason == "access revoked")),
+        "{told:?}"
+    );
+    let seen: Vec<ServerMsg> = std::iter::from_fn(|| b.rx.as_mut().unwrap().try_recv().ok()).collect();
+    assert!(seen.iter().any(|m| matches!(m, ServerMsg::ParticipantLeft { identity, .. } if identity == "a")), "{seen:?}");
 }

@@ -31,6 +31,7 @@ use str0m::{Candidate, Event, Input, Output, RtcError};
 pub use http::{HttpCreated, HttpError, HttpKind, PatchOutcome, Reply, SdpFrag};
 pub use ids::{ConnId, PartKey, PeerKey};
 pub use state::SignalTx;
+pub use stun::is_stun;
 use state::{Participant, Peer, Room, Sub, Track};
 
 use crate::metrics::{Counters, LeaveReason, Metrics};
@@ -73,6 +74,8 @@ pub enum Command {
     HttpPatch { resource: String, identity: String, if_match: Option<String>, frag: SdpFrag, reply: Reply<PatchOutcome> },
     /// `DELETE` on a WHIP/WHEP session by `identity`.
     HttpDelete { resource: String, identity: String, reply: Reply<()> },
+    /// The device session `sid` was revoked: its participants leave.
+    Revoke { sid: String },
 }
 
 pub struct Engine {
@@ -295,6 +298,17 @@ impl Engine {
             Command::HttpDelete { resource, identity, reply } => {
                 let res = self.http_delete(now, &resource, &identity, io);
                 let _ = reply.send(res);
+            }
+            Command::Revoke { sid } => {
+                let gone: Vec<PartKey> = self
+                    .participants
+                    .iter()
+                    .filter(|(_, p)| p.sid.as_deref() == Some(sid.as_str()))
+                    .map(|(k, _)| k)
+                    .collect();
+                for pk in gone {
+                    self.remove_participant(now, pk, LeaveReason::Revoked, true, io);
+                }
             }
         }
         self.process(now, io);

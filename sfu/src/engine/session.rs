@@ -115,6 +115,7 @@ impl Engine {
             name: claims.name.clone().unwrap_or_else(|| claims.sub.clone()),
             room: room_name.clone(),
             grants: claims.grants.clone(),
+            sid: claims.sid.clone(),
             session_id: session_id.clone(),
             // Until a WebSocket or media attaches, the resume window runs.
             link: Link::Detached { since: now, conn: None },

@@ -40,6 +40,8 @@ pub struct Participant {
     pub name: String,
     pub room: String,
     pub grants: Grants,
+    /// The device session of the access token, if any: revoking it removes us.
+    pub sid: Option<String>,
     pub session_id: String,
     /// How the participant is reached, and whether its resume window runs.
     pub link: Link,
