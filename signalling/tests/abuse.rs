@@ -67,11 +67,197 @@ async fn concurrent_guesses_burn_the_code_after_five_sqlite() {
     concurrent_guesses(None).await;
 }
 
+/// A rotated refresh token presented again revokes the whole session: the access token
+/// minted by the rotation is refused (`session_revoked`) here and by every plane of the
+/// process, and so is the refresh token the rotation gave.
+async fn refresh_reuse(url: Option<&str>) {
+    let s = start(config(url)).await;
+    let a = s.addr;
+    let u = login(a, &s.data_dir, "+79160000072", "phone").await;
+    let refresh = |t: String| async move {
+        http(
+            a,
+            "POST",
+            "/api/auth/refresh",
+            None,
+            Some(json!({"refresh_token": t})),
+        )
+        .await
+    };
+    let (st, v) = refresh(u.refresh.clone()).await;
+    assert_eq!(st, 200, "{v}");
+    let (new_access, new_refresh) = (
+        v["access_token"].as_str().unwrap().to_string(),
+        v["refresh_token"].as_str().unwrap().to_string(),
+    );
+    let (st, _) = http(a, "GET", "/api/chats", Some(&new_access), None).await;
+    assert_eq!(st, 200);
+    // The old one again: someone else holds a copy.
+    let (st, v) = refresh(u.refresh.clone()).await;
+    assert_eq!(
+        (st, v["error"].as_str()),
+        (401, Some("refresh_reused")),
+        "{v}"
+    );
+    for t in [&new_access, &u.token] {
+        let (st, v) = http(a, "GET", "/api/chats", Some(t), None).await;
+        assert_eq!(
+            (st, v["error"].as_str()),
+            (401, Some("session_revoked")),
+            "{v}"
+        );
+        assert_eq!(s.keys.verify(t), Err(common::TokenError::Revoked));
+    }
+    let (st, v) = refresh(new_refresh).await;
+    assert_eq!(
+        (st, v["error"].as_str()),
+        (401, Some("refresh_invalid")),
+        "{v}"
+    );
+    let (st, v) = refresh(u.refresh.clone()).await;
+    assert_eq!(st, 401, "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refresh_reuse_revokes_the_session_sqlite() {
+    refresh_reuse(None).await;
+}
+
+/// Per client network: `verifies_per_ip_per_hour` code checks, then `rate_limited`;
+/// two IPv6 addresses of one /64 share the allowance, another /64 has its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_is_limited_per_ip_and_per_ipv6_64() {
+    let s = start(signalling::Config {
+        verifies_per_ip_per_hour: 3,
+        ..config(None)
+    })
+    .await;
+    let a = s.addr;
+    for _ in 0..3 {
+        let (st, v) = verify(a, "+79160000073", "123456").await;
+        assert_eq!(
+            (st, v["error"].as_str()),
+            (401, Some("code_expired")),
+            "{v}"
+        );
+    }
+    let (st, v) = verify(a, "+79160000073", "123456").await;
+    assert_eq!(
+        (st, v["error"].as_str()),
+        (429, Some("rate_limited")),
+        "{v}"
+    );
+    assert!(v["retry_after"].as_u64().unwrap() >= 1, "{v}");
+    assert_eq!(s.sig.app().metrics.verifies_refused.get(), 1);
+
+    // The same rule, by address (one machine cannot connect from many IPv6 addresses).
+    let app = s.sig.app();
+    let check = |ip: &str| {
+        let ip: std::net::IpAddr = ip.parse().unwrap();
+        async move {
+            match app.verify_code("+79160000073", "123456", "", ip).await {
+                Err(e) => e.code(),
+                Ok(_) => "ok",
+            }
+        }
+    };
+    assert_eq!(check("2001:db8:1:2::1").await, "code_expired");
+    assert_eq!(check("2001:db8:1:2::1").await, "code_expired");
+    assert_eq!(
+        check("2001:db8:1:2:ffff:ffff:ffff:ffff").await,
+        "code_expired"
+    );
+    assert_eq!(check("2001:db8:1:2:aaaa::7").await, "rate_limited");
+    assert_eq!(check("2001:db8:1:3::1").await, "code_expired");
+}
+
+/// Burning `burnt_codes_before_lockout` codes locks the number: code requests and
+/// checks answer `number_locked` with a `retry_after`, whatever the address; other
+/// numbers are not affected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn burnt_codes_lock_the_number() {
+    let s = start(signalling::Config {
+        code_cooldown: std::time::Duration::ZERO,
+        verifies_per_ip_per_hour: 1000,
+        ..config(None)
+    })
+    .await;
+    let a = s.addr;
+    let phone = "+79160000074";
+    let code_req = |p: &'static str| async move {
+        http(a, "POST", "/api/auth/code", None, Some(json!({"phone": p}))).await
+    };
+    for burn in 0..3 {
+        let (st, v) = code_req(phone).await;
+        assert_eq!(st, 200, "code {burn}: {v}");
+        let (code, _) = dev_code(&s.data_dir, phone);
+        let wrong = if code == "000000" { "111111" } else { "000000" };
+        for _ in 0..4 {
+            assert_eq!(verify(a, phone, wrong).await.1["error"], "code_wrong");
+        }
+        assert_eq!(verify(a, phone, wrong).await.1["error"], "code_expired");
+    }
+    let (st, v) = code_req(phone).await;
+    assert_eq!(
+        (st, v["error"].as_str()),
+        (429, Some("number_locked")),
+        "{v}"
+    );
+    let retry = v["retry_after"].as_u64().unwrap();
+    assert!(retry > 23 * 3600 && retry <= 24 * 3600 + 1, "{v}");
+    let (st, v) = verify(a, phone, "123456").await;
+    assert_eq!(
+        (st, v["error"].as_str()),
+        (429, Some("number_locked")),
+        "{v}"
+    );
+    let app = s.sig.app();
+    let other_net = "2001:db8:9::1".parse().unwrap();
+    let e = app
+        .verify_code(phone, "123456", "", other_net)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), "number_locked");
+    // Another number logs in as usual.
+    login(a, &s.data_dir, "+79160000075", "phone").await;
+}
+
+/// Logging out puts the session on the process-wide list: `Keys::verify`, which the
+/// relay and the sfu use, refuses its token at once, and still after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logout_reaches_every_plane_and_survives_restart() {
+    let s = start(config(None)).await;
+    let a = s.addr;
+    let u = login(a, &s.data_dir, "+79160000076", "phone").await;
+    let keep = login(a, &s.data_dir, "+79160000077", "phone").await;
+    assert!(s.keys.verify(&u.token).is_ok());
+    let (st, _) = http(a, "POST", "/api/auth/logout", Some(&u.token), None).await;
+    assert_eq!(st, 200);
+    assert_eq!(s.keys.verify(&u.token), Err(common::TokenError::Revoked));
+    assert!(s.keys.verify(&keep.token).is_ok());
+    let (st, v) = http(a, "GET", "/api/me", Some(&u.token), None).await;
+    assert_eq!(
+        (st, v["error"].as_str()),
+        (401, Some("session_revoked")),
+        "{v}"
+    );
+
+    let s = s.restart().await;
+    assert_eq!(s.keys.verify(&u.token), Err(common::TokenError::Revoked));
+    assert!(s.keys.verify(&keep.token).is_ok());
+    let (st, v) = http(s.addr, "GET", "/api/me", Some(&u.token), None).await;
+    assert_eq!(
+        (st, v["error"].as_str()),
+        (401, Some("session_revoked")),
+        "{v}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn abuse_on_postgres() {
     let pg = postgres().await;
     sqlx::any::install_default_drivers();
-    for (i, name) in ["guesses"].iter().enumerate() {
+    for (i, name) in ["guesses", "refresh"].iter().enumerate() {
         let db = format!("a{i}_{name}");
         let mut c = <sqlx::AnyConnection as sqlx::Connection>::connect(&pg.url)
             .await
@@ -81,8 +267,9 @@ async fn abuse_on_postgres() {
             .await
             .unwrap();
         let url = format!("{}/{db}", pg.url.rsplit_once('/').unwrap().0);
-        if *name == "guesses" {
-            concurrent_guesses(Some(&url)).await
+        match *name {
+            "guesses" => concurrent_guesses(Some(&url)).await,
+            _ => refresh_reuse(Some(&url)).await,
         }
     }
 }
