@@ -273,3 +273,151 @@ async fn abuse_on_postgres() {
         }
     }
 }
+
+/// Reads close frames, skipping anything else, until the socket ends; the close code.
+async fn close_code(ws: &mut Ws) -> Option<u16> {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        match tokio::time::timeout(WAIT, ws.inner.next())
+            .await
+            .expect("socket not closed in time")
+        {
+            Some(Ok(Message::Close(f))) => return f.map(|f| u16::from(f.code)),
+            Some(Ok(_)) => continue,
+            None | Some(Err(_)) => return None,
+        }
+    }
+}
+
+/// `/ws` without a token: the first frame must authenticate within `ws_auth_timeout`;
+/// a connection that never does is closed (4002), a refused token closes it (4003), a
+/// good one is answered `authenticated` and the connection works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthenticated_ws_is_closed_after_the_auth_timeout() {
+    let timeout = std::time::Duration::from_millis(300);
+    let s = start(signalling::Config {
+        ws_auth_timeout: timeout,
+        ..config(None)
+    })
+    .await;
+    let a = s.addr;
+    let u = login(a, &s.data_dir, "+79160000078", "phone").await;
+    let open = || async move {
+        let (inner, _) = tokio_tungstenite::connect_async(format!("ws://{a}/ws"))
+            .await
+            .expect("an upgrade without a token is accepted");
+        Ws { inner }
+    };
+    let mut idle = open().await;
+    let t0 = std::time::Instant::now();
+    assert_eq!(close_code(&mut idle).await, Some(4002));
+    let took = t0.elapsed();
+    assert!(
+        took >= timeout - std::time::Duration::from_millis(50)
+            && took < timeout + std::time::Duration::from_secs(2),
+        "closed after {took:?}"
+    );
+
+    let mut bad = open().await;
+    bad.send(json!({"type": "auth", "access_token": "garbage", "req_id": 1}))
+        .await;
+    let e = bad.next().await;
+    assert_eq!(
+        (e["code"].as_str(), e["req_id"].as_i64()),
+        (Some("token_invalid"), Some(1)),
+        "{e}"
+    );
+    assert_eq!(close_code(&mut bad).await, Some(4003));
+
+    let mut good = open().await;
+    good.send(json!({"type": "auth", "access_token": u.token}))
+        .await;
+    let ok = good.next().await;
+    assert_eq!(
+        (ok["type"].as_str(), ok["user_id"].as_i64()),
+        (Some("authenticated"), Some(u.id)),
+        "{ok}"
+    );
+    good.sync(json!([])).await;
+    good.send(json!({"type": "ping"})).await;
+    good.next_of("pong").await;
+}
+
+/// The server pings every `ws_ping_interval`; a peer that answers nothing is closed
+/// (4004) within `ws_idle_timeout`, while a client that answers pings stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_peer_is_closed_after_the_idle_timeout_and_a_live_one_stays() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let idle = std::time::Duration::from_millis(500);
+    let s = start(signalling::Config {
+        ws_ping_interval: std::time::Duration::from_millis(100),
+        ws_idle_timeout: idle,
+        ..config(None)
+    })
+    .await;
+    let a = s.addr;
+    let u = login(a, &s.data_dir, "+79160000079", "phone").await;
+
+    // A peer that upgrades, then never sends a byte (so never a pong).
+    let mut tcp = tokio::net::TcpStream::connect(a).await.unwrap();
+    let req = format!(
+        "GET /ws?access_token={} HTTP/1.1\r\nHost: {a}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        u.token
+    );
+    tcp.write_all(req.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let mut upgraded_at = None;
+    loop {
+        let n = tokio::time::timeout(WAIT, tcp.read(&mut buf))
+            .await
+            .expect("silent peer not closed in time")
+            .unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+        if upgraded_at.is_none() && got.windows(4).any(|w| w == b"\r\n\r\n") {
+            assert!(
+                got.starts_with(b"HTTP/1.1 101"),
+                "{}",
+                String::from_utf8_lossy(&got)
+            );
+            upgraded_at = Some(std::time::Instant::now());
+        }
+    }
+    let took = upgraded_at.expect("upgraded").elapsed();
+    assert!(
+        took >= idle - std::time::Duration::from_millis(50)
+            && took < idle + std::time::Duration::from_secs(2),
+        "closed after {took:?}"
+    );
+    let has = |pat: &[u8]| got.windows(pat.len()).any(|w| w == pat);
+    assert!(has(&[0x89, 0x00]), "no ping was sent");
+    // Close frame, unmasked, code 4004 (0x0fa4).
+    assert!(
+        got.windows(4)
+            .any(|w| w[0] == 0x88 && w[2..] == [0x0f, 0xa4]),
+        "no close 4004"
+    );
+
+    // A client that answers pings (tungstenite does as it reads) outlives 3 idle timeouts.
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let mut live = Ws::connect(a, &u.token).await;
+    live.sync(json!([])).await;
+    let until = tokio::time::Instant::now() + idle * 3;
+    let mut pings = 0;
+    while let Ok(m) = tokio::time::timeout_at(until, live.inner.next()).await {
+        match m {
+            Some(Ok(Message::Ping(_))) => pings += 1,
+            Some(Ok(Message::Close(f))) => panic!("live client closed: {f:?}"),
+            Some(Ok(_)) => {}
+            other => panic!("live client ended: {other:?}"),
+        }
+    }
+    assert!(pings >= 5, "{pings} pings in {:?}", idle * 3);
+    live.send(json!({"type": "ping"})).await;
+    live.next_of("pong").await;
+}
