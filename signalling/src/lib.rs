@@ -37,6 +37,20 @@ use prometheus::{IntCounter, IntGauge, Opts};
 
 pub use config::Config;
 
+/// `tracing` filter directives that cap dependencies of the HTTP and WebSocket stack
+/// whose verbose levels write personal data or secrets: tungstenite logs whole frames
+/// (message text, `auth` tokens) at trace and client URLs at debug; axum's server logs
+/// peer addresses and rejected input at trace; hyper_util's client logs hosts and
+/// addresses at debug. `maxd` adds them after the operator's filter, so no log level
+/// lifts them (a directive for the same target replaces an earlier one).
+pub const LOG_CAPS: &[&str] = &[
+    "tungstenite=info",
+    "tokio_tungstenite=info",
+    "hyper_util=info",
+    "axum::serve=debug",
+    "axum::rejection=debug",
+];
+
 pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
