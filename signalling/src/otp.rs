@@ -9,7 +9,10 @@
 //!   requests and `verifies_per_ip_per_hour` code checks;
 //! - per number: one code per `code_cooldown`, `codes_per_number_per_day`, and a lock-out
 //!   (`number_locked`) once `burnt_codes_before_lockout` codes were burnt within
-//!   `lockout_window` - a guard that holds whatever addresses the guesses come from.
+//!   `lockout_window` - a guard that holds whatever addresses the guesses come from. A
+//!   code counts as burnt when its last try was wrong, and also when it is replaced or
+//!   expires after a wrong try, so at most `code_max_attempts` x
+//!   `burnt_codes_before_lockout` wrong guesses reach a number per window.
 
 use std::net::IpAddr;
 
@@ -24,6 +27,20 @@ use crate::sms::Sms;
 use crate::{App, now_ms};
 
 const DAY_MS: i64 = 24 * 3600 * 1000;
+
+/// Counts a burnt code of `phone` towards its lock-out.
+async fn record_burn(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    phone: &str,
+    now: i64,
+) -> ApiResult<()> {
+    sqlx::query("INSERT INTO code_burns (phone, burnt_at) VALUES ($1, $2)")
+        .bind(phone)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
 
 fn code_hash(phone: &str, code: &str, salt: &str) -> String {
     hex::encode(Sha256::digest(format!("{salt}:{phone}:{code}").as_bytes()))
@@ -83,10 +100,21 @@ impl App {
         let salt = random_token(12);
         let stored = format!("{salt}${}", code_hash(&phone, &code, &salt));
         let mut tx = self.db.pool.begin().await?;
-        sqlx::query("DELETE FROM login_codes WHERE phone = $1")
-            .bind(&phone)
-            .execute(&mut *tx)
-            .await?;
+        // The code this one replaces: if it was guessed at, it counts as burnt (else
+        // guessing 4 times and asking for a new code would dodge the lock-out).
+        let replaced: Option<i64> =
+            sqlx::query_scalar("DELETE FROM login_codes WHERE phone = $1 RETURNING attempts")
+                .bind(&phone)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if replaced.is_some_and(|a| a > 0) {
+            record_burn(&mut tx, &phone, now).await?;
+            if let Some(retry_after) = self.locked_for(&mut *tx, &phone, now).await? {
+                tx.commit().await?;
+                self.metrics.codes_refused.inc();
+                return Err(ApiError::NumberLocked { retry_after });
+            }
+        }
         sqlx::query("INSERT INTO login_codes (phone, code_hash, expires_at, attempts, created_at) VALUES ($1, $2, $3, 0, $4)")
             .bind(&phone)
             .bind(&stored)
@@ -143,21 +171,32 @@ impl App {
     /// `number_locked` while `burnt_codes_before_lockout` codes of `phone` were burnt
     /// within `lockout_window`.
     async fn check_locked(&self, phone: &str, now: i64) -> ApiResult<()> {
+        match self.locked_for(&self.db.pool, phone, now).await? {
+            Some(retry_after) => Err(ApiError::NumberLocked { retry_after }),
+            None => Ok(()),
+        }
+    }
+
+    /// Seconds until `phone` is unlocked, if it is locked.
+    async fn locked_for<'e>(
+        &self,
+        db: impl sqlx::Executor<'e, Database = sqlx::Any>,
+        phone: &str,
+        now: i64,
+    ) -> ApiResult<Option<u64>> {
         let window = self.cfg.lockout_window.as_millis() as i64;
         let (burnt, oldest): (i64, Option<i64>) = sqlx::query_as(
             "SELECT COUNT(*), MIN(burnt_at) FROM code_burns WHERE phone = $1 AND burnt_at > $2",
         )
         .bind(phone)
         .bind(now - window)
-        .fetch_one(&self.db.pool)
+        .fetch_one(db)
         .await?;
-        if burnt >= self.cfg.burnt_codes_before_lockout.max(1) as i64 {
-            let retry = oldest.map(|o| (o + window - now) / 1000 + 1).unwrap_or(1);
-            return Err(ApiError::NumberLocked {
-                retry_after: retry.max(1) as u64,
-            });
+        if burnt < self.cfg.burnt_codes_before_lockout.max(1) as i64 {
+            return Ok(None);
         }
-        Ok(())
+        let retry = oldest.map(|o| (o + window - now) / 1000 + 1).unwrap_or(1);
+        Ok(Some(retry.max(1) as u64))
     }
 
     /// Checks a code sent from `ip` and opens a session for a new device.
@@ -186,15 +225,20 @@ impl App {
         .fetch_optional(&self.db.pool)
         .await?;
         let Some((stored, attempts)) = row else {
-            // None, expired or used up: make sure nothing of it stays.
-            sqlx::query(
-                "DELETE FROM login_codes WHERE phone = $1 AND (attempts >= $2 OR expires_at < $3)",
+            // None or expired (a used-up one is deleted as it burns). An expired code
+            // that was guessed at counts as burnt.
+            let mut tx = self.db.pool.begin().await?;
+            let expired: Option<i64> = sqlx::query_scalar(
+                "DELETE FROM login_codes WHERE phone = $1 AND expires_at < $2 RETURNING attempts",
             )
             .bind(&phone)
-            .bind(max)
             .bind(now)
-            .execute(&self.db.pool)
+            .fetch_optional(&mut *tx)
             .await?;
+            if expired.is_some_and(|a| a > 0) {
+                record_burn(&mut tx, &phone, now).await?;
+            }
+            tx.commit().await?;
             return Err(ApiError::CodeExpired);
         };
         let (salt, hash) = stored.split_once('$').unwrap_or(("", ""));
@@ -211,11 +255,7 @@ impl App {
                     .bind(&stored)
                     .execute(&mut *tx)
                     .await?;
-                sqlx::query("INSERT INTO code_burns (phone, burnt_at) VALUES ($1, $2)")
-                    .bind(&phone)
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?;
+                record_burn(&mut tx, &phone, now).await?;
                 tx.commit().await?;
                 tracing::info!(phone = %common::pii::Pii(&phone), "login code burnt by wrong tries");
                 return Err(ApiError::CodeExpired);

@@ -173,7 +173,7 @@ async fn verify_is_limited_per_ip_and_per_ipv6_64() {
 
 /// Burning `burnt_codes_before_lockout` codes locks the number: code requests and
 /// checks answer `number_locked` with a `retry_after`, whatever the address; other
-/// numbers are not affected.
+/// numbers are not affected. A code replaced after a wrong try counts as burnt.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn burnt_codes_lock_the_number() {
     let s = start(signalling::Config {
@@ -187,15 +187,26 @@ async fn burnt_codes_lock_the_number() {
     let code_req = |p: &'static str| async move {
         http(a, "POST", "/api/auth/code", None, Some(json!({"phone": p}))).await
     };
-    for burn in 0..3 {
-        let (st, v) = code_req(phone).await;
-        assert_eq!(st, 200, "code {burn}: {v}");
-        let (code, _) = dev_code(&s.data_dir, phone);
-        let wrong = if code == "000000" { "111111" } else { "000000" };
-        for _ in 0..4 {
-            assert_eq!(verify(a, phone, wrong).await.1["error"], "code_wrong");
-        }
-        assert_eq!(verify(a, phone, wrong).await.1["error"], "code_expired");
+    let wrong_for = |code: &str| if code == "000000" { "111111" } else { "000000" };
+    // Codes replaced without a try do not count.
+    for _ in 0..3 {
+        assert_eq!(code_req(phone).await.0, 200);
+    }
+    // Burn 1: five wrong tries.
+    let wrong = wrong_for(&dev_code(&s.data_dir, phone).0);
+    for _ in 0..4 {
+        assert_eq!(verify(a, phone, wrong).await.1["error"], "code_wrong");
+    }
+    assert_eq!(verify(a, phone, wrong).await.1["error"], "code_expired");
+    // Burn 2: one wrong try, then a new code (which is sent).
+    assert_eq!(code_req(phone).await.0, 200);
+    let wrong = wrong_for(&dev_code(&s.data_dir, phone).0);
+    assert_eq!(verify(a, phone, wrong).await.1["error"], "code_wrong");
+    assert_eq!(code_req(phone).await.0, 200);
+    // Burn 3: four wrong tries, then asking for a new code: refused, the number is locked.
+    let wrong = wrong_for(&dev_code(&s.data_dir, phone).0);
+    for _ in 0..4 {
+        assert_eq!(verify(a, phone, wrong).await.1["error"], "code_wrong");
     }
     let (st, v) = code_req(phone).await;
     assert_eq!(
