@@ -106,6 +106,51 @@ pub mod close {
 }
 
 type Sink = futures_util::stream::SplitSink<WebSocket, WsMessage>;
+
+const LAGGED: (u16, &str) = (
+    close::LAGGED,
+    "lagged: reconnect and resume from your last sequence numbers",
+);
+
+/// Feeds `next` and what else is queued (up to a batch of 64) to `sink`, without
+/// flushing, skipping chat events already sent. `Ok(Some(close))` when the queue ended
+/// (the connection lagged), `Err` when the socket failed.
+async fn feed_events(
+    sink: &mut Sink,
+    rx: &mut tokio::sync::mpsc::Receiver<Out>,
+    last: &mut HashMap<i64, i64>,
+    mut next: Option<Out>,
+) -> Result<Option<(u16, &'static str)>, ()> {
+    for n in 1.. {
+        let frame = match next {
+            None => return Ok(Some(LAGGED)),
+            Some(Out::Ephemeral(j)) => Some(j),
+            Some(Out::Chat { chat_id, seq, json }) => match last.get_mut(&chat_id) {
+                Some(l) if seq <= *l => None,
+                Some(l) => {
+                    *l = seq;
+                    Some(json)
+                }
+                None => Some(json),
+            },
+        };
+        if let Some(f) = frame {
+            sink.feed(WsMessage::Text(f.as_ref().into()))
+                .await
+                .map_err(|_| ())?;
+        }
+        if n >= 64 {
+            break;
+        }
+        next = match rx.try_recv() {
+            Ok(o) => Some(o),
+            Err(tokio::sync::mpsc::error::TryRecvError::Empty) => return Ok(None),
+            Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => None,
+        };
+    }
+    Ok(None)
+}
+
 type Stream = futures_util::stream::SplitStream<WebSocket>;
 
 /// The first frame of a connection opened without a token.
@@ -240,42 +285,32 @@ pub async fn run(app: Arc<App>, socket: WebSocket, caller: Option<Caller>) {
                         out.push(error_event(&ApiError::RateLimited { retry_after }, &Value::Null));
                     }
                 }
-                // All answers to one frame in one write, flushed at once.
+                // The answers to one frame, and the events it caused (already queued:
+                // they are published before the answer is made), leave in one write,
+                // flushed at once: no frame waits for a later one or for an ACK.
                 let mut failed = false;
                 for o in out {
                     if sink.feed(WsMessage::Text(o.into())).await.is_err() { failed = true; break }
+                }
+                if !failed && c.synced {
+                    match rx.try_recv() {
+                        Ok(o) => match feed_events(&mut sink, &mut rx, &mut c.last, Some(o)).await {
+                            Ok(end) => close = end,
+                            Err(()) => failed = true,
+                        },
+                        Err(tokio::sync::mpsc::error::TryRecvError::Empty) => {}
+                        Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => close = Some(LAGGED),
+                    }
                 }
                 if failed || sink.flush().await.is_err() { break }
             }
             ev = rx.recv(), if c.synced => {
                 // Write what is queued (up to a batch) with one flush.
-                let mut next = ev;
-                let mut n = 0;
-                let mut failed = false;
-                loop {
-                    match next {
-                        None => { close = Some((close::LAGGED, "lagged: reconnect and resume from your last sequence numbers")); break }
-                        Some(Out::Ephemeral(j)) => {
-                            if sink.feed(WsMessage::Text(j.as_ref().into())).await.is_err() { failed = true; break }
-                        }
-                        Some(Out::Chat { chat_id, seq, json }) => {
-                            let dup = match c.last.get_mut(&chat_id) {
-                                Some(l) if seq <= *l => true,
-                                Some(l) => { *l = seq; false }
-                                None => false,
-                            };
-                            if !dup && sink.feed(WsMessage::Text(json.as_ref().into())).await.is_err() { failed = true; break }
-                        }
-                    }
-                    n += 1;
-                    if n >= 64 { break }
-                    match rx.try_recv() {
-                        Ok(o) => next = Some(o),
-                        Err(tokio::sync::mpsc::error::TryRecvError::Empty) => break,
-                        Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => next = None,
-                    }
+                match feed_events(&mut sink, &mut rx, &mut c.last, ev).await {
+                    Ok(end) => close = end,
+                    Err(()) => break,
                 }
-                if failed || sink.flush().await.is_err() { break }
+                if sink.flush().await.is_err() { break }
             }
             _ = reg.revoked.notified() => close = Some((close::REVOKED, "session_revoked")),
             _ = ping.tick() => {

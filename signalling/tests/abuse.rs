@@ -432,3 +432,73 @@ async fn silent_peer_is_closed_after_the_idle_timeout_and_a_live_one_stays() {
     live.send(json!({"type": "ping"})).await;
     live.next_of("pong").await;
 }
+
+/// Frames are written as soon as they exist and nothing holds one back for a later one:
+/// the answer to a `send` and the message event it causes leave together, and so do
+/// the replayed events of a `sync`. (Written apart, the second small write waited for
+/// the client's delayed ACK: 40+ ms.) Measured on a listener without TCP_NODELAY.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_and_the_events_they_cause_leave_together() {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let s = start(config(None)).await;
+    let a = s.addr;
+    let u = login(a, &s.data_dir, "+79160000091", "a").await;
+    let v = login(a, &s.data_dir, "+79160000092", "b").await;
+    let (_, d) = http(
+        a,
+        "POST",
+        "/api/dialogs",
+        Some(&u.token),
+        Some(json!({"user_id": v.id})),
+    )
+    .await;
+    let chat = d["id"].as_i64().unwrap();
+    for i in 0..5 {
+        let body = json!({"client_id": format!("c{i}"), "text": "x"});
+        let path = format!("/api/chats/{chat}/messages");
+        assert_eq!(
+            http(a, "POST", &path, Some(&u.token), Some(body)).await.0,
+            200
+        );
+    }
+    let mut worst = std::time::Duration::ZERO;
+    for round in 0..20 {
+        let mut ws = Ws::connect(a, &v.token).await;
+        ws.send(json!({"type": "sync", "since": [{"chat_id": chat, "seq": 0}]}))
+            .await;
+        let mut first = None;
+        loop {
+            let Some(Ok(Message::Text(t))) = ws.inner.next().await else {
+                continue;
+            };
+            let now = std::time::Instant::now();
+            worst = worst.max(now - *first.get_or_insert(now));
+            if t.contains("\"synced\"") {
+                break;
+            }
+        }
+        let id = format!("r{round}");
+        ws.send(json!({"type": "send", "chat_id": chat, "client_id": id, "text": "y"}))
+            .await;
+        let (mut ack, mut event) = (None, None);
+        while ack.is_none() || event.is_none() {
+            let Some(Ok(Message::Text(t))) = ws.inner.next().await else {
+                continue;
+            };
+            let v: Value = serde_json::from_str(&t).unwrap();
+            let now = Some(std::time::Instant::now());
+            match v["type"].as_str() {
+                Some("ack") if v["client_id"] == id => ack = now,
+                Some("message") if v["message"]["client_id"] == id => event = now,
+                _ => {}
+            }
+        }
+        let (x, y) = (ack.unwrap(), event.unwrap());
+        worst = worst.max(x.max(y) - x.min(y));
+    }
+    assert!(
+        worst < std::time::Duration::from_millis(20),
+        "frames of one batch arrived {worst:?} apart"
+    );
+}
