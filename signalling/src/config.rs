@@ -69,6 +69,8 @@ pub struct Config {
     /// Frames one `/ws` connection may send per second (burst allowed: twice as many);
     /// frames over it are answered `rate_limited` and not acted on.
     pub ws_frames_per_second: u32,
+    /// Open `/ws` connections one account may have at once; one more is closed (4005).
+    pub ws_connections_per_user: u32,
 }
 
 impl Default for Config {
@@ -99,6 +101,7 @@ impl Default for Config {
             ws_ping_interval: Duration::from_secs(20),
             ws_idle_timeout: Duration::from_secs(60),
             ws_frames_per_second: 100,
+            ws_connections_per_user: 32,
         }
     }
 }

@@ -22,6 +22,8 @@ pub enum ApiError {
         "too many codes for this number were burnt by wrong tries: it is locked, retry in {retry_after} s"
     )]
     NumberLocked { retry_after: u64 },
+    #[error("at most {max} open connections per account: close one first")]
+    TooManyConnections { max: usize },
     #[error("wrong code: {remaining} tries left")]
     CodeWrong { remaining: u32 },
     #[error(
@@ -68,6 +70,7 @@ impl ApiError {
             ApiError::VoipNumber => "voip_number",
             ApiError::RateLimited { .. } => "rate_limited",
             ApiError::NumberLocked { .. } => "number_locked",
+            ApiError::TooManyConnections { .. } => "too_many_connections",
             ApiError::CodeWrong { .. } => "code_wrong",
             ApiError::CodeExpired => "code_expired",
             ApiError::Token(common::TokenError::Expired) => "token_expired",
@@ -93,9 +96,9 @@ impl ApiError {
             | ApiError::InvalidPhone(_)
             | ApiError::CountryNotAllowed(_)
             | ApiError::VoipNumber => StatusCode::BAD_REQUEST,
-            ApiError::RateLimited { .. } | ApiError::NumberLocked { .. } => {
-                StatusCode::TOO_MANY_REQUESTS
-            }
+            ApiError::RateLimited { .. }
+            | ApiError::NumberLocked { .. }
+            | ApiError::TooManyConnections { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::CodeWrong { .. }
             | ApiError::CodeExpired
             | ApiError::RefreshInvalid

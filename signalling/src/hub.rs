@@ -54,13 +54,17 @@ pub struct Hub {
 }
 
 impl Hub {
-    /// Registers a connection of `user_id`'s device session `session_id`.
-    pub fn connect(&self, user_id: i64, session_id: &str) -> Registered {
+    /// Registers a connection of `user_id`'s device session `session_id`, unless the
+    /// user has `max` open already (`None`).
+    pub fn connect(&self, user_id: i64, session_id: &str, max: usize) -> Option<Registered> {
+        let mut c = self.conns.write();
+        let v = c.entry(user_id).or_default();
+        if v.len() >= max {
+            return None;
+        }
         let (tx, rx) = mpsc::channel(QUEUE);
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let revoked = Arc::new(tokio::sync::Notify::new());
-        let mut c = self.conns.write();
-        let v = c.entry(user_id).or_default();
         let first = v.is_empty();
         v.push(Conn {
             id,
@@ -68,12 +72,12 @@ impl Hub {
             tx,
             revoked: revoked.clone(),
         });
-        Registered {
+        Some(Registered {
             id,
             rx,
             first,
             revoked,
-        }
+        })
     }
 
     /// Removes a connection; returns whether the user is now offline.

@@ -103,6 +103,8 @@ pub mod close {
     pub const AUTH_REFUSED: u16 = 4003;
     /// Nothing (not even a pong) arrived for `ws_idle_timeout`.
     pub const IDLE: u16 = 4004;
+    /// The account has `ws_connections_per_user` connections open already.
+    pub const TOO_MANY: u16 = 4005;
 }
 
 type Sink = futures_util::stream::SplitSink<WebSocket, WsMessage>;
@@ -229,7 +231,15 @@ pub async fn run(app: Arc<App>, socket: WebSocket, caller: Option<Caller>) {
             None => return,
         },
     };
-    let reg = app.hub.connect(caller.user_id, &caller.session_id);
+    let max = app.cfg.ws_connections_per_user.max(1) as usize;
+    let Some(reg) = app.hub.connect(caller.user_id, &caller.session_id, max) else {
+        let e = ApiError::TooManyConnections { max };
+        let _ = sink
+            .send(WsMessage::Text(error_event(&e, &Value::Null).into()))
+            .await;
+        close_with(&mut sink, close::TOO_MANY, e.code()).await;
+        return;
+    };
     let conn_id = reg.id;
     let mut rx = reg.rx;
     app.metrics.connections.inc();

@@ -502,3 +502,38 @@ async fn answers_and_the_events_they_cause_leave_together() {
         "frames of one batch arrived {worst:?} apart"
     );
 }
+
+/// One account holds at most `ws_connections_per_user` sockets: one more gets
+/// `too_many_connections` and is closed (4005); once one closes, a new one is let in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_per_account_are_capped() {
+    let s = start(signalling::Config {
+        ws_connections_per_user: 2,
+        ..config(None)
+    })
+    .await;
+    let a = s.addr;
+    let u = login(a, &s.data_dir, "+79160000093", "phone").await;
+    let mut first = Ws::connect(a, &u.token).await;
+    first.sync(json!([])).await;
+    let mut second = Ws::connect(a, &u.token).await;
+    second.sync(json!([])).await;
+    let mut third = Ws::connect(a, &u.token).await;
+    let e = third.next().await;
+    assert_eq!(e["code"], "too_many_connections", "{e}");
+    assert_eq!(close_code(&mut third).await, Some(4005));
+    first.inner.close(None).await.unwrap();
+    assert_eq!(close_code(&mut first).await, None);
+    // The server forgets the closed one right after answering its close.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let mut again = Ws::connect(a, &u.token).await;
+        again.send(json!({"type": "ping"})).await;
+        if again.next().await["type"] == "pong" {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never let in again");
+    }
+    second.send(json!({"type": "ping"})).await;
+    second.next_of("pong").await;
+}
