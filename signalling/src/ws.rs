@@ -108,6 +108,7 @@ pub mod close {
 }
 
 type Sink = futures_util::stream::SplitSink<WebSocket, WsMessage>;
+type Stream = futures_util::stream::SplitStream<WebSocket>;
 
 const LAGGED: (u16, &str) = (
     close::LAGGED,
@@ -152,8 +153,6 @@ async fn feed_events(
     }
     Ok(None)
 }
-
-type Stream = futures_util::stream::SplitStream<WebSocket>;
 
 /// The first frame of a connection opened without a token.
 #[derive(Deserialize)]
