@@ -139,7 +139,10 @@ fn short_scenario_every_track_arrives_without_loss() {
 fn chat_mode_delivers_every_message() {
     let m = Maxd::start_with(
         r#"["signalling"]"#,
-        &[("MAXD_SIGNALLING__CODES_PER_IP_PER_HOUR", "100000")],
+        &[
+            ("MAXD_SIGNALLING__CODES_PER_IP_PER_HOUR", "100000"),
+            ("MAXD_SIGNALLING__VERIFIES_PER_IP_PER_HOUR", "100000"),
+        ],
     );
     let sc = Scenario {
         mode: loadtest::Mode::Chat,

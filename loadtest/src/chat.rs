@@ -4,8 +4,8 @@
 //!
 //! Accounts are made through the real phone-code flow, so the server must run in dev
 //! mode with its SMS codes written to `<data_dir>/sms-codes.jsonl` (readable here:
-//! same machine), and allow that many codes from one IP
-//! (`MAXD_SIGNALLING__CODES_PER_IP_PER_HOUR`).
+//! same machine), and allow that many codes and code checks from one IP
+//! (`MAXD_SIGNALLING__CODES_PER_IP_PER_HOUR`, `MAXD_SIGNALLING__VERIFIES_PER_IP_PER_HOUR`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -126,7 +126,7 @@ async fn accounts(url: &str, data_dir: &str, n: usize) -> Result<Vec<User>> {
             }
         });
         for r in futures_util::future::join_all(futs).await {
-            let v = r.context("verify a login code")?;
+            let v = r.context("verify a login code (is verifies_per_ip_per_hour high enough?)")?;
             users.push(User {
                 id: v["user_id"].as_i64().context("no user_id")?,
                 token: v["access_token"]

@@ -71,6 +71,7 @@ async fn server(dir: &str, port: u16) {
     };
     let cfg = signalling::Config {
         codes_per_ip_per_hour: 1_000_000,
+        verifies_per_ip_per_hour: 1_000_000,
         messages_per_second: 1_000_000,
         ..Default::default()
     };

@@ -120,8 +120,19 @@ struct VerifyReq {
     device_name: String,
 }
 
-async fn verify(State(app): S, Body(r): Body<VerifyReq>) -> ApiResult<Json<Value>> {
-    let t = app.verify_code(&r.phone, &r.code, &r.device_name).await?;
+async fn verify(
+    State(app): S,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    Body(r): Body<VerifyReq>,
+) -> ApiResult<Json<Value>> {
+    let t = app
+        .verify_code(&r.phone, &r.code, &r.device_name, addr.ip())
+        .await
+        .inspect_err(|e| {
+            if matches!(e, ApiError::RateLimited { .. }) {
+                app.metrics.verifies_refused.inc();
+            }
+        })?;
     Ok(Json(
         serde_json::to_value(t).map_err(|e| ApiError::Internal(e.into()))?,
     ))
@@ -496,15 +507,20 @@ async fn bot_delete_webhook(State(app): S, Path(token): Path<String>) -> ApiResu
     Ok(Json(json!({"ok": true})))
 }
 
+/// `/ws`: with a token (`?access_token=` or `Authorization`) the upgrade is refused
+/// unless it verifies; without one the first frame must be `auth` (see [`crate::ws`]).
 async fn ws(State(app): S, up: WebSocketUpgrade, c: Result<Caller, ApiError>) -> Response {
     let c = match c {
-        Ok(c) => c,
+        Ok(c) => Some(c),
+        Err(ApiError::Token(common::TokenError::Missing)) => None,
         Err(e) => return e.into_response(),
     };
     let max = app.cfg.max_frame_bytes;
+    // Frames are buffered only until the flush that ends each batch of answers or
+    // events, so several frames leave in one write and none waits for a later one.
     up.max_message_size(max * 16)
         .max_frame_size(max * 16)
         .read_buffer_size(4096)
-        .write_buffer_size(0)
+        .write_buffer_size(64 * 1024)
         .on_upgrade(move |socket| crate::ws::run(app, socket, c))
 }

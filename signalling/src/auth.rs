@@ -1,19 +1,13 @@
 //! Accounts: SMS one-time codes, device sessions (refresh tokens), access JWTs.
 
-use std::net::IpAddr;
-
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 
 use crate::error::{ApiError, ApiResult};
-use crate::sms::Sms;
 use crate::{App, now_ms};
-
-const DAY_MS: i64 = 24 * 3600 * 1000;
 
 /// The caller, from a verified access token.
 #[derive(Debug, Clone)]
@@ -22,11 +16,15 @@ pub struct Caller {
     pub session_id: String,
 }
 
+/// Margin added to an access token's expiry when deciding how long a revocation must be
+/// remembered: the 5 s leeway of `Keys::verify`, and clock steps between mint and store.
+const ACCESS_MARGIN_SECS: u64 = 10;
+
 pub fn hash_secret(secret: &str) -> String {
     hex::encode(Sha256::digest(secret.as_bytes()))
 }
 
-fn random_token(bytes: usize) -> String {
+pub(crate) fn random_token(bytes: usize) -> String {
     let mut b = vec![0u8; bytes];
     rand::rng().fill(&mut b[..]);
     use base64::Engine;
@@ -36,10 +34,6 @@ fn random_token(bytes: usize) -> String {
 pub fn new_id() -> i64 {
     // Positive, below 2^53 so JavaScript clients keep it exact.
     rand::rng().random_range(1..(1i64 << 53))
-}
-
-fn code_hash(phone: &str, code: &str, salt: &str) -> String {
-    hex::encode(Sha256::digest(format!("{salt}:{phone}:{code}").as_bytes()))
 }
 
 #[derive(Debug, Serialize)]
@@ -53,186 +47,16 @@ pub struct Tokens {
 }
 
 impl App {
-    /// Sends a new code to `phone_in`. Only the latest code is valid.
-    pub async fn request_code(&self, phone_in: &str, ip: IpAddr) -> ApiResult<serde_json::Value> {
-        let phone = crate::phone::normalize(phone_in, &self.cfg.allowed_country_codes)?;
-        self.ip_limit(ip)?;
-        let now = now_ms();
-        let cooldown = self.cfg.code_cooldown.as_millis() as i64;
-        let last: Option<i64> =
-            sqlx::query_scalar("SELECT MAX(sent_at) FROM code_sends WHERE phone = $1")
-                .bind(&phone)
-                .fetch_one(&self.db.pool)
-                .await?;
-        if let Some(last) = last {
-            if now - last < cooldown {
-                self.metrics.codes_refused.inc();
-                return Err(ApiError::RateLimited {
-                    retry_after: ((cooldown - (now - last)) / 1000 + 1) as u64,
-                });
-            }
-        }
-        let sent_today: i64 =
-            sqlx::query_scalar("SELECT COUNT(*) FROM code_sends WHERE phone = $1 AND sent_at > $2")
-                .bind(&phone)
-                .bind(now - DAY_MS)
-                .fetch_one(&self.db.pool)
-                .await?;
-        if sent_today >= self.cfg.codes_per_number_per_day as i64 {
-            self.metrics.codes_refused.inc();
-            let oldest: Option<i64> = sqlx::query_scalar(
-                "SELECT MIN(sent_at) FROM code_sends WHERE phone = $1 AND sent_at > $2",
-            )
-            .bind(&phone)
-            .bind(now - DAY_MS)
-            .fetch_one(&self.db.pool)
-            .await?;
-            let retry = oldest
-                .map(|o| (o + DAY_MS - now) / 1000 + 1)
-                .unwrap_or(3600);
-            return Err(ApiError::RateLimited {
-                retry_after: retry.max(1) as u64,
-            });
-        }
-        // ThreadRng is a CSPRNG (ChaCha, seeded and reseeded from the OS).
-        let code = format!("{:06}", rand::rng().random_range(0..1_000_000u32));
-        let salt = random_token(12);
-        let stored = format!("{salt}${}", code_hash(&phone, &code, &salt));
-        let mut tx = self.db.pool.begin().await?;
-        sqlx::query("DELETE FROM login_codes WHERE phone = $1")
-            .bind(&phone)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("INSERT INTO login_codes (phone, code_hash, expires_at, attempts, created_at) VALUES ($1, $2, $3, 0, $4)")
-            .bind(&phone)
-            .bind(&stored)
-            .bind(now + self.cfg.code_ttl.as_millis() as i64)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("INSERT INTO code_sends (phone, sent_at) VALUES ($1, $2)")
-            .bind(&phone)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("DELETE FROM code_sends WHERE sent_at < $1")
-            .bind(now - 2 * DAY_MS)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        let text = crate::sms::login_text(&code, &self.cfg.sms_domain);
-        if let Err(e) = self
-            .sms
-            .send(Sms {
-                to: &phone,
-                text: &text,
-                code: &code,
-            })
-            .await
-        {
-            tracing::warn!(phone = %common::pii::Pii(&phone), error = %e, "SMS not sent");
-            // Undo: no code, and the failed send does not count against the limits.
-            sqlx::query("DELETE FROM login_codes WHERE phone = $1")
-                .bind(&phone)
-                .execute(&self.db.pool)
-                .await?;
-            sqlx::query("DELETE FROM code_sends WHERE phone = $1 AND sent_at = $2")
-                .bind(&phone)
-                .bind(now)
-                .execute(&self.db.pool)
-                .await?;
-            return Err(ApiError::SmsUnavailable);
-        }
-        self.metrics.codes_sent.inc();
-        tracing::info!(phone = %common::pii::Pii(&phone), "login code sent");
-        Ok(serde_json::json!({
-            "phone": phone,
-            "expires_in": self.cfg.code_ttl.as_secs(),
-            "retry_after": self.cfg.code_cooldown.as_secs(),
-        }))
-    }
-
-    fn ip_limit(&self, ip: IpAddr) -> ApiResult<()> {
-        let now = now_ms();
-        let mut map = self.ip_codes.lock();
-        if map.len() > 100_000 {
-            map.retain(|_, (start, _)| now - *start < 3_600_000);
-        }
-        let e = map.entry(ip).or_insert((now, 0));
-        if now - e.0 >= 3_600_000 {
-            *e = (now, 0);
-        }
-        if e.1 >= self.cfg.codes_per_ip_per_hour {
-            self.metrics.codes_refused.inc();
-            return Err(ApiError::RateLimited {
-                retry_after: ((e.0 + 3_600_000 - now) / 1000 + 1) as u64,
-            });
-        }
-        e.1 += 1;
-        Ok(())
-    }
-
-    /// Checks a code and opens a session for a new device.
-    pub async fn verify_code(
+    /// Logs in `phone`, whose code was just verified: the user (created on first login)
+    /// gets a new device session; the user's other devices are told.
+    pub(crate) async fn login_verified(
         &self,
-        phone_in: &str,
-        code: &str,
+        phone: &str,
         device_name: &str,
+        now: i64,
     ) -> ApiResult<Tokens> {
-        let phone = crate::phone::normalize(phone_in, &self.cfg.allowed_country_codes)?;
-        let now = now_ms();
-        let row: Option<(String, i64, i64)> = sqlx::query_as(
-            "SELECT code_hash, expires_at, attempts FROM login_codes WHERE phone = $1",
-        )
-        .bind(&phone)
-        .fetch_optional(&self.db.pool)
-        .await?;
-        let Some((stored, expires_at, attempts)) = row else {
-            return Err(ApiError::CodeExpired);
-        };
-        if expires_at < now || attempts >= self.cfg.code_max_attempts as i64 {
-            sqlx::query("DELETE FROM login_codes WHERE phone = $1")
-                .bind(&phone)
-                .execute(&self.db.pool)
-                .await?;
-            return Err(ApiError::CodeExpired);
-        }
-        let (salt, hash) = stored.split_once('$').unwrap_or(("", ""));
-        let given = code_hash(&phone, code.trim(), salt);
-        let ok: bool = given.as_bytes().ct_eq(hash.as_bytes()).into();
-        if !ok {
-            self.metrics.codes_wrong.inc();
-            // Count the try atomically against this very code row.
-            sqlx::query("UPDATE login_codes SET attempts = attempts + 1 WHERE phone = $1 AND code_hash = $2")
-                .bind(&phone)
-                .bind(&stored)
-                .execute(&self.db.pool)
-                .await?;
-            let used = attempts + 1;
-            let max = self.cfg.code_max_attempts as i64;
-            if used >= max {
-                sqlx::query("DELETE FROM login_codes WHERE phone = $1 AND code_hash = $2")
-                    .bind(&phone)
-                    .bind(&stored)
-                    .execute(&self.db.pool)
-                    .await?;
-                return Err(ApiError::CodeExpired);
-            }
-            return Err(ApiError::CodeWrong {
-                remaining: (max - used) as u32,
-            });
-        }
-        // Single use: only the request that deletes the row wins.
-        let del = sqlx::query("DELETE FROM login_codes WHERE phone = $1 AND code_hash = $2")
-            .bind(&phone)
-            .bind(&stored)
-            .execute(&self.db.pool)
-            .await?;
-        if del.rows_affected() != 1 {
-            return Err(ApiError::CodeExpired);
-        }
         let existing: Option<i64> = sqlx::query_scalar("SELECT id FROM users WHERE phone = $1")
-            .bind(&phone)
+            .bind(phone)
             .fetch_optional(&self.db.pool)
             .await?;
         let (user_id, new_user) = match existing {
@@ -241,7 +65,7 @@ impl App {
                 let id = new_id();
                 sqlx::query("INSERT INTO users (id, phone, created_at) VALUES ($1, $2, $3)")
                     .bind(id)
-                    .bind(&phone)
+                    .bind(phone)
                     .bind(now)
                     .execute(&self.db.pool)
                     .await?;
@@ -314,7 +138,10 @@ impl App {
         })
     }
 
-    /// Rotates a refresh token: the old one stops working.
+    /// Rotates a refresh token: the old one stops working. Presenting a refresh token
+    /// that was already rotated means two parties hold the session's tokens (one of them
+    /// stole them): the whole session is revoked and the answer is `refresh_reused`
+    /// (OAuth 2.0 Security BCP, refresh token rotation).
     pub async fn refresh(&self, refresh: &str) -> ApiResult<Tokens> {
         let now = now_ms();
         let old = hash_secret(refresh);
@@ -325,12 +152,21 @@ impl App {
         .fetch_optional(&self.db.pool)
         .await?;
         let Some((sid, user_id, exp, revoked)) = row else {
-            return Err(ApiError::RefreshInvalid);
+            let family: Option<String> =
+                sqlx::query_scalar("SELECT session_id FROM refresh_rotated WHERE hash = $1")
+                    .bind(&old)
+                    .fetch_optional(&self.db.pool)
+                    .await?;
+            return Err(match family {
+                Some(sid) => self.revoke_reused(&sid).await?,
+                None => ApiError::RefreshInvalid,
+            });
         };
         if revoked != 0 || exp < now {
             return Err(ApiError::RefreshInvalid);
         }
         let new = format!("{sid}.{}", random_token(32));
+        let mut tx = self.db.pool.begin().await?;
         let upd = sqlx::query(
             "UPDATE sessions SET refresh_hash = $1, refresh_expires_at = $2, last_used_at = $3 WHERE id = $4 AND refresh_hash = $5 AND revoked = 0",
         )
@@ -339,11 +175,31 @@ impl App {
         .bind(now)
         .bind(&sid)
         .bind(&old)
-        .execute(&self.db.pool)
+        .execute(&mut *tx)
         .await?;
         if upd.rows_affected() != 1 {
-            return Err(ApiError::RefreshInvalid);
+            drop(tx);
+            // Another request rotated this very token first: it was used twice.
+            let revoked: Option<i64> =
+                sqlx::query_scalar("SELECT revoked FROM sessions WHERE id = $1")
+                    .bind(&sid)
+                    .fetch_optional(&self.db.pool)
+                    .await?;
+            return Err(match revoked {
+                Some(0) => self.revoke_reused(&sid).await?,
+                _ => ApiError::RefreshInvalid,
+            });
         }
+        // Kept while the rotated token could otherwise still be valid, to recognise reuse.
+        sqlx::query(
+            "INSERT INTO refresh_rotated (hash, session_id, rotated_at) VALUES ($1, $2, $3)",
+        )
+        .bind(&old)
+        .bind(&sid)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
         Ok(Tokens {
             user_id,
             access_token: self.mint_access(user_id, &sid),
@@ -352,6 +208,43 @@ impl App {
             access_expires_in: self.cfg.access_ttl.as_secs(),
             new_user: false,
         })
+    }
+
+    /// Revokes session `sid` whose rotated refresh token came back; the error to answer.
+    async fn revoke_reused(&self, sid: &str) -> ApiResult<ApiError> {
+        let user: Option<i64> = sqlx::query_scalar(
+            "UPDATE sessions SET revoked = 1 WHERE id = $1 AND revoked = 0 RETURNING user_id",
+        )
+        .bind(sid)
+        .fetch_optional(&self.db.pool)
+        .await?;
+        if let Some(user_id) = user {
+            tracing::info!(user_id, "rotated refresh token used again: session revoked");
+            self.revoked_now(&[sid.to_string()]).await?;
+        }
+        Ok(ApiError::RefreshReused)
+    }
+
+    /// Seconds since the epoch after which no access token minted for a session whose
+    /// last token was minted at `last_mint_ms` can be valid (expiry plus the leeway
+    /// `Keys::verify` allows, plus a margin).
+    pub(crate) fn tokens_dead_after(&self, last_mint_ms: i64) -> u64 {
+        (last_mint_ms.max(0) / 1000) as u64 + self.cfg.access_ttl.as_secs() + ACCESS_MARGIN_SECS
+    }
+
+    /// Publishes sessions just marked revoked in storage: every plane of this process
+    /// refuses their tokens from now on and closes their live connections (through the
+    /// listener registered at start); their rotated refresh tokens are forgotten.
+    async fn revoked_now(&self, sids: &[String]) -> ApiResult<()> {
+        let until = self.tokens_dead_after(now_ms());
+        for sid in sids {
+            self.ctx.keys.revocations().revoke(sid, until);
+            sqlx::query("DELETE FROM refresh_rotated WHERE session_id = $1")
+                .bind(sid)
+                .execute(&self.db.pool)
+                .await?;
+        }
+        Ok(())
     }
 
     pub async fn list_sessions(&self, c: &Caller) -> ApiResult<Vec<SessionInfo>> {
@@ -375,43 +268,30 @@ impl App {
 
     /// Revokes one session (`Some`) or every session of the user (`None`).
     pub async fn revoke(&self, c: &Caller, sid: Option<&str>) -> ApiResult<u64> {
-        let n = match sid {
-            Some(sid) => {
-                let r = sqlx::query("UPDATE sessions SET revoked = 1 WHERE id = $1 AND user_id = $2 AND revoked = 0")
-                    .bind(sid)
-                    .bind(c.user_id)
-                    .execute(&self.db.pool)
-                    .await?;
-                if r.rows_affected() == 0 {
-                    return Err(ApiError::NotFound("session"));
-                }
-                self.revoked.lock().insert(sid.to_string());
-                self.hub.kick_session(c.user_id, sid);
-                r.rows_affected()
-            }
-            None => {
-                let ids: Vec<String> = sqlx::query_scalar(
-                    "SELECT id FROM sessions WHERE user_id = $1 AND revoked = 0",
-                )
-                .bind(c.user_id)
-                .fetch_all(&self.db.pool)
-                .await?;
-                sqlx::query("UPDATE sessions SET revoked = 1 WHERE user_id = $1")
-                    .bind(c.user_id)
-                    .execute(&self.db.pool)
-                    .await?;
-                let mut rv = self.revoked.lock();
-                for id in &ids {
-                    rv.insert(id.clone());
-                    self.hub.kick_session(c.user_id, id);
-                }
-                ids.len() as u64
-            }
+        let ids: Vec<String> = match sid {
+            Some(sid) => sqlx::query_scalar(
+                "UPDATE sessions SET revoked = 1 WHERE id = $1 AND user_id = $2 AND revoked = 0 RETURNING id",
+            )
+            .bind(sid)
+            .bind(c.user_id)
+            .fetch_all(&self.db.pool)
+            .await?,
+            None => sqlx::query_scalar(
+                "UPDATE sessions SET revoked = 1 WHERE user_id = $1 AND revoked = 0 RETURNING id",
+            )
+            .bind(c.user_id)
+            .fetch_all(&self.db.pool)
+            .await?,
         };
-        Ok(n)
+        if sid.is_some() && ids.is_empty() {
+            return Err(ApiError::NotFound("session"));
+        }
+        self.revoked_now(&ids).await?;
+        Ok(ids.len() as u64)
     }
 
-    /// Verifies an access token and that its session is not revoked.
+    /// Verifies an access token: signature, expiry, grant, and that its session is not
+    /// revoked (the process-wide list every plane consults).
     pub fn authenticate(&self, token: &str) -> ApiResult<Caller> {
         let claims = self.ctx.keys.verify(token)?;
         if !claims.grants.chat {
@@ -424,9 +304,6 @@ impl App {
         let sid = claims
             .sid
             .ok_or(ApiError::Token(common::TokenError::Invalid))?;
-        if self.revoked.lock().contains(&sid) {
-            return Err(ApiError::SessionRevoked);
-        }
         Ok(Caller {
             user_id,
             session_id: sid,

@@ -5,7 +5,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use http_body_util::{BodyExt, Full};
 use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
 
@@ -179,9 +178,6 @@ impl App {
     }
 
     async fn deliver_webhook(self: &Arc<Self>, bot_id: i64) -> ApiResult<()> {
-        let client =
-            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                .build_http::<Full<bytes::Bytes>>();
         let mut backoff = Duration::from_millis(200);
         let waker = self.hub.bot_waker(bot_id);
         loop {
@@ -214,23 +210,19 @@ impl App {
             }
             for (id, body) in rows {
                 let payload = json!({"update_id": id, "event": serde_json::from_str::<Value>(&body).unwrap_or(Value::Null)}).to_string();
-                let mut req = hyper::Request::post(&url).header("content-type", "application/json");
-                if let Some(s) = &secret {
-                    req = req.header(WEBHOOK_SECRET_HEADER, s);
-                }
-                let Ok(req) = req.body(Full::new(bytes::Bytes::from(payload))) else {
+                let Ok(uri) = url.parse::<hyper::Uri>() else {
                     return Ok(());
                 };
-                let ok = match tokio::time::timeout(Duration::from_secs(10), client.request(req))
-                    .await
-                {
-                    Ok(Ok(resp)) => {
-                        let s = resp.status();
-                        let _ = resp.into_body().collect().await;
-                        s.is_success()
-                    }
-                    _ => false,
-                };
+                let header = secret.as_deref().map(|s| [(WEBHOOK_SECRET_HEADER, s)]);
+                let headers = header.as_ref().map(|h| &h[..]).unwrap_or(&[]);
+                let ok = crate::outbound::post_json(
+                    &uri,
+                    headers,
+                    bytes::Bytes::from(payload),
+                    Duration::from_secs(10),
+                )
+                .await
+                .is_ok_and(|s| s.is_success());
                 if ok {
                     sqlx::query("DELETE FROM bot_updates WHERE bot_id = $1 AND update_id = $2")
                         .bind(bot_id)

@@ -598,22 +598,10 @@ impl App {
     }
 
     fn check_rate(&self, user_id: i64) -> ApiResult<()> {
-        let rate = self.cfg.messages_per_second.max(1) as f64;
-        let burst = rate * 2.0;
-        let now = now_ms() as f64 / 1000.0;
-        let mut map = self.send_buckets.lock();
-        if map.len() > 200_000 {
-            map.retain(|_, (_, t)| now - *t < 60.0);
-        }
-        let b = map.entry(user_id).or_insert((burst, now));
-        b.0 = (b.0 + (now - b.1) * rate).min(burst);
-        b.1 = now;
-        if b.0 < 1.0 {
+        self.limits.messages.check(&user_id).map_err(|retry_after| {
             self.metrics.rate_limited.inc();
-            return Err(ApiError::RateLimited { retry_after: 1 });
-        }
-        b.0 -= 1.0;
-        Ok(())
+            ApiError::RateLimited { retry_after }
+        })
     }
 
     fn validate_content(&self, m: &NewMessage) -> ApiResult<()> {

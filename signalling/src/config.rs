@@ -31,8 +31,16 @@ pub struct Config {
     pub codes_per_number_per_day: u32,
     /// Most code requests from one IP address per hour.
     pub codes_per_ip_per_hour: u32,
-    /// Wrong tries that burn a code.
+    /// Tries (wrong or right) that one code allows; the last wrong one burns it.
     pub code_max_attempts: u32,
+    /// Most code checks (`/api/auth/verify`) from one IP address per hour (IPv6: per /64).
+    pub verifies_per_ip_per_hour: u32,
+    /// Codes burnt by wrong tries, within `lockout_window`, that lock the number.
+    pub burnt_codes_before_lockout: u32,
+    /// Window over which burnt codes are counted; the number stays locked until the
+    /// oldest of them is this old.
+    #[serde(with = "humantime_serde")]
+    pub lockout_window: Duration,
     /// Lifetime of access tokens (JWT).
     #[serde(with = "humantime_serde")]
     pub access_ttl: Duration,
@@ -49,6 +57,20 @@ pub struct Config {
     pub max_frame_bytes: usize,
     /// Messages one user may send per second (burst allowed: twice as many).
     pub messages_per_second: u32,
+    /// How long a `/ws` connection opened without a token has to send its `auth` frame.
+    #[serde(with = "humantime_serde")]
+    pub ws_auth_timeout: Duration,
+    /// How often the server pings an idle `/ws` connection.
+    #[serde(with = "humantime_serde")]
+    pub ws_ping_interval: Duration,
+    /// A `/ws` peer from which nothing (not even a pong) arrives for this long is closed.
+    #[serde(with = "humantime_serde")]
+    pub ws_idle_timeout: Duration,
+    /// Frames one `/ws` connection may send per second (burst allowed: twice as many);
+    /// frames over it are answered `rate_limited` and not acted on.
+    pub ws_frames_per_second: u32,
+    /// Open `/ws` connections one account may have at once; one more is closed (4005).
+    pub ws_connections_per_user: u32,
 }
 
 impl Default for Config {
@@ -65,6 +87,9 @@ impl Default for Config {
             codes_per_number_per_day: 10,
             codes_per_ip_per_hour: 30,
             code_max_attempts: 5,
+            verifies_per_ip_per_hour: 60,
+            burnt_codes_before_lockout: 3,
+            lockout_window: Duration::from_secs(24 * 3600),
             access_ttl: Duration::from_secs(900),
             refresh_ttl: Duration::from_secs(60 * 24 * 3600),
             max_group_members: 10_000,
@@ -72,6 +97,11 @@ impl Default for Config {
             max_text_chars: 4096,
             max_frame_bytes: 65_536,
             messages_per_second: 50,
+            ws_auth_timeout: Duration::from_secs(10),
+            ws_ping_interval: Duration::from_secs(20),
+            ws_idle_timeout: Duration::from_secs(60),
+            ws_frames_per_second: 100,
+            ws_connections_per_user: 32,
         }
     }
 }

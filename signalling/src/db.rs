@@ -11,9 +11,10 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Executor};
 
 /// Versioned migrations, applied in order once each. Never edit a released one: add one.
-const MIGRATIONS: &[(i64, &str)] = &[(
-    1,
-    r#"
+const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
+        r#"
 CREATE TABLE users (
     id BIGINT PRIMARY KEY,
     phone TEXT UNIQUE,
@@ -119,7 +120,25 @@ CREATE TABLE bot_updates (
     PRIMARY KEY (bot_id, update_id)
 )
 "#,
-)];
+    ),
+    (
+        2,
+        r#"
+CREATE TABLE code_burns (
+    phone TEXT NOT NULL,
+    burnt_at BIGINT NOT NULL
+);
+CREATE INDEX code_burns_phone ON code_burns (phone, burnt_at);
+CREATE TABLE refresh_rotated (
+    hash TEXT PRIMARY KEY,
+    session_id TEXT NOT NULL,
+    rotated_at BIGINT NOT NULL
+);
+CREATE INDEX refresh_rotated_session ON refresh_rotated (session_id);
+CREATE INDEX refresh_rotated_at ON refresh_rotated (rotated_at)
+"#,
+    ),
+];
 
 /// Which engine is behind the pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

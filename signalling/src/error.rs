@@ -18,6 +18,12 @@ pub enum ApiError {
     VoipNumber,
     #[error("too many requests: retry in {retry_after} s")]
     RateLimited { retry_after: u64 },
+    #[error(
+        "too many codes for this number were burnt by wrong tries: it is locked, retry in {retry_after} s"
+    )]
+    NumberLocked { retry_after: u64 },
+    #[error("at most {max} open connections per account: close one first")]
+    TooManyConnections { max: usize },
     #[error("wrong code: {remaining} tries left")]
     CodeWrong { remaining: u32 },
     #[error(
@@ -28,8 +34,10 @@ pub enum ApiError {
     Token(#[from] common::TokenError),
     #[error("refresh token is unknown, used, expired or revoked: log in again")]
     RefreshInvalid,
-    #[error("session was revoked: log in again")]
-    SessionRevoked,
+    #[error(
+        "this refresh token was already used: the session is revoked in case the token was stolen; log in again"
+    )]
+    RefreshReused,
     #[error("{0} not found")]
     NotFound(&'static str),
     #[error("you are not a member of this chat")]
@@ -61,14 +69,17 @@ impl ApiError {
             ApiError::CountryNotAllowed(_) => "country_not_allowed",
             ApiError::VoipNumber => "voip_number",
             ApiError::RateLimited { .. } => "rate_limited",
+            ApiError::NumberLocked { .. } => "number_locked",
+            ApiError::TooManyConnections { .. } => "too_many_connections",
             ApiError::CodeWrong { .. } => "code_wrong",
             ApiError::CodeExpired => "code_expired",
             ApiError::Token(common::TokenError::Expired) => "token_expired",
             ApiError::Token(common::TokenError::Missing) => "token_missing",
             ApiError::Token(common::TokenError::NotGranted(_)) => "not_granted",
+            ApiError::Token(common::TokenError::Revoked) => "session_revoked",
             ApiError::Token(_) => "token_invalid",
             ApiError::RefreshInvalid => "refresh_invalid",
-            ApiError::SessionRevoked => "session_revoked",
+            ApiError::RefreshReused => "refresh_reused",
             ApiError::NotFound(_) => "not_found",
             ApiError::NotMember => "not_member",
             ApiError::Forbidden(_) => "forbidden",
@@ -85,11 +96,13 @@ impl ApiError {
             | ApiError::InvalidPhone(_)
             | ApiError::CountryNotAllowed(_)
             | ApiError::VoipNumber => StatusCode::BAD_REQUEST,
-            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::RateLimited { .. }
+            | ApiError::NumberLocked { .. }
+            | ApiError::TooManyConnections { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::CodeWrong { .. }
             | ApiError::CodeExpired
             | ApiError::RefreshInvalid
-            | ApiError::SessionRevoked => StatusCode::UNAUTHORIZED,
+            | ApiError::RefreshReused => StatusCode::UNAUTHORIZED,
             ApiError::Token(t) => {
                 StatusCode::from_u16(t.http_status()).unwrap_or(StatusCode::UNAUTHORIZED)
             }
@@ -108,17 +121,27 @@ impl ApiError {
             tracing::error!(error = %format!("{e:#}"), "internal error");
         }
         let mut v = json!({ "error": self.code(), "message": self.to_string() });
-        if let ApiError::RateLimited { retry_after } = self {
-            v["retry_after"] = json!(retry_after);
+        if let Some(s) = self.retry_after() {
+            v["retry_after"] = json!(s);
         }
         v
+    }
+
+    /// Seconds to wait before trying again, for the errors that have one.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            ApiError::RateLimited { retry_after } | ApiError::NumberLocked { retry_after } => {
+                Some(*retry_after)
+            }
+            _ => None,
+        }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut r = (self.status(), Json(self.body())).into_response();
-        if let ApiError::RateLimited { retry_after } = self {
+        if let Some(retry_after) = self.retry_after() {
             if let Ok(v) = retry_after.to_string().parse() {
                 r.headers_mut().insert(axum::http::header::RETRY_AFTER, v);
             }

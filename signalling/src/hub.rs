@@ -20,8 +20,6 @@ pub enum Out {
     },
     /// An ephemeral event (typing, receipts, presence, new login).
     Ephemeral(Arc<str>),
-    /// Close the connection with this reason.
-    Close(&'static str),
 }
 
 /// Capacity of one connection's queue; a connection that falls this far behind is
@@ -32,6 +30,19 @@ struct Conn {
     id: u64,
     session_id: Arc<str>,
     tx: mpsc::Sender<Out>,
+    /// Told when the connection's session is revoked (a stored permit: never lost, and
+    /// never blocked by a full queue).
+    revoked: Arc<tokio::sync::Notify>,
+}
+
+/// What [`Hub::connect`] gives a connection task.
+pub struct Registered {
+    pub id: u64,
+    pub rx: mpsc::Receiver<Out>,
+    /// Whether the user was offline before.
+    pub first: bool,
+    /// Notified when the session is revoked.
+    pub revoked: Arc<tokio::sync::Notify>,
 }
 
 #[derive(Default)]
@@ -43,20 +54,30 @@ pub struct Hub {
 }
 
 impl Hub {
-    /// Registers a connection; returns its id and queue. Returns whether the user was
-    /// offline before.
-    pub fn connect(&self, user_id: i64, session_id: &str) -> (u64, mpsc::Receiver<Out>, bool) {
-        let (tx, rx) = mpsc::channel(QUEUE);
-        let id = self.next.fetch_add(1, Ordering::Relaxed);
+    /// Registers a connection of `user_id`'s device session `session_id`, unless the
+    /// user has `max` open already (`None`).
+    pub fn connect(&self, user_id: i64, session_id: &str, max: usize) -> Option<Registered> {
         let mut c = self.conns.write();
         let v = c.entry(user_id).or_default();
+        if v.len() >= max {
+            return None;
+        }
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let revoked = Arc::new(tokio::sync::Notify::new());
         let first = v.is_empty();
         v.push(Conn {
             id,
             session_id: session_id.into(),
             tx,
+            revoked: revoked.clone(),
         });
-        (id, rx, first)
+        Some(Registered {
+            id,
+            rx,
+            first,
+            revoked,
+        })
     }
 
     /// Removes a connection; returns whether the user is now offline.
@@ -163,15 +184,13 @@ impl Hub {
         );
     }
 
-    /// Closes the connections of one revoked session.
-    pub fn kick_session(&self, user_id: i64, session_id: &str) {
+    /// Closes the connections of one revoked session (they close with code 4001).
+    /// Scans every connection: revocations are rare next to messages.
+    pub fn kick_session(&self, session_id: &str) {
         let c = self.conns.read();
-        if let Some(v) = c.get(&user_id) {
-            for conn in v.iter().filter(|x| *x.session_id == *session_id) {
-                let tx = conn.tx.clone();
-                tokio::spawn(async move {
-                    let _ = tx.send(Out::Close("session_revoked")).await;
-                });
+        for conn in c.values().flatten() {
+            if *conn.session_id == *session_id {
+                conn.revoked.notify_one();
             }
         }
     }

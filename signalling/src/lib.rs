@@ -17,7 +17,10 @@ pub mod config;
 pub mod db;
 pub mod error;
 pub mod hub;
+pub mod limits;
 pub mod model;
+pub mod otp;
+pub mod outbound;
 pub mod phone;
 pub mod sms;
 pub mod users;
@@ -26,12 +29,27 @@ pub mod ws;
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::{Arc, OnceLock, Weak};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use parking_lot::{Mutex, RwLock};
 use prometheus::{IntCounter, IntGauge, Opts};
 
 pub use config::Config;
+
+/// `tracing` filter directives that cap dependencies of the HTTP and WebSocket stack
+/// whose verbose levels write personal data or secrets: tungstenite logs whole frames
+/// (message text, `auth` tokens) at trace and client URLs at debug; axum's server logs
+/// peer addresses and rejected input at trace; hyper_util's client logs hosts and
+/// addresses at debug. `maxd` adds them after the operator's filter, so no log level
+/// lifts them (a directive for the same target replaces an earlier one).
+pub const LOG_CAPS: &[&str] = &[
+    "tungstenite=info",
+    "tokio_tungstenite=info",
+    "hyper_util=info",
+    "axum::serve=debug",
+    "axum::rejection=debug",
+];
 
 pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -52,8 +70,10 @@ pub struct Metrics {
     pub connections: IntGauge,
     /// Login codes sent.
     pub codes_sent: IntCounter,
-    /// Code requests refused by rate limits.
+    /// Code requests refused by rate limits or a number lock-out.
     pub codes_refused: IntCounter,
+    /// Code checks refused by the per-IP limit.
+    pub verifies_refused: IntCounter,
     /// Wrong codes entered.
     pub codes_wrong: IntCounter,
     /// Successful logins.
@@ -86,6 +106,10 @@ impl Metrics {
                 "codes_refused_total",
                 "Login code requests refused by rate limits",
             )?,
+            verifies_refused: c(
+                "verifies_refused_total",
+                "Login code checks refused by the per-IP limit",
+            )?,
             codes_wrong: c("codes_wrong_total", "Wrong login codes entered")?,
             logins: c("logins_total", "Successful logins")?,
             rate_limited: c(
@@ -104,18 +128,52 @@ pub struct App {
     pub hub: hub::Hub,
     pub sms: Box<dyn sms::SmsSender>,
     pub metrics: Metrics,
-    pub(crate) ip_codes: Mutex<HashMap<IpAddr, (i64, u32)>>,
-    pub(crate) send_buckets: Mutex<HashMap<i64, (f64, f64)>>,
-    pub(crate) revoked: Mutex<HashSet<String>>,
+    pub(crate) limits: Limits,
     pub(crate) members_cache: RwLock<HashMap<i64, Arc<chat::Members>>>,
     pub(crate) locks: Vec<tokio::sync::Mutex<()>>,
     pub(crate) webhooks_running: Mutex<HashSet<i64>>,
     pub(crate) me_weak: OnceLock<Weak<App>>,
 }
 
+/// The keyed rate limits of the control plane (see `docs/chat.md`, "Limits").
+pub(crate) struct Limits {
+    /// Code requests per client network (IPv4 address, IPv6 /64).
+    pub codes_per_ip: limits::Keyed<IpAddr>,
+    /// Code checks per client network.
+    pub verifies_per_ip: limits::Keyed<IpAddr>,
+    /// Messages per user.
+    pub messages: limits::Keyed<i64>,
+}
+
+impl Limits {
+    fn new(cfg: &Config) -> Limits {
+        Limits {
+            codes_per_ip: limits::Keyed::new(limits::per_hour(cfg.codes_per_ip_per_hour)),
+            verifies_per_ip: limits::Keyed::new(limits::per_hour(cfg.verifies_per_ip_per_hour)),
+            messages: limits::Keyed::new(limits::per_second_burst_2x(cfg.messages_per_second)),
+        }
+    }
+
+    fn forget_idle(&self) {
+        self.codes_per_ip.forget_idle();
+        self.verifies_per_ip.forget_idle();
+        self.messages.forget_idle();
+    }
+}
+
+/// How often limits forget idle keys and storage forgets what no longer matters.
+const MAINTENANCE_EVERY: Duration = Duration::from_secs(60);
+
 /// The running control plane.
 pub struct Signalling {
     app: Arc<App>,
+    maintenance: tokio::task::AbortHandle,
+}
+
+impl Drop for Signalling {
+    fn drop(&mut self) {
+        self.maintenance.abort();
+    }
 }
 
 impl Signalling {
@@ -144,29 +202,44 @@ impl Signalling {
         let db = db::Db::open(&config.database_url, &ctx.data_dir)
             .await
             .context("opening the chat database")?;
-        // Sessions revoked before a restart stay refused while their tokens could live.
-        let revoked: Vec<String> =
-            sqlx::query_scalar("SELECT id FROM sessions WHERE revoked = 1 AND last_used_at > $1")
-                .bind(now_ms() - config.access_ttl.as_millis() as i64 * 2 - 86_400_000)
-                .fetch_all(&db.pool)
-                .await?;
         let metrics = Metrics::new(&ctx.registry)?;
         let app = Arc::new(App {
+            limits: Limits::new(&config),
             cfg: config,
             ctx,
             db,
             hub: hub::Hub::default(),
             sms,
             metrics,
-            ip_codes: Mutex::default(),
-            send_buckets: Mutex::default(),
-            revoked: Mutex::new(revoked.into_iter().collect()),
             members_cache: RwLock::default(),
             locks: (0..1024).map(|_| tokio::sync::Mutex::new(())).collect(),
             webhooks_running: Mutex::default(),
             me_weak: OnceLock::new(),
         });
         let _ = app.me_weak.set(Arc::downgrade(&app));
+        // Sessions revoked before a restart stay refused while their tokens could live:
+        // the last token of a session was minted at its `last_used_at`.
+        let oldest_alive = now_ms() - app.tokens_dead_after(0) as i64 * 1000;
+        let revoked: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT id, last_used_at FROM sessions WHERE revoked = 1 AND last_used_at > $1",
+        )
+        .bind(oldest_alive)
+        .fetch_all(&app.db.pool)
+        .await?;
+        for (sid, last_mint) in &revoked {
+            app.ctx
+                .keys
+                .revocations()
+                .revoke(sid, app.tokens_dead_after(*last_mint));
+        }
+        // A revocation (here or by any plane of this process) closes the session's sockets.
+        let weak = Arc::downgrade(&app);
+        app.ctx.keys.revocations().on_revoke(move |sid| {
+            if let Some(app) = weak.upgrade() {
+                app.hub.kick_session(sid);
+            }
+        });
+        let maintenance = tokio::spawn(maintain(Arc::downgrade(&app))).abort_handle();
         // Resume webhook deliveries left pending by a previous run.
         let pending: Vec<i64> = sqlx::query_scalar("SELECT DISTINCT bot_id FROM bot_updates")
             .fetch_all(&app.db.pool)
@@ -175,7 +248,7 @@ impl Signalling {
             app.webhook_kick(b);
         }
         tracing::info!(engine = ?app.db.engine, "signalling started");
-        Ok(Signalling { app })
+        Ok(Signalling { app, maintenance })
     }
 
     /// HTTP and WebSocket routes of the control plane.
@@ -186,5 +259,24 @@ impl Signalling {
     /// The shared state (for tests and benchmarks in this crate).
     pub fn app(&self) -> &Arc<App> {
         &self.app
+    }
+}
+
+/// Every [`MAINTENANCE_EVERY`]: limits forget idle keys; rotated refresh tokens older
+/// than a refresh token's lifetime are forgotten (they would be expired anyway).
+async fn maintain(app: Weak<App>) {
+    let mut tick = tokio::time::interval(MAINTENANCE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(app) = app.upgrade() else { return };
+        app.limits.forget_idle();
+        let r = sqlx::query("DELETE FROM refresh_rotated WHERE rotated_at < $1")
+            .bind(now_ms() - app.cfg.refresh_ttl.as_millis() as i64)
+            .execute(&app.db.pool)
+            .await;
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "forgetting old rotated refresh tokens");
+        }
     }
 }

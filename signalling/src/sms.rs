@@ -4,10 +4,6 @@
 use std::io::Write as _;
 use std::path::PathBuf;
 
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
-
 /// File in the data directory where the dev provider writes codes, one JSON line each.
 pub const DEV_SMS_FILE: &str = "sms-codes.jsonl";
 
@@ -71,7 +67,6 @@ impl SmsSender for DevFileSms {
 pub struct HttpSms {
     url: hyper::Uri,
     auth: String,
-    client: Client<hyper_util::client::legacy::connect::HttpConnector, Full<bytes::Bytes>>,
 }
 
 impl HttpSms {
@@ -84,11 +79,9 @@ impl HttpSms {
                 "signalling.sms_gateway_url must be an http:// URL (put TLS in a local proxy)"
             );
         }
-        let client = Client::builder(TokioExecutor::new()).build_http();
         Ok(HttpSms {
             url,
             auth: auth.to_string(),
-            client,
         })
     }
 }
@@ -100,21 +93,20 @@ impl SmsSender for HttpSms {
     ) -> futures_util::future::BoxFuture<'a, Result<(), SmsError>> {
         Box::pin(async move {
             let body = serde_json::json!({ "to": sms.to, "text": sms.text }).to_string();
-            let mut req =
-                hyper::Request::post(self.url.clone()).header("content-type", "application/json");
-            if !self.auth.is_empty() {
-                req = req.header("authorization", &self.auth);
-            }
-            let req = req
-                .body(Full::new(bytes::Bytes::from(body)))
-                .map_err(|e| SmsError::Gateway(e.to_string()))?;
-            let fut = self.client.request(req);
-            let resp = tokio::time::timeout(std::time::Duration::from_secs(10), fut)
-                .await
-                .map_err(|_| SmsError::Gateway("timed out".into()))?
-                .map_err(|e| SmsError::Gateway(e.to_string()))?;
-            let status = resp.status();
-            let _ = resp.into_body().collect().await;
+            let auth = [("authorization", self.auth.as_str())];
+            let headers = if self.auth.is_empty() {
+                &[][..]
+            } else {
+                &auth[..]
+            };
+            let status = crate::outbound::post_json(
+                &self.url,
+                headers,
+                bytes::Bytes::from(body),
+                std::time::Duration::from_secs(10),
+            )
+            .await
+            .map_err(|e| SmsError::Gateway(e.to_string()))?;
             if !status.is_success() {
                 return Err(SmsError::Gateway(format!("answered {status}")));
             }

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket};
+use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket};
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -91,23 +91,189 @@ struct Conn {
     last: HashMap<i64, i64>,
 }
 
-pub async fn run(app: Arc<App>, socket: WebSocket, caller: Caller) {
-    let (conn_id, mut rx, first) = app.hub.connect(caller.user_id, &caller.session_id);
+/// Close codes of `/ws` (also in `docs/chat.md`).
+pub mod close {
+    /// The connection fell more than [`crate::hub::QUEUE`] events behind.
+    pub const LAGGED: u16 = 4000;
+    /// The session was revoked.
+    pub const REVOKED: u16 = 4001;
+    /// No `auth` frame within `ws_auth_timeout`.
+    pub const AUTH_TIMEOUT: u16 = 4002;
+    /// The `auth` frame was refused; the reason is the error code.
+    pub const AUTH_REFUSED: u16 = 4003;
+    /// Nothing (not even a pong) arrived for `ws_idle_timeout`.
+    pub const IDLE: u16 = 4004;
+    /// The account has `ws_connections_per_user` connections open already.
+    pub const TOO_MANY: u16 = 4005;
+}
+
+type Sink = futures_util::stream::SplitSink<WebSocket, WsMessage>;
+type Stream = futures_util::stream::SplitStream<WebSocket>;
+
+const LAGGED: (u16, &str) = (
+    close::LAGGED,
+    "lagged: reconnect and resume from your last sequence numbers",
+);
+
+/// Feeds `next` and what else is queued (up to a batch of 64) to `sink`, without
+/// flushing, skipping chat events already sent. `Ok(Some(close))` when the queue ended
+/// (the connection lagged), `Err` when the socket failed.
+async fn feed_events(
+    sink: &mut Sink,
+    rx: &mut tokio::sync::mpsc::Receiver<Out>,
+    last: &mut HashMap<i64, i64>,
+    mut next: Option<Out>,
+) -> Result<Option<(u16, &'static str)>, ()> {
+    for n in 1.. {
+        let frame = match next {
+            None => return Ok(Some(LAGGED)),
+            Some(Out::Ephemeral(j)) => Some(j),
+            Some(Out::Chat { chat_id, seq, json }) => match last.get_mut(&chat_id) {
+                Some(l) if seq <= *l => None,
+                Some(l) => {
+                    *l = seq;
+                    Some(json)
+                }
+                None => Some(json),
+            },
+        };
+        if let Some(f) = frame {
+            sink.feed(WsMessage::Text(f.as_ref().into()))
+                .await
+                .map_err(|_| ())?;
+        }
+        if n >= 64 {
+            break;
+        }
+        next = match rx.try_recv() {
+            Ok(o) => Some(o),
+            Err(tokio::sync::mpsc::error::TryRecvError::Empty) => return Ok(None),
+            Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => None,
+        };
+    }
+    Ok(None)
+}
+
+/// The first frame of a connection opened without a token.
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum AuthMsg {
+    Auth { access_token: String },
+}
+
+async fn close_with(sink: &mut Sink, code: u16, reason: &str) {
+    let _ = sink
+        .send(WsMessage::Close(Some(CloseFrame {
+            code,
+            reason: reason.into(),
+        })))
+        .await;
+}
+
+/// Waits up to `ws_auth_timeout` for `{"type": "auth", "access_token": ...}`; answers
+/// `{"type": "authenticated", ...}` or an error, then closes. Control frames do not
+/// extend the deadline.
+async fn authenticate_first(app: &App, sink: &mut Sink, stream: &mut Stream) -> Option<Caller> {
+    let deadline = tokio::time::Instant::now() + app.cfg.ws_auth_timeout;
+    loop {
+        let msg = match tokio::time::timeout_at(deadline, stream.next()).await {
+            Err(_) => {
+                close_with(sink, close::AUTH_TIMEOUT, "authentication timeout").await;
+                return None;
+            }
+            Ok(None | Some(Err(_)) | Some(Ok(WsMessage::Close(_)))) => return None,
+            Ok(Some(Ok(WsMessage::Text(t)))) => t,
+            Ok(Some(Ok(WsMessage::Binary(_)))) => Utf8Bytes::from_static(""),
+            Ok(Some(Ok(_))) => continue,
+        };
+        let v: Value = serde_json::from_str(msg.as_str()).unwrap_or(Value::Null);
+        let req_id = v.get("req_id").cloned().unwrap_or(Value::Null);
+        let r = match serde_json::from_value::<AuthMsg>(v) {
+            Ok(AuthMsg::Auth { access_token }) => app.authenticate(&access_token),
+            Err(_) => Err(ApiError::Token(common::TokenError::Missing)),
+        };
+        return match r {
+            Ok(c) => {
+                let mut ok = json!({"type": "authenticated", "user_id": c.user_id, "session_id": c.session_id});
+                if !req_id.is_null() {
+                    ok["req_id"] = req_id;
+                }
+                if sink
+                    .send(WsMessage::Text(ok.to_string().into()))
+                    .await
+                    .is_err()
+                {
+                    return None;
+                }
+                Some(c)
+            }
+            Err(e) => {
+                let _ = sink
+                    .send(WsMessage::Text(error_event(&e, &req_id).into()))
+                    .await;
+                close_with(sink, close::AUTH_REFUSED, e.code()).await;
+                None
+            }
+        };
+    }
+}
+
+/// Serves one `/ws` connection: `caller` when the upgrade carried a token, else the
+/// first frame must authenticate. The peer is pinged every `ws_ping_interval` and closed
+/// when nothing arrives from it for `ws_idle_timeout`.
+pub async fn run(app: Arc<App>, socket: WebSocket, caller: Option<Caller>) {
+    let (mut sink, mut stream) = socket.split();
+    let caller = match caller {
+        Some(c) => c,
+        None => match authenticate_first(&app, &mut sink, &mut stream).await {
+            Some(c) => c,
+            None => return,
+        },
+    };
+    let max = app.cfg.ws_connections_per_user.max(1) as usize;
+    let Some(reg) = app.hub.connect(caller.user_id, &caller.session_id, max) else {
+        let e = ApiError::TooManyConnections { max };
+        let _ = sink
+            .send(WsMessage::Text(error_event(&e, &Value::Null).into()))
+            .await;
+        close_with(&mut sink, close::TOO_MANY, e.code()).await;
+        return;
+    };
+    let conn_id = reg.id;
+    let mut rx = reg.rx;
     app.metrics.connections.inc();
-    if first {
+    if reg.first {
         let _ = app.presence_changed(caller.user_id, true).await;
     }
-    let (mut sink, mut stream) = socket.split();
     let mut c = Conn {
         app: app.clone(),
         caller,
         synced: false,
         last: HashMap::new(),
     };
-    let mut close: Option<(u16, &'static str)> = None;
-    loop {
+    let frames = crate::limits::Direct::new(crate::limits::per_second_burst_2x(
+        app.cfg.ws_frames_per_second,
+    ));
+    let idle_timeout = app.cfg.ws_idle_timeout;
+    let idle = tokio::time::sleep(idle_timeout);
+    tokio::pin!(idle);
+    let period = app
+        .cfg
+        .ws_ping_interval
+        .max(std::time::Duration::from_millis(10));
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Revoked between authentication and registration: the listener found nothing to close.
+    let mut close: Option<(u16, &'static str)> =
+        if app.ctx.keys.revocations().is_revoked(&c.caller.session_id) {
+            Some((close::REVOKED, "session_revoked"))
+        } else {
+            None
+        };
+    while close.is_none() {
         tokio::select! {
             msg = stream.next() => {
+                idle.as_mut().reset(tokio::time::Instant::now() + idle_timeout);
                 let text = match msg {
                     None | Some(Err(_)) => break,
                     Some(Ok(WsMessage::Text(t))) => t,
@@ -117,57 +283,53 @@ pub async fn run(app: Arc<App>, socket: WebSocket, caller: Caller) {
                         continue;
                     }
                     Some(Ok(WsMessage::Close(_))) => break,
+                    // Pings are answered by the protocol layer; pongs only prove liveness.
                     Some(Ok(_)) => continue,
                 };
                 let mut out = Vec::new();
-                c.handle(text.as_str(), &mut out).await;
+                match frames.check() {
+                    Ok(()) => c.handle(text.as_str(), &mut out).await,
+                    Err(retry_after) => {
+                        app.metrics.rate_limited.inc();
+                        out.push(error_event(&ApiError::RateLimited { retry_after }, &Value::Null));
+                    }
+                }
+                // The answers to one frame, and the events it caused (already queued:
+                // they are published before the answer is made), leave in one write,
+                // flushed at once: no frame waits for a later one or for an ACK.
                 let mut failed = false;
                 for o in out {
-                    if sink.send(WsMessage::Text(o.into())).await.is_err() { failed = true; break }
+                    if sink.feed(WsMessage::Text(o.into())).await.is_err() { failed = true; break }
                 }
-                if failed { break }
-            }
-            ev = rx.recv(), if c.synced => {
-                // Write what is queued (up to a batch) with one flush.
-                let mut next = ev;
-                let mut n = 0;
-                let mut failed = false;
-                loop {
-                    match next {
-                        None => { close = Some((4000, "lagged: reconnect and resume from your last sequence numbers")); break }
-                        Some(Out::Close(reason)) => { close = Some((4001, reason)); break }
-                        Some(Out::Ephemeral(j)) => {
-                            if sink.feed(WsMessage::Text(j.as_ref().into())).await.is_err() { failed = true; break }
-                        }
-                        Some(Out::Chat { chat_id, seq, json }) => {
-                            let dup = match c.last.get_mut(&chat_id) {
-                                Some(l) if seq <= *l => true,
-                                Some(l) => { *l = seq; false }
-                                None => false,
-                            };
-                            if !dup && sink.feed(WsMessage::Text(json.as_ref().into())).await.is_err() { failed = true; break }
-                        }
-                    }
-                    n += 1;
-                    if n >= 64 { break }
+                if !failed && c.synced {
                     match rx.try_recv() {
-                        Ok(o) => next = Some(o),
-                        Err(tokio::sync::mpsc::error::TryRecvError::Empty) => break,
-                        Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => next = None,
+                        Ok(o) => match feed_events(&mut sink, &mut rx, &mut c.last, Some(o)).await {
+                            Ok(end) => close = end,
+                            Err(()) => failed = true,
+                        },
+                        Err(tokio::sync::mpsc::error::TryRecvError::Empty) => {}
+                        Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => close = Some(LAGGED),
                     }
                 }
                 if failed || sink.flush().await.is_err() { break }
-                if close.is_some() { break }
             }
+            ev = rx.recv(), if c.synced => {
+                // Write what is queued (up to a batch) with one flush.
+                match feed_events(&mut sink, &mut rx, &mut c.last, ev).await {
+                    Ok(end) => close = end,
+                    Err(()) => break,
+                }
+                if sink.flush().await.is_err() { break }
+            }
+            _ = reg.revoked.notified() => close = Some((close::REVOKED, "session_revoked")),
+            _ = ping.tick() => {
+                if sink.send(WsMessage::Ping(Default::default())).await.is_err() { break }
+            }
+            _ = &mut idle => close = Some((close::IDLE, "idle: nothing received within the idle timeout")),
         }
     }
     if let Some((code, reason)) = close {
-        let _ = sink
-            .send(WsMessage::Close(Some(CloseFrame {
-                code,
-                reason: reason.into(),
-            })))
-            .await;
+        close_with(&mut sink, code, reason).await;
     }
     app.metrics.connections.dec();
     if app.hub.disconnect(c.caller.user_id, conn_id) {

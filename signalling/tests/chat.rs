@@ -164,12 +164,14 @@ async fn accounts(url: Option<&str>) {
     .await;
     assert_eq!(st, 200, "{v}");
     let new_refresh = v["refresh_token"].as_str().unwrap().to_string();
+    assert_ne!(new_refresh, u.refresh);
+    // (Presenting the old one again revokes the session: tests/abuse.rs.)
     let (st, v) = http(
         a,
         "POST",
         "/api/auth/refresh",
         None,
-        Some(json!({"refresh_token": u.refresh})),
+        Some(json!({"refresh_token": format!("{}.forged", u.session)})),
     )
     .await;
     assert_eq!((st, v["error"].as_str()), (401, Some("refresh_invalid")));

@@ -90,6 +90,28 @@ async fn documented_examples_run_against_the_server() {
     }
     ws.send(json!({"type": "ping"})).await;
     ws.next_of("pong").await;
+
+    // The documented auth frame, with a real token, on a socket opened without one.
+    let auth = blocks("auth");
+    assert_eq!(auth.len(), 1);
+    let mut f: Value = serde_json::from_str(&auth[0]).unwrap();
+    f["access_token"] = json!(v.token);
+    let (inner, _) = tokio_tungstenite::connect_async(format!("ws://{a}/ws"))
+        .await
+        .unwrap();
+    let mut ws = Ws { inner };
+    ws.send(f).await;
+    let e = ws.next().await;
+    assert_eq!(
+        (
+            e["type"].as_str(),
+            e["user_id"].as_i64(),
+            e["req_id"].as_i64()
+        ),
+        (Some("authenticated"), Some(v.id), Some(1)),
+        "{e}"
+    );
+    ws.sync(json!([])).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -18,7 +18,8 @@ pub struct Server {
     pub data_dir: PathBuf,
     pub sig: signalling::Signalling,
     pub keys: common::Keys,
-    _tmp: tempfile::TempDir,
+    pub cfg: signalling::Config,
+    tmp: Option<tempfile::TempDir>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -29,7 +30,21 @@ impl Drop for Server {
 }
 
 pub async fn start(cfg: signalling::Config) -> Server {
-    let tmp = tempfile::tempdir().unwrap();
+    start_in(cfg, tempfile::tempdir().unwrap()).await
+}
+
+impl Server {
+    /// Stops this server and starts a new one on the same data directory, as a new
+    /// process would: same secret, empty in-memory state.
+    pub async fn restart(mut self) -> Server {
+        let tmp = self.tmp.take().unwrap();
+        let cfg = self.cfg.clone();
+        drop(self);
+        start_in(cfg, tmp).await
+    }
+}
+
+async fn start_in(cfg: signalling::Config, tmp: tempfile::TempDir) -> Server {
     let keys = common::Keys::from_secret(&[9u8; 32]).unwrap();
     let ctx = common::Context {
         data_dir: tmp.path().to_path_buf(),
@@ -37,7 +52,7 @@ pub async fn start(cfg: signalling::Config) -> Server {
         keys: keys.clone(),
         registry: prometheus::Registry::new(),
     };
-    let sig = signalling::Signalling::start(cfg, ctx)
+    let sig = signalling::Signalling::start(cfg.clone(), ctx)
         .await
         .expect("signalling starts");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -56,7 +71,8 @@ pub async fn start(cfg: signalling::Config) -> Server {
         data_dir: tmp.path().to_path_buf(),
         sig,
         keys,
-        _tmp: tmp,
+        cfg,
+        tmp: Some(tmp),
         task,
     }
 }

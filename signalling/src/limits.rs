@@ -1,0 +1,137 @@
+//! Rate limits: GCRA limiters from `governor`, keyed by client network, user or
+//! connection. Every limit is documented in `docs/chat.md` ("Limits").
+
+use std::hash::Hash;
+use std::net::{IpAddr, Ipv6Addr};
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
+
+/// The network a client address is counted for: an IPv4 address alone, an IPv6 address
+/// by its /64 (what one subscriber or host usually gets, so hopping addresses inside it
+/// buys nothing), an IPv4-mapped IPv6 address as the IPv4 address.
+pub fn client_net(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let bits = u128::from(v6) & !((1u128 << 64) - 1);
+                IpAddr::V6(Ipv6Addr::from(bits))
+            }
+        },
+    }
+}
+
+fn nz(n: u32) -> NonZeroU32 {
+    NonZeroU32::new(n.max(1)).unwrap_or(NonZeroU32::MIN)
+}
+
+/// `n` per hour, all of them usable at once (one more comes back every hour / `n`).
+pub fn per_hour(n: u32) -> Quota {
+    Quota::per_hour(nz(n))
+}
+
+/// `n` per second with bursts of twice as many.
+pub fn per_second_burst_2x(n: u32) -> Quota {
+    Quota::per_second(nz(n)).allow_burst(nz(n.saturating_mul(2)))
+}
+
+/// Whole seconds to wait, at least 1 (what `retry_after` and `Retry-After` carry).
+fn retry_secs(d: Duration) -> u64 {
+    d.as_millis().div_ceil(1000).max(1) as u64
+}
+
+/// A limit per key (client network, user id, ...).
+pub struct Keyed<K: Hash + Eq + Clone> {
+    lim: DefaultKeyedRateLimiter<K>,
+    clock: DefaultClock,
+}
+
+impl<K: Hash + Eq + Clone> Keyed<K> {
+    pub fn new(quota: Quota) -> Self {
+        Keyed {
+            lim: RateLimiter::keyed(quota),
+            clock: DefaultClock::default(),
+        }
+    }
+
+    /// Takes one from `key`'s allowance, or says how many seconds until one is back.
+    pub fn check(&self, key: &K) -> Result<(), u64> {
+        self.lim
+            .check_key(key)
+            .map_err(|n| retry_secs(n.wait_time_from(self.clock.now())))
+    }
+
+    /// Forgets keys whose allowance is full again (they would behave as new ones).
+    pub fn forget_idle(&self) {
+        self.lim.retain_recent();
+        self.lim.shrink_to_fit();
+    }
+
+    /// Keys remembered.
+    pub fn len(&self) -> usize {
+        self.lim.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.lim.is_empty()
+    }
+}
+
+/// A limit on one thing (one connection).
+pub struct Direct {
+    lim: DefaultDirectRateLimiter,
+    clock: DefaultClock,
+}
+
+impl Direct {
+    pub fn new(quota: Quota) -> Self {
+        Direct {
+            lim: RateLimiter::direct(quota),
+            clock: DefaultClock::default(),
+        }
+    }
+
+    /// Takes one, or says how many seconds until one is back.
+    pub fn check(&self) -> Result<(), u64> {
+        self.lim
+            .check()
+            .map_err(|n| retry_secs(n.wait_time_from(self.clock.now())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_counts_per_64_and_mapped_v4_as_v4() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff:1:2:3".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(client_net(a), client_net(b));
+        assert_ne!(client_net(a), client_net(c));
+        assert_eq!(client_net(a), "2001:db8:1:2::".parse::<IpAddr>().unwrap());
+        let m: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        assert_eq!(client_net(m), "192.0.2.7".parse::<IpAddr>().unwrap());
+        let v4: IpAddr = "192.0.2.7".parse().unwrap();
+        assert_eq!(client_net(v4), v4);
+    }
+
+    #[test]
+    fn keyed_limit_refuses_past_the_burst_with_a_wait() {
+        let l = Keyed::new(per_hour(3));
+        for _ in 0..3 {
+            assert!(l.check(&1).is_ok());
+        }
+        let wait = l.check(&1).unwrap_err();
+        assert!((1..=1200).contains(&wait), "{wait}");
+        assert!(l.check(&2).is_ok(), "another key has its own allowance");
+        let d = Direct::new(per_second_burst_2x(1));
+        assert!(d.check().is_ok() && d.check().is_ok());
+        assert_eq!(d.check(), Err(1));
+    }
+}
