@@ -36,10 +36,60 @@ impl<T: Hash> fmt::Debug for Pii<T> {
     }
 }
 
+/// Text of a foreign error fit for a log line: every word that holds an IP address
+/// (with or without a port, IPv4 or IPv6) is replaced by its [`Pii`] tag. For errors of
+/// dependencies (WebRTC, QUIC, TLS stacks) whose messages may name the peer.
+pub fn scrub(text: &str) -> String {
+    use std::net::{IpAddr, SocketAddr};
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while !rest.is_empty() {
+        let start = rest.find(|c: char| c.is_ascii_hexdigit() || c == '[' || c == ':').unwrap_or(rest.len());
+        out.push_str(&rest[..start]);
+        rest = &rest[start..];
+        let end = rest
+            .find(|c: char| !(c.is_ascii_hexdigit() || matches!(c, '.' | ':' | '[' | ']' | '%')))
+            .unwrap_or(rest.len());
+        if end == 0 {
+            // A lone character that starts no address.
+            let n = rest.chars().next().map_or(1, char::len_utf8);
+            out.push_str(&rest[..n]);
+            rest = &rest[n..];
+            continue;
+        }
+        let word = &rest[..end];
+        let trimmed = word.trim_end_matches(['.', ':']);
+        let is_addr = trimmed.parse::<SocketAddr>().is_ok()
+            || trimmed.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>().is_ok();
+        if is_addr && trimmed.contains(['.', ':']) && trimmed.len() > 2 {
+            out.push_str(&Pii(trimmed).to_string());
+            out.push_str(&word[trimmed.len()..]);
+        } else {
+            out.push_str(word);
+        }
+        rest = &rest[end..];
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::net::SocketAddr;
+
+    #[test]
+    fn scrub_hides_addresses_in_foreign_errors() {
+        let e = "no route to 192.0.2.7:5000 from [2001:db8::1]:443 via fe80::1, code 0x1f at 12:30";
+        let s = scrub(e);
+        for leak in ["192.0.2.7", "2001:db8::1", "fe80::1"] {
+            assert!(!s.contains(leak), "{s}");
+        }
+        assert!(s.starts_with("no route to <redacted:"), "{s}");
+        assert!(s.contains("code 0x1f at 12:30"), "words that are no address stay: {s}");
+        assert_eq!(scrub("peer connection failed: DTLS closed"), "peer connection failed: DTLS closed");
+        assert_eq!(scrub(""), "");
+        assert_eq!(scrub("ünïcode façade"), "ünïcode façade");
+    }
 
     #[test]
     fn never_prints_the_value() {

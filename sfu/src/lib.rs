@@ -23,6 +23,11 @@ use std::sync::atomic::AtomicU64;
 
 pub use config::Config;
 
+/// Log directives `maxd` adds after the operator's filter, so no level lifts them: at
+/// debug and trace the WebRTC stack (str0m and its ICE agent `is`) logs client
+/// addresses, candidates and ICE credentials. Its info and warn lines carry none.
+pub const LOG_CAPS: &[&str] = &["str0m=info", "is=info", "str0m_proto=info"];
+
 /// The running media plane.
 pub struct Sfu {
     worker: worker::Worker,

@@ -175,7 +175,7 @@ async fn run(
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                         Err(e) => {
                             // ICMP errors (port unreachable) surface here on Linux; harmless.
-                            tracing::trace!(error = %e, "udp receive error");
+                            tracing::trace!(error = %common::pii::scrub(&e.to_string()), "udp receive error");
                             break;
                         }
                     }
@@ -362,7 +362,7 @@ impl UdpOut {
                     break;
                 }
                 _ => {
-                    tracing::trace!(error = %err, "udp send refused");
+                    tracing::trace!(error = %common::pii::scrub(&err.to_string()), "udp send refused");
                     self.failed += 1;
                     start += 1;
                 }

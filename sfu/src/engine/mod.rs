@@ -330,7 +330,7 @@ impl Engine {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
                 let _s = self.participants.get(peer.part).map(|p| p.span.enter());
-                tracing::debug!(peer = pk, error = %e, "input refused");
+                tracing::debug!(peer = pk, error = %common::pii::scrub(&e.to_string()), "input refused");
                 self.counters.drop_malformed += 1;
             }
             Err(_) => {
@@ -378,7 +378,7 @@ impl Engine {
             Ok(Err(e)) => {
                 let e: RtcError = e;
                 let _s = self.participants.get(peer.part).map(|p| p.span.enter());
-                tracing::info!(peer = pk, error = %e, "peer connection failed");
+                tracing::info!(peer = pk, error = %common::pii::scrub(&e.to_string()), "peer connection failed");
                 peer.failed = true;
                 self.any_failed = true;
             }
