@@ -6,6 +6,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::bail;
 use figment::Figment;
@@ -58,17 +59,36 @@ impl Default for Config {
     }
 }
 
-/// `[http]`: the main HTTP server.
+/// `[http]`: the main HTTP server. The limits are described in `docs/operations.md`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
     /// Address of the HTTP server (web client, APIs, `/rtc`, WHIP/WHEP, `/metrics`).
     pub listen: SocketAddr,
+    /// Time a client has to send a request's head, from the connection's start or from
+    /// the first byte of its next request. Closes slowloris connections.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// How long a keep-alive connection may wait between requests, and a response may
+    /// wait for the client to read it. WebSockets have their own timeouts.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Most open connections, WebSockets included. 0: three quarters of the open-file
+    /// limit; a larger value is lowered to that.
+    pub max_connections: usize,
+    /// Most open connections from one client address (IPv6: one /64). 0: no limit.
+    pub max_connections_per_ip: usize,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig { listen: "127.0.0.1:8080".parse().unwrap() }
+        HttpConfig {
+            listen: "127.0.0.1:8080".parse().unwrap(),
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 0,
+            max_connections_per_ip: 256,
+        }
     }
 }
 
@@ -100,7 +120,10 @@ pub enum LogFormat {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig { level: "info".into(), format: LogFormat::Text }
+        LogConfig {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
     }
 }
 
@@ -130,7 +153,12 @@ impl Config {
         if self.roles.is_empty() {
             bail!("`roles` is empty: name at least one of sfu, signalling, relay");
         }
-        self.sfu.validate().map_err(|e| anyhow::anyhow!("invalid [sfu] section: {e}"))?;
+        if self.http.header_read_timeout.is_zero() || self.http.idle_timeout.is_zero() {
+            bail!("http.header_read_timeout and http.idle_timeout must be more than 0");
+        }
+        self.sfu
+            .validate()
+            .map_err(|e| anyhow::anyhow!("invalid [sfu] section: {e}"))?;
         Ok(())
     }
 
@@ -148,7 +176,10 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/maxd.toml");
         let cfg = Config::load_with_env(Some(&path), Env::prefixed("MAXD_TEST_NONE_")).unwrap();
         let def = Config::default();
-        assert_eq!(toml::to_string(&cfg).unwrap(), toml::to_string(&def).unwrap());
+        assert_eq!(
+            toml::to_string(&cfg).unwrap(),
+            toml::to_string(&def).unwrap()
+        );
     }
 
     #[test]
@@ -170,4 +201,5 @@ mod tests {
         let cfg = Config::load_with_env(Some(&path), Env::prefixed("MAXD_T1_").split("__")).unwrap();
         assert_eq!(cfg.http.listen.port(), 2222);
     }
+
 }

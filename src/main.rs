@@ -4,6 +4,8 @@
 
 mod config;
 mod files_cli;
+mod listener;
+mod rlimit;
 mod server;
 mod web;
 
@@ -80,6 +82,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command.unwrap_or(Command::Run) {
         Command::Run => {
             server::init_tracing(&cfg.log)?;
+            server::raise_open_file_limit();
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .thread_name("maxd-http")
@@ -87,7 +90,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .context("starting the async runtime")?;
             rt.block_on(server::run(cfg))
         }
-        Command::Token { room, identity, name, grants, ttl } => {
+        Command::Token {
+            room,
+            identity,
+            name,
+            grants,
+            ttl,
+        } => {
             let grants = common::Grants::parse_list(&grants).map_err(anyhow::Error::msg)?;
             let keys = server::keys(&cfg)?;
             let token = keys.mint_for(
