@@ -42,6 +42,24 @@ pub fn keys(cfg: &Config) -> anyhow::Result<common::Keys> {
     )?)
 }
 
+/// The keys a CLI verb (`maxd token`, `maxd files`) signs with: the server's, resolved
+/// as the server does, but never a new dev secret - a token signed with one the server
+/// never sees would be refused. Without one, the error says what to pass; `hint` adds
+/// the verb's own way out.
+pub fn cli_keys_or(cfg: &Config, hint: &str) -> anyhow::Result<common::Keys> {
+    // An absolute path in the message: the directory this was run from is the question.
+    let data_dir = std::path::absolute(&cfg.data_dir).unwrap_or_else(|_| cfg.data_dir.clone());
+    common::Keys::resolve_existing(cfg.auth.secret.as_deref(), &data_dir, cfg.dev).map_err(|e| {
+        match e {
+            common::token::KeyError::NoDevSecret { .. } => anyhow::anyhow!(
+                "{e}.\nRun this where maxd runs, or point it at the server's data directory: \
+             --data-dir DIR (or the server's --config FILE, or MAXD_DATA_DIR=DIR); {hint}."
+            ),
+            other => other.into(),
+        }
+    })
+}
+
 /// Raises the soft open-file limit to the hard one and logs the outcome.
 pub fn raise_open_file_limit() {
     let show = |v: Option<u64>| v.map_or_else(|| "unlimited".to_string(), |n| n.to_string());
