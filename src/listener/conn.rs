@@ -25,6 +25,7 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
+use futures_util::task::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
@@ -54,6 +55,9 @@ impl Kind {
 pub struct Phase {
     accepted: Instant,
     word: AtomicU64,
+    /// The connection task, as last seen reading while busy: woken when the response
+    /// is finished, so that a read hyper began while busy picks up the idle deadline.
+    reader: AtomicWaker,
 }
 
 impl Phase {
@@ -62,6 +66,7 @@ impl Phase {
         Arc::new(Phase {
             accepted: Instant::now(),
             word: AtomicU64::new(Kind::Head as u64),
+            reader: AtomicWaker::new(),
         })
     }
 
@@ -104,6 +109,7 @@ impl Phase {
     /// The response's body was written out (or dropped).
     pub fn response_finished(&self) {
         self.transition(Kind::Busy, Kind::Idle);
+        self.reader.wake();
     }
 
     /// A `101 Switching Protocols` response: the socket now belongs to a WebSocket.
@@ -229,7 +235,11 @@ impl<S: AsyncRead + Unpin, G: Unpin> AsyncRead for TimedIo<S, G> {
         let (limit, what) = match kind {
             Kind::Head => (this.timeouts.header_read, TimedOut::Header),
             Kind::Idle => (this.timeouts.idle, TimedOut::Idle),
-            Kind::Busy | Kind::Upgraded => return Pin::new(&mut this.inner).poll_read(cx, buf),
+            Kind::Busy => {
+                this.phase.reader.register(cx.waker());
+                return Pin::new(&mut this.inner).poll_read(cx, buf);
+            }
+            Kind::Upgraded => return Pin::new(&mut this.inner).poll_read(cx, buf),
         };
         let deadline = since + limit;
         if this.read_sleep.deadline() != deadline {
@@ -426,6 +436,30 @@ mod tests {
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
         assert_eq!(t0.elapsed(), T.idle);
         assert_eq!(*seen.lock().unwrap(), vec![TimedOut::Idle]);
+    }
+
+    /// hyper reads (for the next request, or EOF) while a response is still going out:
+    /// that read must still end at the idle deadline once the response is finished.
+    #[tokio::test(start_paused = true)]
+    async fn a_read_begun_while_busy_gets_the_idle_deadline() {
+        let phase = Phase::new();
+        let (mut server, _client, seen) = io(phase.clone(), 1024);
+        phase.request_started();
+        let p = phase.clone();
+        let finish = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            p.response_finished();
+        });
+        let t0 = Instant::now();
+        let read =
+            tokio::time::timeout(Duration::from_secs(3600), server.read(&mut [0u8; 8])).await;
+        let err = read
+            .expect("the read outlived the idle deadline")
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(t0.elapsed(), Duration::from_secs(5) + T.idle);
+        assert_eq!(*seen.lock().unwrap(), vec![TimedOut::Idle]);
+        finish.await.unwrap();
     }
 
     #[tokio::test(start_paused = true)]
