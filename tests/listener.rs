@@ -297,7 +297,9 @@ async fn a_flood_under_a_low_descriptor_limit_leaves_the_port_answering_without_
                 break;
             }
             Ok((200, _)) => continue, // the server has not taken in the last floods yet
-            other => panic!("{other:?}"),
+            // Closed before the answer could be read (a reset can overtake it): again.
+            Err(_) => continue,
+            Ok(other) => panic!("{other:?}"),
         }
     }
     let body = refused.expect("max_connections never reached");
