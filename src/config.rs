@@ -3,9 +3,17 @@
 //!
 //! Environment variables are `MAXD_` followed by the key path in capitals with `__`
 //! between sections: `MAXD_HTTP__LISTEN=0.0.0.0:8080`, `MAXD_SFU__PUBLIC_IP=203.0.113.5`.
+//!
+//! One scheme for the whole `MAXD_` namespace: a variable is a config key when its name
+//! has the `__` section separator (then an unknown key is refused by name) or names a
+//! top-level key (`MAXD_DATA_DIR`, `MAXD_DEV`, `MAXD_ROLES`). Every other `MAXD_` name
+//! belongs to a command-line option (`MAXD_CONFIG_FILE`, `MAXD_FILES_TOKEN`, ...) or to
+//! a plane (`MAXD_RELAY_NO_DIRECT_IO`), and is never read as a key; `maxd` warns about
+//! one that nothing reads ([`unread_variables`]).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::bail;
 use figment::Figment;
@@ -58,17 +66,36 @@ impl Default for Config {
     }
 }
 
-/// `[http]`: the main HTTP server.
+/// `[http]`: the main HTTP server. The limits are described in `docs/operations.md`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
     /// Address of the HTTP server (web client, APIs, `/rtc`, WHIP/WHEP, `/metrics`).
     pub listen: SocketAddr,
+    /// Time a client has to send a request's head, from the connection's start or from
+    /// the first byte of its next request. Closes slowloris connections.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// How long a keep-alive connection may wait between requests, and a response may
+    /// wait for the client to read it. WebSockets have their own timeouts.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Most open connections, WebSockets included. 0: three quarters of the open-file
+    /// limit; a larger value is lowered to that.
+    pub max_connections: usize,
+    /// Most open connections from one client address (IPv6: one /64). 0: no limit.
+    pub max_connections_per_ip: usize,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig { listen: "127.0.0.1:8080".parse().unwrap() }
+        HttpConfig {
+            listen: "127.0.0.1:8080".parse().unwrap(),
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 0,
+            max_connections_per_ip: 256,
+        }
     }
 }
 
@@ -100,14 +127,57 @@ pub enum LogFormat {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig { level: "info".into(), format: LogFormat::Text }
+        LogConfig {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
     }
+}
+
+/// Prefix of every environment variable `maxd` reads.
+pub const ENV_PREFIX: &str = "MAXD_";
+
+/// The top-level keys of the configuration (`data_dir`, `dev`, `roles`, and the
+/// sections), from the type itself so the list cannot drift.
+fn top_level_keys() -> Vec<String> {
+    match toml::Table::try_from(Config::default()) {
+        Ok(t) => t.keys().cloned().collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Whether the variable `MAXD_<rest>` is a config key (see the module docs).
+fn is_config_variable(rest: &str, top: &[String]) -> bool {
+    rest.contains("__") || top.iter().any(|k| k.eq_ignore_ascii_case(rest))
+}
+
+/// The config-key variables with `prefix`, split into key paths at `__`.
+fn env_provider(prefix: &str) -> Env {
+    let top = top_level_keys();
+    Env::prefixed(prefix)
+        .filter(move |k| is_config_variable(k.as_str(), &top))
+        .split("__")
+}
+
+/// `MAXD_` variables in `vars` that are neither config keys nor in `known` (the
+/// command line's own variables and those the planes read): a typo, most likely.
+pub fn unread_variables(vars: impl IntoIterator<Item = String>, known: &[String]) -> Vec<String> {
+    let top = top_level_keys();
+    let mut out: Vec<String> = vars
+        .into_iter()
+        .filter(|name| match name.strip_prefix(ENV_PREFIX) {
+            Some(rest) => !is_config_variable(rest, &top) && !known.iter().any(|k| k == name),
+            None => false,
+        })
+        .collect();
+    out.sort();
+    out
 }
 
 impl Config {
     /// Defaults, then `file` if given, then `MAXD_*` environment variables.
     pub fn load(file: Option<&Path>) -> anyhow::Result<Config> {
-        Self::load_with_env(file, Env::prefixed("MAXD_").split("__"))
+        Self::load_with_env(file, env_provider(ENV_PREFIX))
     }
 
     fn load_with_env(file: Option<&Path>, env: Env) -> anyhow::Result<Config> {
@@ -130,7 +200,12 @@ impl Config {
         if self.roles.is_empty() {
             bail!("`roles` is empty: name at least one of sfu, signalling, relay");
         }
-        self.sfu.validate().map_err(|e| anyhow::anyhow!("invalid [sfu] section: {e}"))?;
+        if self.http.header_read_timeout.is_zero() || self.http.idle_timeout.is_zero() {
+            bail!("http.header_read_timeout and http.idle_timeout must be more than 0");
+        }
+        self.sfu
+            .validate()
+            .map_err(|e| anyhow::anyhow!("invalid [sfu] section: {e}"))?;
         Ok(())
     }
 
@@ -148,7 +223,10 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/maxd.toml");
         let cfg = Config::load_with_env(Some(&path), Env::prefixed("MAXD_TEST_NONE_")).unwrap();
         let def = Config::default();
-        assert_eq!(toml::to_string(&cfg).unwrap(), toml::to_string(&def).unwrap());
+        assert_eq!(
+            toml::to_string(&cfg).unwrap(),
+            toml::to_string(&def).unwrap()
+        );
     }
 
     #[test]
@@ -167,7 +245,47 @@ mod tests {
         std::fs::write(&path, "[http]\nlisten = \"127.0.0.1:1111\"\n").unwrap();
         // SAFETY: this test owns this variable name; no other test reads it.
         unsafe { std::env::set_var("MAXD_T1_HTTP__LISTEN", "127.0.0.1:2222") };
-        let cfg = Config::load_with_env(Some(&path), Env::prefixed("MAXD_T1_").split("__")).unwrap();
+        let cfg = Config::load_with_env(Some(&path), env_provider("MAXD_T1_")).unwrap();
         assert_eq!(cfg.http.listen.port(), 2222);
+    }
+
+    #[test]
+    fn only_section_keys_and_top_level_keys_are_read_from_the_environment() {
+        // SAFETY: this test owns the MAXD_T2_ names; no other test reads them.
+        unsafe {
+            std::env::set_var("MAXD_T2_CONFIG_FILE", "/nonexistent.toml");
+            std::env::set_var("MAXD_T2_FILES_TOKEN", "x");
+            std::env::set_var("MAXD_T2_RELAY_NO_DIRECT_IO", "1");
+            std::env::set_var("MAXD_T2_DATA_DIR", "/srv/maxd");
+            std::env::set_var("MAXD_T2_DEV", "false");
+            std::env::set_var("MAXD_T2_AUTH__SECRET", "0123456789abcdef0123456789abcdef");
+            std::env::set_var("MAXD_T2_HTTP__MAX_CONNECTIONS_PER_IP", "7");
+        }
+        let cfg = Config::load_with_env(None, env_provider("MAXD_T2_")).unwrap();
+        assert_eq!(cfg.data_dir, Path::new("/srv/maxd"));
+        assert!(!cfg.dev);
+        assert_eq!(cfg.http.max_connections_per_ip, 7);
+        // SAFETY: as above.
+        unsafe { std::env::set_var("MAXD_T3_HTTP__MAX_CONECTIONS", "7") };
+        let err = Config::load_with_env(None, env_provider("MAXD_T3_")).unwrap_err();
+        assert!(err.to_string().contains("max_conections"), "{err}");
+    }
+
+    #[test]
+    fn unread_variables_are_those_no_key_and_no_option_takes() {
+        let vars = [
+            "MAXD_DATADIR",
+            "MAXD_DATA_DIR",
+            "MAXD_FILES_TOKEN",
+            "MAXD_HTTP__LISTEN",
+            "MAXD_ROLES",
+            "PATH",
+            "MAXD_FOO",
+        ];
+        let unread = unread_variables(
+            vars.iter().map(|s| s.to_string()),
+            &["MAXD_FILES_TOKEN".to_string()],
+        );
+        assert_eq!(unread, ["MAXD_DATADIR", "MAXD_FOO"]);
     }
 }

@@ -83,7 +83,10 @@ impl ConnArgs {
         let token = match &self.token {
             Some(t) => t.clone(),
             None if cfg.dev => {
-                let keys = crate::server::keys(cfg)?;
+                let keys = crate::server::cli_keys_or(
+                    cfg,
+                    "or give the relay's address, a token and its certificate: --server HOST:PORT --token TOKEN --pin FINGERPRINT",
+                )?;
                 let grants = common::Grants { files: true, ..Default::default() };
                 keys.mint_for("dev", Some("dev"), None, grants, Duration::from_secs(24 * 3600))
             }

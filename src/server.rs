@@ -1,15 +1,14 @@
 //! Composition of the planes into one process.
 
-use std::net::SocketAddr;
-
 use anyhow::Context as _;
 use axum::Router;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use tracing::info;
+use tracing::{info, warn};
 
-use crate::config::{Config, LogConfig, LogFormat, Role};
+use crate::config::{Config, HttpConfig, LogConfig, LogFormat, Role};
+use crate::listener;
 
 pub fn init_tracing(log: &LogConfig) -> anyhow::Result<()> {
     use tracing_subscriber::EnvFilter;
@@ -33,13 +32,80 @@ pub fn init_tracing(log: &LogConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The token keys, resolved exactly as the server resolves them.
+/// The server's token keys: the configured secret, or in dev mode the data directory's
+/// dev secret, made on first start.
 pub fn keys(cfg: &Config) -> anyhow::Result<common::Keys> {
     if cfg.auth.secret.is_none() && cfg.dev {
         std::fs::create_dir_all(&cfg.data_dir)
             .with_context(|| format!("creating data directory {}", cfg.data_dir.display()))?;
     }
-    Ok(common::Keys::resolve(cfg.auth.secret.as_deref(), &cfg.data_dir, cfg.dev)?)
+    Ok(common::Keys::resolve(
+        cfg.auth.secret.as_deref(),
+        &cfg.data_dir,
+        cfg.dev,
+    )?)
+}
+
+/// The keys a CLI verb (`maxd token`, `maxd files`) signs with: the server's, resolved
+/// as the server does, but never a new dev secret - a token signed with one the server
+/// never sees would be refused. Without one, the error says what to pass; `hint` adds
+/// the verb's own way out.
+pub fn cli_keys_or(cfg: &Config, hint: &str) -> anyhow::Result<common::Keys> {
+    // An absolute path in the message: the directory this was run from is the question.
+    let data_dir = std::path::absolute(&cfg.data_dir).unwrap_or_else(|_| cfg.data_dir.clone());
+    common::Keys::resolve_existing(cfg.auth.secret.as_deref(), &data_dir, cfg.dev).map_err(|e| {
+        match e {
+            common::token::KeyError::NoDevSecret { .. } => anyhow::anyhow!(
+                "{e}.\nRun this where maxd runs, or point it at the server's data directory: \
+             --data-dir DIR (or the server's --config FILE, or MAXD_DATA_DIR=DIR); {hint}."
+            ),
+            other => other.into(),
+        }
+    })
+}
+
+/// Raises the soft open-file limit to the hard one and logs the outcome.
+pub fn raise_open_file_limit() {
+    let show = |v: Option<u64>| v.map_or_else(|| "unlimited".to_string(), |n| n.to_string());
+    match crate::rlimit::raise_nofile() {
+        (n, None) if n.before != n.soft => {
+            info!(from = %show(n.before), to = %show(n.soft), hard = %show(n.hard), "open-file limit raised")
+        }
+        (n, None) => {
+            info!(soft = %show(n.soft), hard = %show(n.hard), "open-file limit (already at the hard limit)")
+        }
+        (n, Some(e)) => warn!(
+            error = %e, soft = %show(n.soft), hard = %show(n.hard),
+            "could not raise the open-file limit; connections are capped below the soft limit"
+        ),
+    }
+}
+
+/// The listener's settings from `[http]` and the open-file limit now.
+fn listener_settings(http: &HttpConfig) -> listener::Settings {
+    let nofile = crate::rlimit::current_nofile().unwrap_or(u64::MAX);
+    let ceiling = listener::connection_ceiling(nofile);
+    let max_connections = match http.max_connections {
+        0 => ceiling,
+        n if n > ceiling => {
+            warn!(
+                configured = n,
+                lowered_to = ceiling,
+                open_file_limit = nofile,
+                "http.max_connections is above what the open-file limit allows: lowered"
+            );
+            ceiling
+        }
+        n => n,
+    };
+    listener::Settings {
+        timeouts: listener::conn::Timeouts {
+            header_read: http.header_read_timeout,
+            idle: http.idle_timeout,
+        },
+        max_connections,
+        max_connections_per_ip: http.max_connections_per_ip,
+    }
 }
 
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
@@ -47,7 +113,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         .with_context(|| format!("creating data directory {}", cfg.data_dir.display()))?;
     let registry = prometheus::Registry::new_custom(Some("maxd".into()), None)?;
     #[cfg(target_os = "linux")]
-    registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
+    registry.register(Box::new(
+        prometheus::process_collector::ProcessCollector::for_self(),
+    ))?;
     let ctx = common::Context {
         data_dir: cfg.data_dir.clone(),
         dev: cfg.dev,
@@ -55,13 +123,17 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         registry: registry.clone(),
     };
     if cfg.dev {
-        tracing::warn!("dev mode is on: dev-only endpoints are enabled; set `dev = false` in production");
+        tracing::warn!(
+            "dev mode is on: dev-only endpoints are enabled; set `dev = false` in production"
+        );
     }
 
     let mut app = Router::new();
     let mut sfu_handle = None;
     if cfg.has(Role::Sfu) {
-        let s = sfu::Sfu::start(cfg.sfu.clone(), ctx.clone()).await.context("starting the sfu")?;
+        let s = sfu::Sfu::start(cfg.sfu.clone(), ctx.clone())
+            .await
+            .context("starting the sfu")?;
         app = app.merge(s.router());
         // The browser client talks to this node's `/rtc`, so it is served where the sfu runs.
         app = app.merge(crate::web::router(cfg.dev, ctx.keys.clone()));
@@ -77,7 +149,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     }
     let mut _relay = None;
     if cfg.has(Role::Relay) {
-        let r = relay::Relay::start(cfg.relay.clone(), ctx.clone()).await.context("starting the relay")?;
+        let r = relay::Relay::start(cfg.relay.clone(), ctx.clone())
+            .await
+            .context("starting the relay")?;
         app = app.merge(r.router());
         _relay = Some(r);
     }
@@ -87,14 +161,25 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(move || metrics(metrics_registry.clone())));
 
-    let listener = tokio::net::TcpListener::bind(cfg.http.listen)
+    let settings = listener_settings(&cfg.http);
+    let http_metrics = listener::Metrics::register(&registry)?;
+    let tcp = tokio::net::TcpListener::bind(cfg.http.listen)
         .await
-        .with_context(|| format!("binding HTTP on {} (is another maxd running?)", cfg.http.listen))?;
+        .with_context(|| {
+            format!(
+                "binding HTTP on {} (is another maxd running?)",
+                cfg.http.listen
+            )
+        })?;
+    info!(
+        max_connections = settings.max_connections,
+        max_connections_per_ip = settings.max_connections_per_ip,
+        header_read_timeout = ?settings.timeouts.header_read,
+        idle_timeout = ?settings.timeouts.idle,
+        "http limits"
+    );
     info!(addr = %cfg.http.listen, roles = ?cfg.roles, "http listening");
-    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("http server")?;
+    listener::serve(tcp, app, settings, http_metrics, shutdown_signal()).await;
     info!("shutting down");
     if let Some(s) = sfu_handle {
         s.shutdown().await;
@@ -121,7 +206,8 @@ async fn shutdown_signal() {
     };
     #[cfg(unix)]
     let term = async {
-        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
             s.recv().await;
         }
     };

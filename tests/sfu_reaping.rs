@@ -16,34 +16,14 @@ use tokio_tungstenite::tungstenite::Message;
 
 /// Connects from `local` (any 127/8 address is ours on loopback) to `to`.
 fn connect_from(local: &str, to: SocketAddr) -> TcpStream {
-    let sock = socket2_connect(local, to);
-    sock.set_nodelay(true).unwrap();
-    sock
-}
-
-fn socket2_connect(local: &str, to: SocketAddr) -> TcpStream {
-    use std::os::fd::FromRawFd;
+    use rustix::net::{AddressFamily, SocketType, bind, connect, socket};
     let local: SocketAddr = format!("{local}:0").parse().unwrap();
-    // SAFETY: plain BSD socket calls on a descriptor we own until it becomes a TcpStream.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
-        assert!(fd >= 0);
-        let sa = |a: SocketAddr| {
-            let SocketAddr::V4(v4) = a else { unreachable!() };
-            libc::sockaddr_in {
-                sin_family: libc::AF_INET as u16,
-                sin_port: v4.port().to_be(),
-                sin_addr: libc::in_addr { s_addr: u32::from(*v4.ip()).to_be() },
-                sin_zero: [0; 8],
-            }
-        };
-        let l = sa(local);
-        let len = std::mem::size_of::<libc::sockaddr_in>() as u32;
-        assert_eq!(libc::bind(fd, (&l as *const libc::sockaddr_in).cast(), len), 0, "bind {local}");
-        let r = sa(to);
-        assert_eq!(libc::connect(fd, (&r as *const libc::sockaddr_in).cast(), len), 0, "connect {to}");
-        TcpStream::from_raw_fd(fd)
-    }
+    let fd = socket(AddressFamily::INET, SocketType::STREAM, None).unwrap();
+    bind(&fd, &local).unwrap_or_else(|e| panic!("bind {local}: {e}"));
+    connect(&fd, &to).unwrap_or_else(|e| panic!("connect {to}: {e}"));
+    let s = TcpStream::from(fd);
+    s.set_nodelay(true).unwrap();
+    s
 }
 
 /// Whether the server closed `s` within `within` (EOF or reset), reading what it sent.

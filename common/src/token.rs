@@ -154,6 +154,8 @@ pub enum KeyError {
     NoSecret,
     #[error("dev secret file {path}: {source}")]
     Io { path: String, source: std::io::Error },
+    #[error("no dev secret at {path}: the server makes it when it first runs with that data directory")]
+    NoDevSecret { path: String },
 }
 
 /// Signing and verification keys, and the process's list of revoked sessions that
@@ -192,7 +194,18 @@ impl Keys {
 
     /// The configured secret if there is one; otherwise, in dev mode, a secret generated
     /// once and kept in `data_dir/dev-secret.hex`. Outside dev mode a secret is required.
+    /// For the server; tools that only mint use [`Keys::resolve_existing`].
     pub fn resolve(secret: Option<&str>, data_dir: &Path, dev: bool) -> Result<Keys, KeyError> {
+        Self::resolve_inner(secret, data_dir, dev, true)
+    }
+
+    /// As [`Keys::resolve`], but never makes a dev secret: a tool run away from the
+    /// server's data directory would otherwise sign with a secret the server never sees.
+    pub fn resolve_existing(secret: Option<&str>, data_dir: &Path, dev: bool) -> Result<Keys, KeyError> {
+        Self::resolve_inner(secret, data_dir, dev, false)
+    }
+
+    fn resolve_inner(secret: Option<&str>, data_dir: &Path, dev: bool, create: bool) -> Result<Keys, KeyError> {
         if let Some(s) = secret {
             return Keys::from_secret(s.as_bytes());
         }
@@ -207,6 +220,9 @@ impl Keys {
                     io(std::io::Error::new(std::io::ErrorKind::InvalidData, e))
                 })?;
                 Keys::from_secret(&bytes)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !create => {
+                Err(KeyError::NoDevSecret { path: path.display().to_string() })
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let bytes: [u8; 32] = rand::random();
@@ -359,6 +375,19 @@ mod tests {
         assert!(g.may_publish(Source::Camera));
         assert!(!g.may_publish(Source::ScreenShare));
         assert!(Grants::parse_list("fly").unwrap_err().contains("fly"));
+    }
+
+    #[test]
+    fn resolve_existing_reads_the_dev_secret_but_never_makes_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        assert!(matches!(Keys::resolve_existing(None, &data, true), Err(KeyError::NoDevSecret { .. })));
+        assert!(!data.exists());
+        let server = Keys::resolve(None, &data, true).unwrap();
+        let tool = Keys::resolve_existing(None, &data, true).unwrap();
+        let t = tool.mint_for("x", None, None, Grants::default(), Duration::from_secs(60));
+        assert!(server.verify(&t).is_ok());
+        assert!(Keys::resolve_existing(Some("0123456789abcdef0123456789abcdef"), &data, true).is_ok());
     }
 
     #[test]

@@ -40,8 +40,14 @@ impl Maxd {
     /// Ports are picked free, but another process may take one before `maxd` binds it:
     /// then `maxd` exits saying so, and we try again with new ports.
     pub fn start_with(roles: &str, extra: &[(&str, &str)]) -> Maxd {
+        Self::start_under(&[], roles, extra)
+    }
+
+    /// As [`Maxd::start_with`], run through `prefix` (a program that execs the rest of
+    /// its command line, e.g. `prlimit --nofile=256:256 --`), so the pid is maxd's.
+    pub fn start_under(prefix: &[&str], roles: &str, extra: &[(&str, &str)]) -> Maxd {
         for attempt in 1.. {
-            match Self::try_start(roles, extra) {
+            match Self::try_start(prefix, roles, extra) {
                 Ok(m) => return m,
                 Err(log) if attempt < 4 && log.contains("binding") => continue,
                 Err(log) => panic!("maxd did not start:\n{log}"),
@@ -50,7 +56,7 @@ impl Maxd {
         unreachable!()
     }
 
-    fn try_start(roles: &str, extra: &[(&str, &str)]) -> Result<Maxd, String> {
+    fn try_start(prefix: &[&str], roles: &str, extra: &[(&str, &str)]) -> Result<Maxd, String> {
         let dir = tempfile::tempdir().expect("temp dir");
         let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let media: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
@@ -67,7 +73,15 @@ impl Maxd {
             env.push((k.to_string(), v.to_string()));
         }
         let log = std::fs::File::create(dir.path().join("maxd.log")).unwrap();
-        let child = Command::new(bin())
+        let mut cmd = match prefix.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(bin());
+                c
+            }
+            None => Command::new(bin()),
+        };
+        let child = cmd
             .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
@@ -96,6 +110,10 @@ impl Maxd {
             // Polling the log of a child process: there is no event to wait on.
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn base_url(&self) -> String {
