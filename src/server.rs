@@ -16,7 +16,7 @@ pub fn init_tracing(log: &LogConfig) -> anyhow::Result<()> {
         .or_else(|_| EnvFilter::try_new(&log.level))
         .with_context(|| format!("invalid log.level {:?}", log.level))?;
     // Dependencies whose verbose levels write personal data stay capped at any level.
-    for d in signalling::LOG_CAPS {
+    for d in signalling::LOG_CAPS.iter().chain(sfu::LOG_CAPS) {
         filter = filter.add_directive(d.parse()?);
     }
     use std::io::IsTerminal;
