@@ -94,15 +94,21 @@ impl LocalDir {
     pub fn new(root: &Path) -> io::Result<LocalDir> {
         std::fs::create_dir_all(root.join("partial"))?;
         std::fs::create_dir_all(root.join("blobs"))?;
-        Ok(LocalDir { root: root.to_owned() })
+        Ok(LocalDir {
+            root: root.to_owned(),
+        })
     }
 
     fn partial_path(&self, id: &str, part: Part) -> PathBuf {
-        self.root.join("partial").join(format!("{id}.{}", part.ext()))
+        self.root
+            .join("partial")
+            .join(format!("{id}.{}", part.ext()))
     }
 
     fn complete_path(&self, hash: &str, part: Part) -> PathBuf {
-        self.root.join("blobs").join(format!("{hash}.{}", part.ext()))
+        self.root
+            .join("blobs")
+            .join(format!("{hash}.{}", part.ext()))
     }
 }
 
@@ -120,24 +126,39 @@ fn list_stems(dir: &Path) -> io::Result<Vec<String>> {
 
 impl Backend for LocalDir {
     fn create_partial(&self, id: &str, part: Part) -> io::Result<Arc<dyn Blob>> {
-        let f = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(self.partial_path(id, part))?;
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(self.partial_path(id, part))?;
         Ok(LocalBlob::open(f, part, true))
     }
 
     fn open_partial(&self, id: &str, part: Part) -> io::Result<Arc<dyn Blob>> {
-        let f = OpenOptions::new().read(true).write(true).open(self.partial_path(id, part))?;
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(self.partial_path(id, part))?;
         Ok(LocalBlob::open(f, part, true))
     }
 
     fn publish(&self, id: &str, hash: &str) -> io::Result<()> {
-        let exists = self.complete_path(hash, Part::Data).exists() && self.complete_path(hash, Part::Outboard).exists();
+        let exists = self.complete_path(hash, Part::Data).exists()
+            && self.complete_path(hash, Part::Outboard).exists();
         if exists {
             self.delete_partial(id);
             return Ok(());
         }
         // Outboard first: a data file under blobs/ always has its outboard.
-        std::fs::rename(self.partial_path(id, Part::Outboard), self.complete_path(hash, Part::Outboard))?;
-        std::fs::rename(self.partial_path(id, Part::Data), self.complete_path(hash, Part::Data))?;
+        std::fs::rename(
+            self.partial_path(id, Part::Outboard),
+            self.complete_path(hash, Part::Outboard),
+        )?;
+        std::fs::rename(
+            self.partial_path(id, Part::Data),
+            self.complete_path(hash, Part::Data),
+        )?;
         File::open(self.root.join("blobs"))?.sync_all()?;
         Ok(())
     }
@@ -161,7 +182,10 @@ impl Backend for LocalDir {
     }
 
     fn list(&self) -> io::Result<(Vec<String>, Vec<String>)> {
-        Ok((list_stems(&self.root.join("partial"))?, list_stems(&self.root.join("blobs"))?))
+        Ok((
+            list_stems(&self.root.join("partial"))?,
+            list_stems(&self.root.join("blobs"))?,
+        ))
     }
 
     fn free_space(&self) -> Option<u64> {

@@ -29,7 +29,10 @@ const TUS_VERSION: &str = "1.0.0";
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/files", options(tus_options).post(tus_create))
-        .route("/files/{id}", axum::routing::get(download).head(head).patch(tus_patch))
+        .route(
+            "/files/{id}",
+            axum::routing::get(download).head(head).patch(tus_patch),
+        )
         .with_state(shared)
 }
 
@@ -43,7 +46,12 @@ struct HttpError(StatusCode, String);
 
 impl IntoResponse for HttpError {
     fn into_response(self) -> Response {
-        (self.0, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], format!("{}\n", self.1)).into_response()
+        (
+            self.0,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            format!("{}\n", self.1),
+        )
+            .into_response()
     }
 }
 
@@ -53,7 +61,9 @@ impl From<StoreError> for HttpError {
             ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::QuotaExceeded | ErrorCode::DiskFull => StatusCode::INSUFFICIENT_STORAGE,
             ErrorCode::NotFound => StatusCode::NOT_FOUND,
-            ErrorCode::BadRequest | ErrorCode::HashMismatch | ErrorCode::ProofFailed => StatusCode::BAD_REQUEST,
+            ErrorCode::BadRequest | ErrorCode::HashMismatch | ErrorCode::ProofFailed => {
+                StatusCode::BAD_REQUEST
+            }
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         if let StoreError::Io(io) = &e {
@@ -70,22 +80,41 @@ fn auth(sh: &Shared, headers: &HeaderMap, q: &TokenQuery) -> Result<common::Clai
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::to_owned)
         .or_else(|| q.access_token.clone())
-        .ok_or_else(|| HttpError(StatusCode::UNAUTHORIZED, common::TokenError::Missing.to_string()))?;
+        .ok_or_else(|| {
+            HttpError(
+                StatusCode::UNAUTHORIZED,
+                common::TokenError::Missing.to_string(),
+            )
+        })?;
     authorize(&sh.keys, &token).map_err(|(code, msg)| {
         sh.metrics.auth_failures.inc();
-        let status = if code == ErrorCode::Forbidden { StatusCode::FORBIDDEN } else { StatusCode::UNAUTHORIZED };
+        let status = if code == ErrorCode::Forbidden {
+            StatusCode::FORBIDDEN
+        } else {
+            StatusCode::UNAUTHORIZED
+        };
         HttpError(status, msg)
     })
 }
 
 /// Parses a single `bytes=` range against `size`: `Ok(None)` for no range header.
 fn parse_range(headers: &HeaderMap, size: u64) -> Result<Option<(u64, u64)>, HttpError> {
-    let Some(v) = headers.get(header::RANGE) else { return Ok(None) };
-    let bad = || HttpError(StatusCode::RANGE_NOT_SATISFIABLE, format!("Range must be one `bytes=START-END` within the file's {size} bytes"));
+    let Some(v) = headers.get(header::RANGE) else {
+        return Ok(None);
+    };
+    let bad = || {
+        HttpError(
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            format!("Range must be one `bytes=START-END` within the file's {size} bytes"),
+        )
+    };
     let v = v.to_str().map_err(|_| bad())?.trim();
     let spec = v.strip_prefix("bytes=").ok_or_else(bad)?;
     if spec.contains(',') {
-        return Err(HttpError(StatusCode::RANGE_NOT_SATISFIABLE, "only one range per request is supported".into()));
+        return Err(HttpError(
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            "only one range per request is supported".into(),
+        ));
     }
     let (a, b) = spec.split_once('-').ok_or_else(bad)?;
     let (start, end) = if a.is_empty() {
@@ -96,7 +125,14 @@ fn parse_range(headers: &HeaderMap, size: u64) -> Result<Option<(u64, u64)>, Htt
         (size.saturating_sub(n), size)
     } else {
         let s: u64 = a.parse().map_err(|_| bad())?;
-        let e = if b.is_empty() { size } else { b.parse::<u64>().map_err(|_| bad())?.saturating_add(1).min(size) };
+        let e = if b.is_empty() {
+            size
+        } else {
+            b.parse::<u64>()
+                .map_err(|_| bad())?
+                .saturating_add(1)
+                .min(size)
+        };
         (s, e)
     };
     if start >= end {
@@ -114,65 +150,108 @@ fn content_disposition(name: &str) -> HeaderValue {
             enc.push_str(&format!("%{b:02X}"));
         }
     }
-    HeaderValue::from_str(&format!("attachment; filename*=UTF-8''{enc}")).unwrap_or(HeaderValue::from_static("attachment"))
+    HeaderValue::from_str(&format!("attachment; filename*=UTF-8''{enc}"))
+        .unwrap_or(HeaderValue::from_static("attachment"))
 }
 
-async fn download(State(sh): State<Arc<Shared>>, Path(id): Path<String>, Query(q): Query<TokenQuery>, headers: HeaderMap) -> Result<Response, HttpError> {
+async fn download(
+    State(sh): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    Query(q): Query<TokenQuery>,
+    headers: HeaderMap,
+) -> Result<Response, HttpError> {
     auth(&sh, &headers, &q)?;
     let entry = sh.store.get(&id)?;
     let size = entry.size;
     let range = parse_range(&headers, size)?;
     let (start, end) = range.unwrap_or((0, size));
     let mut resp = Response::builder()
-        .status(if range.is_some() { StatusCode::PARTIAL_CONTENT } else { StatusCode::OK })
+        .status(if range.is_some() {
+            StatusCode::PARTIAL_CONTENT
+        } else {
+            StatusCode::OK
+        })
         .header(header::CONTENT_LENGTH, end - start)
         .header(header::ACCEPT_RANGES, "bytes")
-        .header(header::CONTENT_DISPOSITION, content_disposition(&entry.name))
-        .header(header::CONTENT_TYPE, HeaderValue::from_str(&entry.mime).unwrap_or(HeaderValue::from_static("application/octet-stream")));
+        .header(
+            header::CONTENT_DISPOSITION,
+            content_disposition(&entry.name),
+        )
+        .header(
+            header::CONTENT_TYPE,
+            HeaderValue::from_str(&entry.mime)
+                .unwrap_or(HeaderValue::from_static("application/octet-stream")),
+        );
     if let Some(h) = entry.hash() {
         resp = resp.header(header::ETAG, format!("\"{}\"", hex::encode(h)));
     }
     if range.is_some() {
-        resp = resp.header(header::CONTENT_RANGE, format!("bytes {start}-{}/{size}", end - 1));
+        resp = resp.header(
+            header::CONTENT_RANGE,
+            format!("bytes {start}-{}/{size}", end - 1),
+        );
     }
     let body = Body::from_stream(range_stream(sh.clone(), entry, start, end));
-    resp.body(body).map_err(|e| HttpError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+    resp.body(body)
+        .map_err(|e| HttpError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
 }
 
 /// The bytes `start..end`, waiting for groups still being uploaded.
-fn range_stream(sh: Arc<Shared>, entry: Arc<Entry>, start: u64, end: u64) -> impl futures_util::Stream<Item = Result<bytes::Bytes, std::io::Error>> {
+fn range_stream(
+    sh: Arc<Shared>,
+    entry: Arc<Entry>,
+    start: u64,
+    end: u64,
+) -> impl futures_util::Stream<Item = Result<bytes::Bytes, std::io::Error>> {
     let rx = entry.subscribe();
-    futures_util::stream::unfold((sh, entry, rx, start), move |(sh, entry, mut rx, pos)| async move {
-        if pos >= end {
-            return None;
-        }
-        let g = pos / GROUP_SIZE;
-        let run = loop {
-            match entry.readable_from(g, BATCH as u64 / GROUP_SIZE) {
-                Ok(0) => {
-                    if rx.changed().await.is_err() {
-                        return Some((Err(std::io::Error::other("file removed")), (sh, entry, rx, end)));
+    futures_util::stream::unfold(
+        (sh, entry, rx, start),
+        move |(sh, entry, mut rx, pos)| async move {
+            if pos >= end {
+                return None;
+            }
+            let g = pos / GROUP_SIZE;
+            let run = loop {
+                match entry.readable_from(g, BATCH as u64 / GROUP_SIZE) {
+                    Ok(0) => {
+                        if rx.changed().await.is_err() {
+                            return Some((
+                                Err(std::io::Error::other("file removed")),
+                                (sh, entry, rx, end),
+                            ));
+                        }
+                    }
+                    Ok(n) => break n,
+                    Err(e) => {
+                        return Some((
+                            Err(std::io::Error::other(e.to_string())),
+                            (sh, entry, rx, end),
+                        ));
                     }
                 }
-                Ok(n) => break n,
-                Err(e) => {
-                    return Some((Err(std::io::Error::other(e.to_string())), (sh, entry, rx, end)));
+            };
+            let stop = ((g + run) * GROUP_SIZE).min(end);
+            let n = (stop - pos) as usize;
+            match crate::server::batch_read(crate::server::read_batch(&entry, pos, n)).await {
+                Ok(buf) => {
+                    sh.metrics.bytes_sent.inc_by(n as u64);
+                    Some((Ok(buf.into_bytes()), (sh, entry, rx, stop)))
                 }
+                Err(_) => Some((
+                    Err(std::io::Error::other("read failed")),
+                    (sh, entry, rx, end),
+                )),
             }
-        };
-        let stop = ((g + run) * GROUP_SIZE).min(end);
-        let n = (stop - pos) as usize;
-        match crate::server::batch_read(crate::server::read_batch(&entry, pos, n)).await {
-            Ok(buf) => {
-                sh.metrics.bytes_sent.inc_by(n as u64);
-                Some((Ok(buf.into_bytes()), (sh, entry, rx, stop)))
-            }
-            Err(_) => Some((Err(std::io::Error::other("read failed")), (sh, entry, rx, end))),
-        }
-    })
+        },
+    )
 }
 
-async fn head(state: State<Arc<Shared>>, path: Path<String>, q: Query<TokenQuery>, headers: HeaderMap) -> Result<Response, HttpError> {
+async fn head(
+    state: State<Arc<Shared>>,
+    path: Path<String>,
+    q: Query<TokenQuery>,
+    headers: HeaderMap,
+) -> Result<Response, HttpError> {
     if headers.contains_key("tus-resumable") {
         return tus_head(state, path, q, headers).await;
     }
@@ -182,7 +261,8 @@ async fn head(state: State<Arc<Shared>>, path: Path<String>, q: Query<TokenQuery
 }
 
 fn tus_headers(b: axum::http::response::Builder) -> axum::http::response::Builder {
-    b.header("Tus-Resumable", TUS_VERSION).header(header::CACHE_CONTROL, "no-store")
+    b.header("Tus-Resumable", TUS_VERSION)
+        .header(header::CACHE_CONTROL, "no-store")
 }
 
 async fn tus_options(State(sh): State<Arc<Shared>>) -> Response {
@@ -197,7 +277,10 @@ async fn tus_options(State(sh): State<Arc<Shared>>) -> Response {
 fn check_tus_version(headers: &HeaderMap) -> Result<(), HttpError> {
     match headers.get("tus-resumable").and_then(|v| v.to_str().ok()) {
         Some(TUS_VERSION) => Ok(()),
-        _ => Err(HttpError(StatusCode::PRECONDITION_FAILED, format!("Tus-Resumable: {TUS_VERSION} is required"))),
+        _ => Err(HttpError(
+            StatusCode::PRECONDITION_FAILED,
+            format!("Tus-Resumable: {TUS_VERSION} is required"),
+        )),
     }
 }
 
@@ -214,7 +297,12 @@ fn metadata(headers: &HeaderMap) -> Result<(String, String), HttpError> {
                 .decode(val)
                 .ok()
                 .and_then(|b| String::from_utf8(b).ok())
-                .ok_or_else(|| HttpError(StatusCode::BAD_REQUEST, format!("Upload-Metadata value of {key:?} is not base64 UTF-8")))?;
+                .ok_or_else(|| {
+                    HttpError(
+                        StatusCode::BAD_REQUEST,
+                        format!("Upload-Metadata value of {key:?} is not base64 UTF-8"),
+                    )
+                })?;
             match key {
                 "filename" | "name" => name = val,
                 "filetype" | "type" => mime = val,
@@ -222,20 +310,36 @@ fn metadata(headers: &HeaderMap) -> Result<(String, String), HttpError> {
             }
         }
     }
-    if name.len() > 1024 || mime.len() > 1024 || name.chars().any(char::is_control) || mime.chars().any(char::is_control) {
-        return Err(HttpError(StatusCode::BAD_REQUEST, "filename and filetype must be at most 1024 bytes without control characters".into()));
+    if name.len() > 1024
+        || mime.len() > 1024
+        || name.chars().any(char::is_control)
+        || mime.chars().any(char::is_control)
+    {
+        return Err(HttpError(
+            StatusCode::BAD_REQUEST,
+            "filename and filetype must be at most 1024 bytes without control characters".into(),
+        ));
     }
     Ok((name, mime))
 }
 
-async fn tus_create(State(sh): State<Arc<Shared>>, Query(q): Query<TokenQuery>, headers: HeaderMap) -> Result<Response, HttpError> {
+async fn tus_create(
+    State(sh): State<Arc<Shared>>,
+    Query(q): Query<TokenQuery>,
+    headers: HeaderMap,
+) -> Result<Response, HttpError> {
     check_tus_version(&headers)?;
     let claims = auth(&sh, &headers, &q)?;
     let size: u64 = headers
         .get("upload-length")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok())
-        .ok_or_else(|| HttpError(StatusCode::BAD_REQUEST, "Upload-Length (bytes) is required; deferred length is not supported".into()))?;
+        .ok_or_else(|| {
+            HttpError(
+                StatusCode::BAD_REQUEST,
+                "Upload-Length (bytes) is required; deferred length is not supported".into(),
+            )
+        })?;
     let (name, mime) = metadata(&headers)?;
     sh.store.check_new_upload(&claims.sub, size)?;
     let store = sh.store.clone();
@@ -253,7 +357,12 @@ async fn tus_create(State(sh): State<Arc<Shared>>, Query(q): Query<TokenQuery>, 
         .unwrap())
 }
 
-async fn tus_head(State(sh): State<Arc<Shared>>, Path(id): Path<String>, Query(q): Query<TokenQuery>, headers: HeaderMap) -> Result<Response, HttpError> {
+async fn tus_head(
+    State(sh): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    Query(q): Query<TokenQuery>,
+    headers: HeaderMap,
+) -> Result<Response, HttpError> {
     let claims = auth(&sh, &headers, &q)?;
     let entry = sh.store.get(&id)?;
     if entry.owner != claims.sub {
@@ -266,12 +375,26 @@ async fn tus_head(State(sh): State<Arc<Shared>>, Path(id): Path<String>, Query(q
         .unwrap())
 }
 
-async fn tus_patch(State(sh): State<Arc<Shared>>, Path(id): Path<String>, Query(q): Query<TokenQuery>, method: Method, headers: HeaderMap, body: Body) -> Result<Response, HttpError> {
+async fn tus_patch(
+    State(sh): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    Query(q): Query<TokenQuery>,
+    method: Method,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, HttpError> {
     debug_assert_eq!(method, Method::PATCH);
     check_tus_version(&headers)?;
     let claims = auth(&sh, &headers, &q)?;
-    if headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) != Some("application/offset+octet-stream") {
-        return Err(HttpError(StatusCode::UNSUPPORTED_MEDIA_TYPE, "Content-Type must be application/offset+octet-stream".into()));
+    if headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        != Some("application/offset+octet-stream")
+    {
+        return Err(HttpError(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "Content-Type must be application/offset+octet-stream".into(),
+        ));
     }
     let entry = sh.store.get(&id)?;
     if entry.owner != claims.sub {
@@ -284,7 +407,10 @@ async fn tus_patch(State(sh): State<Arc<Shared>>, Path(id): Path<String>, Query(
         .ok_or_else(|| HttpError(StatusCode::BAD_REQUEST, "Upload-Offset is required".into()))?;
     let current = sh.store.sequential_offset(&entry);
     if offset != current {
-        return Err(HttpError(StatusCode::CONFLICT, format!("Upload-Offset {offset} does not match the upload's offset {current}")));
+        return Err(HttpError(
+            StatusCode::CONFLICT,
+            format!("Upload-Offset {offset} does not match the upload's offset {current}"),
+        ));
     }
     let mut pos = offset;
     let mut buf: Vec<u8> = Vec::with_capacity(BATCH);
@@ -302,7 +428,10 @@ async fn tus_patch(State(sh): State<Arc<Shared>>, Path(id): Path<String>, Query(
             rest = &rest[take..];
             if buf.len() == BATCH {
                 if pos + BATCH as u64 > entry.size {
-                    result = Err(HttpError(StatusCode::BAD_REQUEST, "more data than Upload-Length".into()));
+                    result = Err(HttpError(
+                        StatusCode::BAD_REQUEST,
+                        "more data than Upload-Length".into(),
+                    ));
                     break;
                 }
                 if let Err(e) = sh.store.append(&entry, pos, &buf) {
@@ -319,15 +448,20 @@ async fn tus_patch(State(sh): State<Arc<Shared>>, Path(id): Path<String>, Query(
     }
     if result.is_ok() && (!buf.is_empty() || entry.size == 0) {
         if pos + buf.len() as u64 > entry.size {
-            result = Err(HttpError(StatusCode::BAD_REQUEST, "more data than Upload-Length".into()));
+            result = Err(HttpError(
+                StatusCode::BAD_REQUEST,
+                "more data than Upload-Length".into(),
+            ));
         } else if let Err(e) = sh.store.append(&entry, pos, &buf) {
             result = Err(e.into());
         }
     }
     let _ = sh.store.save_progress(&entry);
     result?;
-    Ok(tus_headers(Response::builder().status(StatusCode::NO_CONTENT))
-        .header("Upload-Offset", sh.store.sequential_offset(&entry))
-        .body(Body::empty())
-        .unwrap())
+    Ok(
+        tus_headers(Response::builder().status(StatusCode::NO_CONTENT))
+            .header("Upload-Offset", sh.store.sequential_offset(&entry))
+            .body(Body::empty())
+            .unwrap(),
+    )
 }

@@ -82,17 +82,33 @@ impl Relay {
     /// Opens the store, binds the QUIC endpoint and starts serving on the relay's own
     /// runtime.
     pub async fn start(config: Config, ctx: common::Context) -> anyhow::Result<Relay> {
-        let dir = config.dir.clone().unwrap_or_else(|| ctx.data_dir.join("relay"));
-        let (certs, key) = tls::load_or_make(config.cert.as_deref(), config.key.as_deref(), &ctx.data_dir, ctx.dev)?;
+        let dir = config
+            .dir
+            .clone()
+            .unwrap_or_else(|| ctx.data_dir.join("relay"));
+        let (certs, key) = tls::load_or_make(
+            config.cert.as_deref(),
+            config.key.as_deref(),
+            &ctx.data_dir,
+            ctx.dev,
+        )?;
         let fingerprint = tls::fingerprint(&certs[0]);
         let metrics = metrics::Metrics::new(&ctx.registry);
-        let limits = store::Limits { max_file_size: config.max_file_size, user_quota: config.user_quota, ttl: config.ttl };
+        let limits = store::Limits {
+            max_file_size: config.max_file_size,
+            user_quota: config.user_quota,
+            ttl: config.ttl,
+        };
         let store = {
             let dir = dir.clone();
             let metrics = metrics.clone();
             tokio::task::spawn_blocking(move || -> anyhow::Result<store::Store> {
-                let backend = Arc::new(backend::LocalDir::new(&dir).with_context(|| format!("opening relay storage {}", dir.display()))?);
-                store::Store::open(&dir, backend, limits, metrics).with_context(|| format!("loading relay storage {}", dir.display()))
+                let backend = Arc::new(
+                    backend::LocalDir::new(&dir)
+                        .with_context(|| format!("opening relay storage {}", dir.display()))?,
+                );
+                store::Store::open(&dir, backend, limits, metrics)
+                    .with_context(|| format!("loading relay storage {}", dir.display()))
             })
             .await??
         };
@@ -106,10 +122,19 @@ impl Relay {
             .context("starting the relay runtime")?;
         let endpoint = {
             let _guard = runtime.enter();
-            server::bind(config.listen, server_cfg).with_context(|| format!("binding the relay on UDP {} (is another maxd running?)", config.listen))?
+            server::bind(config.listen, server_cfg).with_context(|| {
+                format!(
+                    "binding the relay on UDP {} (is another maxd running?)",
+                    config.listen
+                )
+            })?
         };
         let addr = endpoint.local_addr()?;
-        let shared = Arc::new(server::Shared { store: store.clone(), keys: ctx.keys.clone(), metrics });
+        let shared = Arc::new(server::Shared {
+            store: store.clone(),
+            keys: ctx.keys.clone(),
+            metrics,
+        });
         runtime.spawn(server::serve(endpoint.clone(), shared.clone()));
         // Upload progress is saved after every put; this catches connections that drop
         // mid-put. Expired files are swept every minute.
@@ -137,7 +162,13 @@ impl Relay {
             }
         });
         info!(addr = %addr, fingerprint = %fingerprint, dir = %dir.display(), "relay listening (QUIC, ALPN maxd-relay/1); clients pin this SHA-256 certificate fingerprint");
-        Ok(Relay { shared, endpoint, addr, fingerprint, runtime: Some(runtime) })
+        Ok(Relay {
+            shared,
+            endpoint,
+            addr,
+            fingerprint,
+            runtime: Some(runtime),
+        })
     }
 
     /// The bound QUIC address.
@@ -164,7 +195,10 @@ impl Relay {
     pub async fn shutdown(mut self) {
         self.endpoint.close(0u32.into(), b"relay shutting down");
         let store = self.shared.store.clone();
-        if tokio::task::spawn_blocking(move || store.save_all()).await.is_err() {
+        if tokio::task::spawn_blocking(move || store.save_all())
+            .await
+            .is_err()
+        {
             warn!("saving upload progress failed");
         }
         let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;

@@ -40,15 +40,47 @@ impl Metrics {
             m
         }
         Metrics {
-            bytes_received: c(registry, "relay_bytes_received_total", "Verified file bytes received and stored"),
-            bytes_sent: c(registry, "relay_bytes_sent_total", "File bytes sent to downloaders (QUIC and HTTP)"),
-            uploads_completed: c(registry, "relay_uploads_completed_total", "Uploads completed, verified and published"),
-            dedup_hits: c(registry, "relay_dedup_hits_total", "Uploads served from content already stored"),
-            hash_mismatches: c(registry, "relay_hash_mismatches_total", "Data groups refused because they did not match the hash"),
-            proof_failures: c(registry, "relay_proof_failures_total", "Failed proofs of possession on deduplicated uploads"),
-            auth_failures: c(registry, "relay_auth_failures_total", "Requests refused for a missing, bad, expired or insufficient token"),
+            bytes_received: c(
+                registry,
+                "relay_bytes_received_total",
+                "Verified file bytes received and stored",
+            ),
+            bytes_sent: c(
+                registry,
+                "relay_bytes_sent_total",
+                "File bytes sent to downloaders (QUIC and HTTP)",
+            ),
+            uploads_completed: c(
+                registry,
+                "relay_uploads_completed_total",
+                "Uploads completed, verified and published",
+            ),
+            dedup_hits: c(
+                registry,
+                "relay_dedup_hits_total",
+                "Uploads served from content already stored",
+            ),
+            hash_mismatches: c(
+                registry,
+                "relay_hash_mismatches_total",
+                "Data groups refused because they did not match the hash",
+            ),
+            proof_failures: c(
+                registry,
+                "relay_proof_failures_total",
+                "Failed proofs of possession on deduplicated uploads",
+            ),
+            auth_failures: c(
+                registry,
+                "relay_auth_failures_total",
+                "Requests refused for a missing, bad, expired or insufficient token",
+            ),
             connections: g(registry, "relay_connections", "QUIC connections open"),
-            files: g(registry, "relay_files", "Files stored (complete and partial)"),
+            files: g(
+                registry,
+                "relay_files",
+                "Files stored (complete and partial)",
+            ),
         }
     }
 }

@@ -37,21 +37,35 @@ struct Session {
 }
 
 fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// Checks a token for the `files` grant; the error is the client-facing message.
-pub(crate) fn authorize(keys: &common::Keys, token: &str) -> Result<common::Claims, (ErrorCode, String)> {
+pub(crate) fn authorize(
+    keys: &common::Keys,
+    token: &str,
+) -> Result<common::Claims, (ErrorCode, String)> {
     match keys.verify(token) {
         Ok(c) if c.grants.files => Ok(c),
-        Ok(_) => Err((ErrorCode::Forbidden, common::TokenError::NotGranted("files").to_string())),
-        Err(e @ common::TokenError::NotGranted(_)) | Err(e @ common::TokenError::WrongRoom) => Err((ErrorCode::Forbidden, e.to_string())),
+        Ok(_) => Err((
+            ErrorCode::Forbidden,
+            common::TokenError::NotGranted("files").to_string(),
+        )),
+        Err(e @ common::TokenError::NotGranted(_)) | Err(e @ common::TokenError::WrongRoom) => {
+            Err((ErrorCode::Forbidden, e.to_string()))
+        }
         Err(e) => Err((ErrorCode::Unauthorized, e.to_string())),
     }
 }
 
 fn error(code: ErrorCode, message: impl Into<String>) -> Response {
-    Response::Error { code, message: message.into() }
+    Response::Error {
+        code,
+        message: message.into(),
+    }
 }
 
 fn store_error(e: &StoreError) -> Response {
@@ -67,7 +81,9 @@ pub(crate) async fn serve(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
     while let Some(incoming) = endpoint.accept().await {
         let sh = shared.clone();
         let remote = incoming.remote_address();
-        conns.spawn(connection(incoming, sh).instrument(info_span!("relay_conn", remote = %Pii(remote))));
+        conns.spawn(
+            connection(incoming, sh).instrument(info_span!("relay_conn", remote = %Pii(remote))),
+        );
         while conns.try_join_next().is_some() {}
     }
     conns.shutdown().await;
@@ -118,25 +134,44 @@ async fn hello(conn: &quinn::Connection, sh: &Shared) -> Option<Session> {
     let req: Request = match proto::read_frame(&mut recv).await {
         Ok(r) => r,
         Err(e) => {
-            let _ = proto::write_frame(&mut send, &error(ErrorCode::BadRequest, format!("expected hello: {e}"))).await;
+            let _ = proto::write_frame(
+                &mut send,
+                &error(ErrorCode::BadRequest, format!("expected hello: {e}")),
+            )
+            .await;
             let _ = send.finish();
             return None;
         }
     };
     let reply = match req {
-        Request::Hello { version, .. } if version != proto::VERSION => Err(error(ErrorCode::Version, format!("protocol version {version} is not supported; this relay speaks {}", proto::VERSION))),
+        Request::Hello { version, .. } if version != proto::VERSION => Err(error(
+            ErrorCode::Version,
+            format!(
+                "protocol version {version} is not supported; this relay speaks {}",
+                proto::VERSION
+            ),
+        )),
         Request::Hello { token, .. } => match authorize(&sh.keys, &token) {
-            Ok(c) => Ok(Session { user: c.sub, exp: c.exp }),
+            Ok(c) => Ok(Session {
+                user: c.sub,
+                exp: c.exp,
+            }),
             Err((code, msg)) => {
                 sh.metrics.auth_failures.inc();
                 Err(error(code, msg))
             }
         },
-        _ => Err(error(ErrorCode::BadRequest, "the first request of a connection must be hello")),
+        _ => Err(error(
+            ErrorCode::BadRequest,
+            "the first request of a connection must be hello",
+        )),
     };
     match reply {
         Ok(s) => {
-            let w = Response::Welcome { user: s.user.clone(), max_file_size: sh.store.limits().max_file_size };
+            let w = Response::Welcome {
+                user: s.user.clone(),
+                max_file_size: sh.store.limits().max_file_size,
+            };
             proto::write_frame(&mut send, &w).await.ok()?;
             let _ = send.finish();
             Some(s)
@@ -149,29 +184,54 @@ async fn hello(conn: &quinn::Connection, sh: &Shared) -> Option<Session> {
     }
 }
 
-async fn stream(mut send: quinn::SendStream, mut recv: quinn::RecvStream, sh: &Shared, session: &Session) {
+async fn stream(
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    sh: &Shared,
+    session: &Session,
+) {
     let req: Request = match proto::read_frame(&mut recv).await {
         Ok(r) => r,
         Err(FrameError::Closed) => return,
         Err(e) => {
-            let _ = proto::write_frame(&mut send, &error(ErrorCode::BadRequest, e.to_string())).await;
+            let _ =
+                proto::write_frame(&mut send, &error(ErrorCode::BadRequest, e.to_string())).await;
             let _ = send.finish();
             return;
         }
     };
     if session.exp <= now() {
         sh.metrics.auth_failures.inc();
-        let _ = proto::write_frame(&mut send, &error(ErrorCode::Unauthorized, common::TokenError::Expired.to_string())).await;
+        let _ = proto::write_frame(
+            &mut send,
+            &error(
+                ErrorCode::Unauthorized,
+                common::TokenError::Expired.to_string(),
+            ),
+        )
+        .await;
         let _ = send.finish();
         return;
     }
     let result = match req {
         Request::Hello { .. } => Err(error(ErrorCode::BadRequest, "hello was already sent")),
-        Request::Prove { .. } => Err(error(ErrorCode::BadRequest, "prove only answers a challenge")),
-        Request::Begin { name, mime, size, hash } => begin(&mut send, &mut recv, sh, session, name, mime, size, hash).await,
+        Request::Prove { .. } => Err(error(
+            ErrorCode::BadRequest,
+            "prove only answers a challenge",
+        )),
+        Request::Begin {
+            name,
+            mime,
+            size,
+            hash,
+        } => begin(&mut send, &mut recv, sh, session, name, mime, size, hash).await,
         Request::Put { file, offset, len } => put(&mut recv, sh, session, &file, offset, len).await,
         Request::Get { file, offset, len } => get(&mut send, sh, &file, offset, len).await,
-        Request::Stat { file } => sh.store.get(&file).map(|e| Response::Stat(e.info())).map_err(|e| store_error(&e)),
+        Request::Stat { file } => sh
+            .store
+            .get(&file)
+            .map(|e| Response::Stat(e.info()))
+            .map_err(|e| store_error(&e)),
         Request::Outboard { file } => outboard(&mut send, sh, &file).await,
     };
     let reply = match result {
@@ -200,44 +260,76 @@ async fn begin(
     size: u64,
     hash: String,
 ) -> Result<Response, Response> {
-    if name.len() > MAX_NAME || mime.len() > MAX_NAME || name.chars().any(char::is_control) || mime.chars().any(char::is_control) {
-        return Err(error(ErrorCode::BadRequest, format!("name and type must be at most {MAX_NAME} bytes without control characters")));
+    if name.len() > MAX_NAME
+        || mime.len() > MAX_NAME
+        || name.chars().any(char::is_control)
+        || mime.chars().any(char::is_control)
+    {
+        return Err(error(
+            ErrorCode::BadRequest,
+            format!("name and type must be at most {MAX_NAME} bytes without control characters"),
+        ));
     }
-    let hash = proto::parse_hash(&hash).ok_or_else(|| error(ErrorCode::BadRequest, "hash must be 64 hex digits (BLAKE3)"))?;
+    let hash = proto::parse_hash(&hash)
+        .ok_or_else(|| error(ErrorCode::BadRequest, "hash must be 64 hex digits (BLAKE3)"))?;
     let store = &sh.store;
-    let upload = |e: &Entry| Response::Upload { file: e.id.clone(), complete: e.is_complete(), missing: e.missing() };
-    match store.begin(&session.user, &name, size, &hash).map_err(|e| store_error(&e))? {
+    let upload = |e: &Entry| Response::Upload {
+        file: e.id.clone(),
+        complete: e.is_complete(),
+        missing: e.missing(),
+    };
+    match store
+        .begin(&session.user, &name, size, &hash)
+        .map_err(|e| store_error(&e))?
+    {
         Begin::Resume(e) => {
             info!(file = %e.id, size, "upload resumed");
             Ok(upload(&e))
         }
         Begin::Dedup { nonce } => {
-            proto::write_frame(send, &Response::Challenge { nonce: hex::encode(nonce) }).await.map_err(|e| error(ErrorCode::BadRequest, e.to_string()))?;
+            proto::write_frame(
+                send,
+                &Response::Challenge {
+                    nonce: hex::encode(nonce),
+                },
+            )
+            .await
+            .map_err(|e| error(ErrorCode::BadRequest, e.to_string()))?;
             let mac = match proto::read_frame::<Request>(recv).await {
-                Ok(Request::Prove { mac }) => proto::parse_hash(&mac).ok_or_else(|| error(ErrorCode::BadRequest, "mac must be 64 hex digits"))?,
+                Ok(Request::Prove { mac }) => proto::parse_hash(&mac)
+                    .ok_or_else(|| error(ErrorCode::BadRequest, "mac must be 64 hex digits"))?,
                 Ok(_) => return Err(error(ErrorCode::BadRequest, "expected prove")),
                 Err(e) => return Err(error(ErrorCode::BadRequest, e.to_string())),
             };
             let st = store.clone();
             let user = session.user.clone();
-            let e = tokio::task::spawn_blocking(move || st.prove(&user, &name, &mime, size, &hash, &mac))
-                .await
-                .map_err(|_| error(ErrorCode::Internal, "proof check failed"))?
-                .map_err(|e| store_error(&e))?;
+            let e = tokio::task::spawn_blocking(move || {
+                st.prove(&user, &name, &mime, size, &hash, &mac)
+            })
+            .await
+            .map_err(|_| error(ErrorCode::Internal, "proof check failed"))?
+            .map_err(|e| store_error(&e))?;
             info!(file = %e.id, size, "upload deduplicated");
             Ok(upload(&e))
         }
         Begin::New => {
             let len = tree::outboard_len(size);
-            proto::write_frame(send, &Response::SendOutboard { len }).await.map_err(|e| error(ErrorCode::BadRequest, e.to_string()))?;
-            let mut up = store.new_upload(&session.user, &name, &mime, size, Some(hash)).map_err(|e| store_error(&e))?;
+            proto::write_frame(send, &Response::SendOutboard { len })
+                .await
+                .map_err(|e| error(ErrorCode::BadRequest, e.to_string()))?;
+            let mut up = store
+                .new_upload(&session.user, &name, &mime, size, Some(hash))
+                .map_err(|e| store_error(&e))?;
             let mut buf = vec![0u8; 64 * 1024];
             let mut left = len;
             while left > 0 {
                 let n = left.min(buf.len() as u64) as usize;
                 if let Err(e) = recv.read_exact(&mut buf[..n]).await {
                     store.discard_upload(up);
-                    return Err(error(ErrorCode::BadRequest, format!("outboard cut short: {e}")));
+                    return Err(error(
+                        ErrorCode::BadRequest,
+                        format!("outboard cut short: {e}"),
+                    ));
                 }
                 if let Err(e) = up.write(&buf[..n]) {
                     store.discard_upload(up);
@@ -252,13 +344,26 @@ async fn begin(
     }
 }
 
-async fn put(recv: &mut quinn::RecvStream, sh: &Shared, session: &Session, file: &str, offset: u64, len: u64) -> Result<Response, Response> {
+async fn put(
+    recv: &mut quinn::RecvStream,
+    sh: &Shared,
+    session: &Session,
+    file: &str,
+    offset: u64,
+    len: u64,
+) -> Result<Response, Response> {
     let entry = sh.store.get(file).map_err(|e| store_error(&e))?;
     if entry.owner != session.user {
         return Err(error(ErrorCode::NotFound, StoreError::NotFound.to_string()));
     }
     if !offset.is_multiple_of(GROUP_SIZE) || offset > entry.size || len > entry.size - offset {
-        return Err(error(ErrorCode::BadRequest, format!("range {offset}+{len} is not group-aligned or past the end of the file ({} bytes)", entry.size)));
+        return Err(error(
+            ErrorCode::BadRequest,
+            format!(
+                "range {offset}+{len} is not group-aligned or past the end of the file ({} bytes)",
+                entry.size
+            ),
+        ));
     }
     let mut pos = offset;
     let end = offset + len;
@@ -273,7 +378,13 @@ async fn put(recv: &mut quinn::RecvStream, sh: &Shared, session: &Session, file:
     let mut pending: Option<Job> = None;
     let finish = |r: Result<Done, tokio::task::JoinError>| match r {
         Ok((b, c, r)) => (Some(b), c, r),
-        Err(_) => (None, Vec::new(), Err(StoreError::Io(std::io::Error::other("verification task failed")))),
+        Err(_) => (
+            None,
+            Vec::new(),
+            Err(StoreError::Io(std::io::Error::other(
+                "verification task failed",
+            ))),
+        ),
     };
     let result = async {
         if len == 0 {
@@ -284,7 +395,9 @@ async fn put(recv: &mut quinn::RecvStream, sh: &Shared, session: &Session, file:
             let n = (end - pos).min(BATCH as u64) as usize;
             let mut buf = spare.take().unwrap_or_else(|| POOL.take());
             buf.set_len(n);
-            recv.read_exact(&mut buf).await.map_err(|e| StoreError::BadRequest(format!("data cut short: {e}")))?;
+            recv.read_exact(&mut buf)
+                .await
+                .map_err(|e| StoreError::BadRequest(format!("data cut short: {e}")))?;
             let mut cvs = std::mem::take(&mut spare_cvs);
             if let Some(job) = pending.take() {
                 let (b, c, r) = finish(job.await);
@@ -316,13 +429,27 @@ async fn put(recv: &mut quinn::RecvStream, sh: &Shared, session: &Session, file:
     Ok(Response::Stored { complete })
 }
 
-async fn get(send: &mut quinn::SendStream, sh: &Shared, file: &str, offset: u64, len: Option<u64>) -> Result<Response, Response> {
+async fn get(
+    send: &mut quinn::SendStream,
+    sh: &Shared,
+    file: &str,
+    offset: u64,
+    len: Option<u64>,
+) -> Result<Response, Response> {
     let entry = sh.store.get(file).map_err(|e| store_error(&e))?;
     if offset > entry.size {
-        return Err(error(ErrorCode::BadRequest, format!("offset {offset} is past the end of the file ({} bytes)", entry.size)));
+        return Err(error(
+            ErrorCode::BadRequest,
+            format!(
+                "offset {offset} is past the end of the file ({} bytes)",
+                entry.size
+            ),
+        ));
     }
     let len = len.unwrap_or(entry.size - offset).min(entry.size - offset);
-    proto::write_frame(send, &Response::Data { offset, len }).await.map_err(|e| error(ErrorCode::BadRequest, e.to_string()))?;
+    proto::write_frame(send, &Response::Data { offset, len })
+        .await
+        .map_err(|e| error(ErrorCode::BadRequest, e.to_string()))?;
     if let Err(e) = send_range(send, sh, &entry, offset, len).await {
         // The header is out: the only way to report now is to reset the stream.
         debug!(file = %entry.id, error = %e, "download stopped");
@@ -332,34 +459,55 @@ async fn get(send: &mut quinn::SendStream, sh: &Shared, file: &str, offset: u64,
 }
 
 /// Reads `n` bytes at `pos` of a stored file into a pool buffer, on a blocking thread.
-pub(crate) fn read_batch(entry: &Arc<Entry>, pos: u64, n: usize) -> tokio::task::JoinHandle<Result<Pooled, StoreError>> {
+pub(crate) fn read_batch(
+    entry: &Arc<Entry>,
+    pos: u64,
+    n: usize,
+) -> tokio::task::JoinHandle<Result<Pooled, StoreError>> {
     let entry = entry.clone();
     tokio::task::spawn_blocking(move || {
         let mut buf = POOL.take();
         buf.set_len(n);
         let got = entry.read_at(&mut buf, pos)?;
         if got != n {
-            return Err(StoreError::Io(std::io::Error::other("stored file is shorter than recorded")));
+            return Err(StoreError::Io(std::io::Error::other(
+                "stored file is shorter than recorded",
+            )));
         }
         Ok(buf)
     })
 }
 
 /// Waits for a batch read by [`read_batch`].
-pub(crate) async fn batch_read(job: tokio::task::JoinHandle<Result<Pooled, StoreError>>) -> Result<Pooled, StoreError> {
-    job.await.map_err(|_| StoreError::Io(std::io::Error::other("read task failed")))?
+pub(crate) async fn batch_read(
+    job: tokio::task::JoinHandle<Result<Pooled, StoreError>>,
+) -> Result<Pooled, StoreError> {
+    job.await
+        .map_err(|_| StoreError::Io(std::io::Error::other("read task failed")))?
 }
 
-async fn flush_batch(send: &mut quinn::SendStream, sh: &Shared, (job, n): (tokio::task::JoinHandle<Result<Pooled, StoreError>>, usize)) -> Result<(), StoreError> {
+async fn flush_batch(
+    send: &mut quinn::SendStream,
+    sh: &Shared,
+    (job, n): (tokio::task::JoinHandle<Result<Pooled, StoreError>>, usize),
+) -> Result<(), StoreError> {
     let buf = batch_read(job).await?;
-    send.write_chunk(buf.into_bytes()).await.map_err(|e| StoreError::BadRequest(e.to_string()))?;
+    send.write_chunk(buf.into_bytes())
+        .await
+        .map_err(|e| StoreError::BadRequest(e.to_string()))?;
     sh.metrics.bytes_sent.inc_by(n as u64);
     Ok(())
 }
 
 /// Sends `len` bytes from `offset`, waiting for groups still being uploaded. The next
 /// batch is read from disk while the current one is sent.
-pub(crate) async fn send_range(send: &mut quinn::SendStream, sh: &Shared, entry: &Arc<Entry>, offset: u64, len: u64) -> Result<(), StoreError> {
+pub(crate) async fn send_range(
+    send: &mut quinn::SendStream,
+    sh: &Shared,
+    entry: &Arc<Entry>,
+    offset: u64,
+    len: u64,
+) -> Result<(), StoreError> {
     let mut rx = entry.subscribe();
     let mut pos = offset;
     let end = offset + len;
@@ -396,13 +544,22 @@ pub(crate) async fn send_range(send: &mut quinn::SendStream, sh: &Shared, entry:
     Ok(())
 }
 
-async fn outboard(send: &mut quinn::SendStream, sh: &Shared, file: &str) -> Result<Response, Response> {
+async fn outboard(
+    send: &mut quinn::SendStream,
+    sh: &Shared,
+    file: &str,
+) -> Result<Response, Response> {
     let entry = sh.store.get(file).map_err(|e| store_error(&e))?;
     let len = tree::outboard_len(entry.size);
     if entry.hash().is_none() {
-        return Err(error(ErrorCode::BadRequest, "this file's hash is not known until its HTTP upload completes"));
+        return Err(error(
+            ErrorCode::BadRequest,
+            "this file's hash is not known until its HTTP upload completes",
+        ));
     }
-    proto::write_frame(send, &Response::OutboardData { len }).await.map_err(|e| error(ErrorCode::BadRequest, e.to_string()))?;
+    proto::write_frame(send, &Response::OutboardData { len })
+        .await
+        .map_err(|e| error(ErrorCode::BadRequest, e.to_string()))?;
     let mut pos = 0;
     while pos < len {
         let n = (len - pos).min(64 * 1024) as usize;

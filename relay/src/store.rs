@@ -52,7 +52,9 @@ impl StoreError {
             StoreError::QuotaExceeded { .. } => ErrorCode::QuotaExceeded,
             StoreError::DiskFull => ErrorCode::DiskFull,
             StoreError::NotFound => ErrorCode::NotFound,
-            StoreError::HashMismatch { .. } | StoreError::OutboardMismatch => ErrorCode::HashMismatch,
+            StoreError::HashMismatch { .. } | StoreError::OutboardMismatch => {
+                ErrorCode::HashMismatch
+            }
             StoreError::ProofFailed => ErrorCode::ProofFailed,
             StoreError::BadRequest(_) => ErrorCode::BadRequest,
             StoreError::Io(_) => ErrorCode::Internal,
@@ -122,7 +124,11 @@ struct State {
 impl Entry {
     pub fn info(&self) -> FileInfo {
         let st = self.state.lock();
-        let stored = if st.complete { self.size } else { stored_bytes(&st.have, self.size) };
+        let stored = if st.complete {
+            self.size
+        } else {
+            stored_bytes(&st.have, self.size)
+        };
         FileInfo {
             id: self.id.clone(),
             name: self.name.clone(),
@@ -147,7 +153,11 @@ impl Entry {
     /// Missing group ranges (empty when complete).
     pub fn missing(&self) -> Vec<(u64, u64)> {
         let st = self.state.lock();
-        if st.complete { Vec::new() } else { st.have.missing() }
+        if st.complete {
+            Vec::new()
+        } else {
+            st.have.missing()
+        }
     }
 
     /// Watches changes (new groups, completion, removal).
@@ -207,7 +217,11 @@ fn stored_bytes(have: &Bitmap, size: u64) -> u64 {
         return 0;
     }
     let last = have.len() - 1;
-    if have.get(last) { (n - 1) * GROUP_SIZE + tree::group_len(size, last) as u64 } else { n * GROUP_SIZE }
+    if have.get(last) {
+        (n - 1) * GROUP_SIZE + tree::group_len(size, last) as u64
+    } else {
+        n * GROUP_SIZE
+    }
 }
 
 /// Outcome of [`Store::begin`].
@@ -243,7 +257,10 @@ pub struct Store {
 }
 
 fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
@@ -255,9 +272,20 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
 impl Store {
     /// Opens the store in `dir` (records in `dir/files`), reloading every file: complete
     /// ones as they are, partial ones with the groups saved as present re-verified.
-    pub fn open(dir: &Path, backend: Arc<dyn Backend>, limits: Limits, metrics: Metrics) -> io::Result<Store> {
+    pub fn open(
+        dir: &Path,
+        backend: Arc<dyn Backend>,
+        limits: Limits,
+        metrics: Metrics,
+    ) -> io::Result<Store> {
         std::fs::create_dir_all(dir.join("files"))?;
-        let store = Store { dir: dir.to_owned(), backend, limits, index: Mutex::new(Index::default()), metrics };
+        let store = Store {
+            dir: dir.to_owned(),
+            backend,
+            limits,
+            index: Mutex::new(Index::default()),
+            metrics,
+        };
         store.reload()?;
         Ok(store)
     }
@@ -282,7 +310,10 @@ impl Store {
             if path.extension().and_then(|e| e.to_str()) != Some("json") {
                 continue;
             }
-            let rec: Record = match std::fs::read(&path).map_err(|e| e.to_string()).and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string())) {
+            let rec: Record = match std::fs::read(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+            {
                 Ok(r) => r,
                 Err(e) => {
                     warn!(path = %path.display(), error = %e, "skipping unreadable file record");
@@ -295,7 +326,8 @@ impl Store {
                     if st.complete {
                         *idx.refs.entry(st.hash.unwrap()).or_default() += 1;
                     } else if let Some(h) = st.hash {
-                        idx.partial.insert((entry.owner.clone(), h), entry.id.clone());
+                        idx.partial
+                            .insert((entry.owner.clone(), h), entry.id.clone());
                     }
                     drop(st);
                     *idx.usage.entry(entry.owner.clone()).or_default() += entry.size;
@@ -335,14 +367,22 @@ impl Store {
         };
         let (data, outboard, have, sequential) = if rec.complete {
             let h = rec.hash.as_deref().ok_or(StoreError::NotFound)?;
-            let data = self.backend.open_complete(h, Part::Data)?.ok_or(StoreError::NotFound)?;
-            let ob = self.backend.open_complete(h, Part::Outboard)?.ok_or(StoreError::NotFound)?;
+            let data = self
+                .backend
+                .open_complete(h, Part::Data)?
+                .ok_or(StoreError::NotFound)?;
+            let ob = self
+                .backend
+                .open_complete(h, Part::Outboard)?
+                .ok_or(StoreError::NotFound)?;
             (data, ob, Bitmap::new(0), None)
         } else {
             let data = self.backend.open_partial(&rec.id, Part::Data)?;
             let ob = self.backend.open_partial(&rec.id, Part::Outboard)?;
             let saved = std::fs::read(self.have_path(&rec.id)).ok();
-            let mut have = saved.and_then(|b| Bitmap::from_bytes(groups, &b)).unwrap_or_else(|| Bitmap::new(groups));
+            let mut have = saved
+                .and_then(|b| Bitmap::from_bytes(groups, &b))
+                .unwrap_or_else(|| Bitmap::new(groups));
             let sequential = if hash.is_none() {
                 // Sequential (HTTP) upload: keep only the verified prefix; the builder
                 // is rebuilt from the outboard written so far.
@@ -392,14 +432,29 @@ impl Store {
             created: rec.created,
             expires: rec.expires,
             groups,
-            state: Mutex::new(State { hash, complete: rec.complete, removed: false, have, data, outboard, dirty: false, sequential }),
+            state: Mutex::new(State {
+                hash,
+                complete: rec.complete,
+                removed: false,
+                have,
+                data,
+                outboard,
+                dirty: false,
+                sequential,
+            }),
             changed: tokio::sync::watch::Sender::new(0),
         })
     }
 
     /// A file by id.
     pub fn get(&self, id: &str) -> Result<Arc<Entry>, StoreError> {
-        let e = self.index.lock().files.get(id).cloned().ok_or(StoreError::NotFound)?;
+        let e = self
+            .index
+            .lock()
+            .files
+            .get(id)
+            .cloned()
+            .ok_or(StoreError::NotFound)?;
         if e.expires <= now() {
             return Err(StoreError::NotFound);
         }
@@ -408,11 +463,18 @@ impl Store {
 
     fn check_new(&self, idx: &Index, owner: &str, size: u64) -> Result<(), StoreError> {
         if size > self.limits.max_file_size {
-            return Err(StoreError::TooLarge { size, limit: self.limits.max_file_size });
+            return Err(StoreError::TooLarge {
+                size,
+                limit: self.limits.max_file_size,
+            });
         }
         let used = idx.usage.get(owner).copied().unwrap_or(0);
         if self.limits.user_quota > 0 && used + size > self.limits.user_quota {
-            return Err(StoreError::QuotaExceeded { size, used, quota: self.limits.user_quota });
+            return Err(StoreError::QuotaExceeded {
+                size,
+                used,
+                quota: self.limits.user_quota,
+            });
         }
         Ok(())
     }
@@ -420,9 +482,18 @@ impl Store {
     /// Declares an upload of `size` bytes with BLAKE3 `hash` by `owner`.
     /// Uploading again a file this user already has complete (same content and name)
     /// gives that file back.
-    pub fn begin(&self, owner: &str, name: &str, size: u64, hash: &[u8; 32]) -> Result<Begin, StoreError> {
+    pub fn begin(
+        &self,
+        owner: &str,
+        name: &str,
+        size: u64,
+        hash: &[u8; 32],
+    ) -> Result<Begin, StoreError> {
         if size > self.limits.max_file_size {
-            return Err(StoreError::TooLarge { size, limit: self.limits.max_file_size });
+            return Err(StoreError::TooLarge {
+                size,
+                limit: self.limits.max_file_size,
+            });
         }
         let mut idx = self.index.lock();
         if let Some(id) = idx.partial.get(&(owner.to_owned(), *hash)) {
@@ -473,11 +544,32 @@ impl Store {
 
     /// Answers a dedup challenge: checks `mac` = keyed BLAKE3 (key = nonce) of the
     /// stored content, and if right gives `owner` a new file of that content.
-    pub fn prove(&self, owner: &str, name: &str, mime: &str, size: u64, hash: &[u8; 32], mac: &[u8; 32]) -> Result<Arc<Entry>, StoreError> {
-        let nonce = self.index.lock().challenges.remove(&(owner.to_owned(), *hash)).ok_or_else(|| StoreError::BadRequest("no challenge is outstanding for this content".into()))?;
+    pub fn prove(
+        &self,
+        owner: &str,
+        name: &str,
+        mime: &str,
+        size: u64,
+        hash: &[u8; 32],
+        mac: &[u8; 32],
+    ) -> Result<Arc<Entry>, StoreError> {
+        let nonce = self
+            .index
+            .lock()
+            .challenges
+            .remove(&(owner.to_owned(), *hash))
+            .ok_or_else(|| {
+                StoreError::BadRequest("no challenge is outstanding for this content".into())
+            })?;
         let h = hex::encode(hash);
-        let data = self.backend.open_complete(&h, Part::Data)?.ok_or(StoreError::NotFound)?;
-        let outboard = self.backend.open_complete(&h, Part::Outboard)?.ok_or(StoreError::NotFound)?;
+        let data = self
+            .backend
+            .open_complete(&h, Part::Data)?
+            .ok_or(StoreError::NotFound)?;
+        let outboard = self
+            .backend
+            .open_complete(&h, Part::Outboard)?
+            .ok_or(StoreError::NotFound)?;
         let mut hasher = blake3::Hasher::new_keyed(&nonce);
         let mut buf = vec![0u8; 1 << 20];
         let mut off = 0u64;
@@ -508,11 +600,24 @@ impl Store {
             created,
             expires: created + self.limits.ttl.as_secs(),
             groups: tree::group_count(size),
-            state: Mutex::new(State { hash: Some(*hash), complete: true, removed: false, have: Bitmap::new(0), data, outboard, dirty: false, sequential: None }),
+            state: Mutex::new(State {
+                hash: Some(*hash),
+                complete: true,
+                removed: false,
+                have: Bitmap::new(0),
+                data,
+                outboard,
+                dirty: false,
+                sequential: None,
+            }),
             changed: tokio::sync::watch::Sender::new(0),
         });
         let rec = entry.record(&entry.state.lock());
-        write_atomic(&self.record_path(&entry.id), &serde_json::to_vec(&rec).unwrap()).map_err(io_err)?;
+        write_atomic(
+            &self.record_path(&entry.id),
+            &serde_json::to_vec(&rec).unwrap(),
+        )
+        .map_err(io_err)?;
         *idx.refs.entry(*hash).or_default() += 1;
         *idx.usage.entry(owner.to_owned()).or_default() += size;
         idx.files.insert(entry.id.clone(), entry.clone());
@@ -522,9 +627,19 @@ impl Store {
     }
 
     /// Starts an outboard for a new upload: returns a writer to feed it to.
-    pub fn new_upload(&self, owner: &str, name: &str, mime: &str, size: u64, hash: Option<[u8; 32]>) -> Result<NewUpload, StoreError> {
+    pub fn new_upload(
+        &self,
+        owner: &str,
+        name: &str,
+        mime: &str,
+        size: u64,
+        hash: Option<[u8; 32]>,
+    ) -> Result<NewUpload, StoreError> {
         let id = crate::proto::new_file_id();
-        let outboard = self.backend.create_partial(&id, Part::Outboard).map_err(io_err)?;
+        let outboard = self
+            .backend
+            .create_partial(&id, Part::Outboard)
+            .map_err(io_err)?;
         Ok(NewUpload {
             id,
             owner: owner.to_owned(),
@@ -553,14 +668,20 @@ impl Store {
         };
         let sequential = match up.hash {
             Some(h) => {
-                if up.written != tree::outboard_len(up.size) || !up.carry.is_empty() || up.root.finish() != Some(h) {
+                if up.written != tree::outboard_len(up.size)
+                    || !up.carry.is_empty()
+                    || up.root.finish() != Some(h)
+                {
                     return Err(fail(StoreError::OutboardMismatch));
                 }
                 None
             }
             None => Some(tree::RootBuilder::new(groups)),
         };
-        let data = self.backend.create_partial(&up.id, Part::Data).map_err(|e| fail(io_err(e)))?;
+        let data = self
+            .backend
+            .create_partial(&up.id, Part::Data)
+            .map_err(|e| fail(io_err(e)))?;
         let mut idx = self.index.lock();
         if let Err(e) = self.check_new(&idx, &up.owner, up.size) {
             drop(idx);
@@ -576,11 +697,23 @@ impl Store {
             created,
             expires: created + self.limits.ttl.as_secs(),
             groups,
-            state: Mutex::new(State { hash: up.hash, complete: false, removed: false, have: Bitmap::new(groups), data, outboard: up.outboard, dirty: true, sequential }),
+            state: Mutex::new(State {
+                hash: up.hash,
+                complete: false,
+                removed: false,
+                have: Bitmap::new(groups),
+                data,
+                outboard: up.outboard,
+                dirty: true,
+                sequential,
+            }),
             changed: tokio::sync::watch::Sender::new(0),
         });
         let rec = entry.record(&entry.state.lock());
-        if let Err(e) = write_atomic(&self.record_path(&entry.id), &serde_json::to_vec(&rec).unwrap()) {
+        if let Err(e) = write_atomic(
+            &self.record_path(&entry.id),
+            &serde_json::to_vec(&rec).unwrap(),
+        ) {
             drop(idx);
             return Err(fail(io_err(e)));
         }
@@ -596,23 +729,43 @@ impl Store {
     /// Verifies and stores whole groups starting at group-aligned `offset`. `data` may
     /// hold several groups; only the file's last group may be short. Nothing is written
     /// unless every group in `data` verifies. Returns whether the file is now complete.
-    pub fn put(&self, entry: &Entry, offset: u64, data: &[u8], cvs: &mut Vec<u8>) -> Result<bool, StoreError> {
-        if !offset.is_multiple_of(GROUP_SIZE) || offset > entry.size || data.len() as u64 > entry.size - offset {
-            return Err(StoreError::BadRequest(format!("range {offset}+{} is not group-aligned or past the end of the file", data.len())));
+    pub fn put(
+        &self,
+        entry: &Entry,
+        offset: u64,
+        data: &[u8],
+        cvs: &mut Vec<u8>,
+    ) -> Result<bool, StoreError> {
+        if !offset.is_multiple_of(GROUP_SIZE)
+            || offset > entry.size
+            || data.len() as u64 > entry.size - offset
+        {
+            return Err(StoreError::BadRequest(format!(
+                "range {offset}+{} is not group-aligned or past the end of the file",
+                data.len()
+            )));
         }
         let first = offset / GROUP_SIZE;
         let end = offset + data.len() as u64;
         if end != entry.size && !end.is_multiple_of(GROUP_SIZE) {
-            return Err(StoreError::BadRequest("a put must end on a group boundary or at the end of the file".into()));
+            return Err(StoreError::BadRequest(
+                "a put must end on a group boundary or at the end of the file".into(),
+            ));
         }
-        let ngroups = if data.is_empty() { u64::from(entry.size == 0) } else { (data.len() as u64).div_ceil(GROUP_SIZE) };
+        let ngroups = if data.is_empty() {
+            u64::from(entry.size == 0)
+        } else {
+            (data.len() as u64).div_ceil(GROUP_SIZE)
+        };
         let (ob, data_blob, complete) = {
             let st = entry.state.lock();
             if st.removed {
                 return Err(StoreError::NotFound);
             }
             if st.hash.is_none() {
-                return Err(StoreError::BadRequest("this upload is sequential (HTTP); continue it there".into()));
+                return Err(StoreError::BadRequest(
+                    "this upload is sequential (HTTP); continue it there".into(),
+                ));
             }
             (st.outboard.clone(), st.data.clone(), st.complete)
         };
@@ -630,7 +783,10 @@ impl Store {
             let cv = tree::group_cv(&data[s..e], g, entry.groups);
             if cv[..] != cvs[i as usize * CV_LEN..][..CV_LEN] {
                 self.metrics.hash_mismatches.inc();
-                return Err(StoreError::HashMismatch { group: g, start: g * GROUP_SIZE });
+                return Err(StoreError::HashMismatch {
+                    group: g,
+                    start: g * GROUP_SIZE,
+                });
             }
         }
         data_blob.write_at(data, offset).map_err(io_err)?;
@@ -644,7 +800,11 @@ impl Store {
             st.have.is_full()
         };
         entry.changed.send_modify(|v| *v += 1);
-        if full { self.complete(entry).map(|_| true) } else { Ok(false) }
+        if full {
+            self.complete(entry).map(|_| true)
+        } else {
+            Ok(false)
+        }
     }
 
     /// Appends bytes to a sequential (HTTP) upload at `offset`, which must be the
@@ -658,12 +818,18 @@ impl Store {
             if st.sequential.is_none() {
                 return Err(StoreError::BadRequest("not a sequential upload".into()));
             }
-            (st.data.clone(), st.outboard.clone(), stored_bytes(&st.have, entry.size))
+            (
+                st.data.clone(),
+                st.outboard.clone(),
+                stored_bytes(&st.have, entry.size),
+            )
         };
         // The upload's offset is always a group boundary: bytes of a group not yet
         // complete when a request ends are sent again by the next one.
         if offset != have_bytes || data.len() as u64 > entry.size - offset {
-            return Err(StoreError::BadRequest(format!("offset {offset} does not match the upload's offset {have_bytes}, or the data runs past its end")));
+            return Err(StoreError::BadRequest(format!(
+                "offset {offset} does not match the upload's offset {have_bytes}, or the data runs past its end"
+            )));
         }
         data_blob.write_at(data, offset).map_err(io_err)?;
         self.metrics.bytes_received.inc_by(data.len() as u64);
@@ -678,7 +844,9 @@ impl Store {
             if gend > end || (len == 0 && entry.size != 0) {
                 break;
             }
-            data_blob.read_at(&mut buf[..len], g * GROUP_SIZE).map_err(io_err)?;
+            data_blob
+                .read_at(&mut buf[..len], g * GROUP_SIZE)
+                .map_err(io_err)?;
             let cv = tree::group_cv(&buf[..len], g, entry.groups);
             ob.write_at(&cv, g * CV_LEN as u64).map_err(io_err)?;
             let mut st = entry.state.lock();
@@ -691,7 +859,12 @@ impl Store {
         let full = {
             let mut st = entry.state.lock();
             if st.have.is_full() {
-                let root = st.sequential.take().unwrap().finish().expect("all groups pushed");
+                let root = st
+                    .sequential
+                    .take()
+                    .unwrap()
+                    .finish()
+                    .expect("all groups pushed");
                 st.hash = Some(root);
                 true
             } else {
@@ -701,14 +874,22 @@ impl Store {
         if added {
             entry.changed.send_modify(|v| *v += 1);
         }
-        if full { self.complete(entry).map(|_| true) } else { Ok(false) }
+        if full {
+            self.complete(entry).map(|_| true)
+        } else {
+            Ok(false)
+        }
     }
 
     /// Bytes of a sequential upload received so far (including a partial last group
     /// on disk is not tracked: resumption restarts at the last whole group).
     pub fn sequential_offset(&self, entry: &Entry) -> u64 {
         let st = entry.state.lock();
-        if st.complete { entry.size } else { stored_bytes(&st.have, entry.size) }
+        if st.complete {
+            entry.size
+        } else {
+            stored_bytes(&st.have, entry.size)
+        }
     }
 
     /// Publishes a fully received file.
@@ -729,14 +910,26 @@ impl Store {
             return Ok(());
         }
         self.backend.publish(&entry.id, &h).map_err(io_err)?;
-        st.data = self.backend.open_complete(&h, Part::Data).map_err(io_err)?.ok_or(StoreError::NotFound)?;
-        st.outboard = self.backend.open_complete(&h, Part::Outboard).map_err(io_err)?.ok_or(StoreError::NotFound)?;
+        st.data = self
+            .backend
+            .open_complete(&h, Part::Data)
+            .map_err(io_err)?
+            .ok_or(StoreError::NotFound)?;
+        st.outboard = self
+            .backend
+            .open_complete(&h, Part::Outboard)
+            .map_err(io_err)?
+            .ok_or(StoreError::NotFound)?;
         st.complete = true;
         st.dirty = false;
         st.have = Bitmap::new(0);
         let rec = entry.record(&st);
         drop(st);
-        write_atomic(&self.record_path(&entry.id), &serde_json::to_vec(&rec).unwrap()).map_err(io_err)?;
+        write_atomic(
+            &self.record_path(&entry.id),
+            &serde_json::to_vec(&rec).unwrap(),
+        )
+        .map_err(io_err)?;
         let _ = std::fs::remove_file(self.have_path(&entry.id));
         idx.partial.remove(&(entry.owner.clone(), hash));
         *idx.refs.entry(hash).or_default() += 1;
@@ -773,7 +966,14 @@ impl Store {
     /// Deletes expired files; returns how many.
     pub fn sweep(&self) -> usize {
         let t = now();
-        let expired: Vec<_> = self.index.lock().files.values().filter(|e| e.expires <= t).cloned().collect();
+        let expired: Vec<_> = self
+            .index
+            .lock()
+            .files
+            .values()
+            .filter(|e| e.expires <= t)
+            .cloned()
+            .collect();
         for e in &expired {
             self.remove(e);
         }
@@ -844,7 +1044,9 @@ impl NewUpload {
         if self.written + bytes.len() as u64 > tree::outboard_len(self.size) {
             return Err(StoreError::OutboardMismatch);
         }
-        self.outboard.write_at(bytes, self.written).map_err(io_err)?;
+        self.outboard
+            .write_at(bytes, self.written)
+            .map_err(io_err)?;
         self.written += bytes.len() as u64;
         if !self.carry.is_empty() {
             let take = (CV_LEN - self.carry.len()).min(bytes.len());
