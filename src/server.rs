@@ -13,9 +13,13 @@ use crate::config::{Config, LogConfig, LogFormat, Role};
 
 pub fn init_tracing(log: &LogConfig) -> anyhow::Result<()> {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env()
+    let mut filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&log.level))
         .with_context(|| format!("invalid log.level {:?}", log.level))?;
+    // Dependencies that would log peer IP addresses are capped, whatever the level.
+    for cap in relay::LOG_CAPS {
+        filter = filter.add_directive(cap.parse().expect("a valid directive"));
+    }
     use std::io::IsTerminal;
     // Colours only on a terminal: files and journald get plain text.
     let builder = tracing_subscriber::fmt()

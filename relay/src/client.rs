@@ -133,13 +133,18 @@ pub struct Client {
 impl Client {
     /// Connects and authenticates.
     pub async fn connect(opts: &Options) -> Result<Client, ClientError> {
-        let cfg = crate::tls::client_config(&opts.trust, crate::server::transport())
-            .map_err(|e| ClientError::Connect(format!("{e:#}")))?;
         let bind: SocketAddr = if opts.server.is_ipv6() {
             "[::]:0".parse().unwrap()
         } else {
             "0.0.0.0:0".parse().unwrap()
         };
+        Client::connect_from(opts, bind).await
+    }
+
+    /// Connects from local address `bind` and authenticates.
+    pub async fn connect_from(opts: &Options, bind: SocketAddr) -> Result<Client, ClientError> {
+        let cfg = crate::tls::client_config(&opts.trust, crate::server::transport())
+            .map_err(|e| ClientError::Connect(format!("{e:#}")))?;
         let mut endpoint =
             quinn::Endpoint::client(bind).map_err(|e| ClientError::Connect(e.to_string()))?;
         endpoint.set_default_client_config(cfg);
@@ -148,6 +153,14 @@ impl Client {
             .map_err(|e| ClientError::Connect(e.to_string()))?;
         let conn = match tokio::time::timeout(std::time::Duration::from_secs(10), connecting).await
         {
+            Ok(Err(quinn::ConnectionError::ConnectionClosed(c)))
+                if c.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED =>
+            {
+                return Err(ClientError::Connect(format!(
+                    "{}: the relay refused the connection (it is at its connection limit): retry later",
+                    opts.server
+                )));
+            }
             Ok(c) => c.map_err(|e| ClientError::Connect(format!("{} ({e})", opts.server)))?,
             Err(_) => {
                 return Err(ClientError::Connect(format!(
@@ -182,6 +195,12 @@ impl Client {
             }),
             other => Err(refused(other)),
         }
+    }
+
+    /// Waits until the connection is closed, and says why (for a close by the relay:
+    /// its code, one of `proto::CLOSE_*`, and reason).
+    pub async fn closed(&self) -> quinn::ConnectionError {
+        self.conn.closed().await
     }
 
     /// Closes the connection cleanly.

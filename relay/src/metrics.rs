@@ -23,6 +23,12 @@ pub struct Metrics {
     pub connections: IntGauge,
     /// Files known (complete and partial).
     pub files: IntGauge,
+    /// Stored files that could not be opened at start-up: kept, not served, retried.
+    pub files_unavailable: IntGauge,
+    /// QUIC connections refused because a connection cap was reached.
+    pub connections_refused: IntCounter,
+    /// Uploads refused by a per-user limit (quota, unfinished uploads, start rate).
+    pub uploads_refused: IntCounter,
 }
 
 impl Metrics {
@@ -80,6 +86,21 @@ impl Metrics {
                 registry,
                 "relay_files",
                 "Files stored (complete and partial)",
+            ),
+            files_unavailable: g(
+                registry,
+                "relay_files_unavailable",
+                "Stored files that could not be opened at start-up (kept, retried)",
+            ),
+            connections_refused: c(
+                registry,
+                "relay_connections_refused_total",
+                "QUIC connections refused at the relay's connection caps",
+            ),
+            uploads_refused: c(
+                registry,
+                "relay_uploads_refused_total",
+                "Uploads refused by a per-user limit (quota, unfinished uploads, start rate)",
             ),
         }
     }

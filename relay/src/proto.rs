@@ -13,6 +13,16 @@ pub const VERSION: u32 = 1;
 /// Largest control frame accepted.
 pub const MAX_FRAME: usize = 64 * 1024;
 
+/// QUIC application close codes of the relay's connections.
+/// The relay is shutting down.
+pub const CLOSE_SHUTDOWN: u32 = 0;
+/// `hello` was refused (its error frame says why) or did not come within `relay.auth_timeout`.
+pub const CLOSE_UNAUTHENTICATED: u32 = 1;
+/// The token's session was revoked (logout, session revoke).
+pub const CLOSE_REVOKED: u32 = 2;
+/// No request under way for `relay.idle_timeout`.
+pub const CLOSE_IDLE: u32 = 3;
+
 /// Client to server.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
@@ -121,6 +131,16 @@ pub enum ErrorCode {
     TooLarge,
     /// The user's quota would be exceeded.
     QuotaExceeded,
+    /// The user has as many unfinished uploads as allowed (`relay.max_partial_uploads`).
+    TooManyPartialUploads,
+    /// The user's unfinished uploads would declare more bytes than allowed
+    /// (`relay.max_partial_bytes`).
+    PartialQuotaExceeded,
+    /// The user started too many uploads in the last minute; the message says when to retry.
+    RateLimited,
+    /// No byte moved for `relay.stall_timeout`: the transfer was ended (what was stored
+    /// is kept; resume).
+    Timeout,
     /// The server's disk is full; the partial upload is kept, retry later.
     DiskFull,
     /// No such file (or it expired).

@@ -1,18 +1,25 @@
-//! The QUIC side: connections, authentication, and the requests of `proto`.
+//! The QUIC side: connections, their caps and timeouts, authentication (and
+//! revocation), and the requests of `proto`.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::BytesMut;
-
-use crate::iobuf::{Pool, Pooled};
+use bytes::{Bytes, BytesMut};
 use common::pii::Pii;
 use tokio::task::JoinSet;
+use tokio::time::{Instant, Sleep};
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use crate::conns::{Caps, Full, Permit};
+use crate::iobuf::{Pool, Pooled};
 use crate::metrics::Metrics;
-use crate::proto::{self, ErrorCode, FrameError, Request, Response};
+use crate::proto::{
+    self, CLOSE_IDLE, CLOSE_REVOKED, CLOSE_UNAUTHENTICATED, ErrorCode, FrameError, Request,
+    Response,
+};
+use crate::sessions::Sessions;
 use crate::store::{Begin, Entry, Store, StoreError};
 use crate::tree::{self, GROUP_SIZE};
 
@@ -24,15 +31,30 @@ static POOL: Pool = Pool::new(BATCH, (8 << 20) / BATCH);
 /// Longest name and type accepted, in bytes.
 const MAX_NAME: usize = 1024;
 
+/// How long the relay waits, from `[relay]`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Timeouts {
+    /// Handshake and `hello` of a new connection.
+    pub auth: Duration,
+    /// No request under way on a connection.
+    pub idle: Duration,
+    /// No byte moving on a transfer.
+    pub stall: Duration,
+}
+
 pub(crate) struct Shared {
     pub store: Arc<Store>,
     pub keys: common::Keys,
+    pub sessions: Arc<Sessions>,
+    pub caps: Caps,
+    pub timeouts: Timeouts,
     pub metrics: Metrics,
 }
 
 /// Who is on a connection.
 struct Session {
     user: String,
+    sid: Option<String>,
     exp: u64,
 }
 
@@ -75,18 +97,147 @@ fn store_error(e: &StoreError) -> Response {
     error(e.code(), e.to_string())
 }
 
-/// Accepts connections until the endpoint closes.
+/// Ends a transfer on which no byte moves for `limit`, at almost no cost per read or
+/// write: they only count bytes, and when the timer fires the count is compared with
+/// the one at the last firing. A stall is noticed between `limit` and twice that.
+pub(crate) struct Stall {
+    sleep: Pin<Box<Sleep>>,
+    limit: Duration,
+    moved: u64,
+    seen: u64,
+}
+
+impl Stall {
+    pub(crate) fn new(limit: Duration) -> Stall {
+        Stall {
+            sleep: Box::pin(tokio::time::sleep(limit)),
+            limit,
+            moved: 0,
+            seen: 0,
+        }
+    }
+
+    fn moved(&mut self, n: usize) {
+        self.moved += n as u64;
+    }
+
+    /// Resolves once a whole period passed with no byte moved.
+    async fn stalled(&mut self) {
+        loop {
+            self.sleep.as_mut().await;
+            if self.moved == self.seen {
+                return;
+            }
+            self.seen = self.moved;
+            self.sleep.as_mut().reset(Instant::now() + self.limit);
+        }
+    }
+}
+
+/// Fills `buf` from `recv`, or fails if the stream ends or stalls.
+async fn read_full(
+    recv: &mut quinn::RecvStream,
+    buf: &mut [u8],
+    stall: &mut Stall,
+) -> Result<(), StoreError> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        tokio::select! {
+            biased;
+            r = recv.read(&mut buf[filled..]) => match r {
+                Ok(Some(n)) => {
+                    filled += n;
+                    stall.moved(n);
+                }
+                Ok(None) => return Err(StoreError::BadRequest("data cut short: the stream ended early".into())),
+                Err(e) => return Err(StoreError::BadRequest(format!("data cut short: {e}"))),
+            },
+            () = stall.stalled() => return Err(StoreError::Stalled),
+        }
+    }
+    Ok(())
+}
+
+/// Writes all of `buf` (without copying it), or fails if the stream breaks or stalls.
+async fn write_full(
+    send: &mut quinn::SendStream,
+    buf: Bytes,
+    stall: &mut Stall,
+) -> Result<(), StoreError> {
+    let mut bufs = [buf];
+    while !bufs[0].is_empty() {
+        tokio::select! {
+            biased;
+            r = send.write_chunks(&mut bufs) => match r {
+                Ok(w) => stall.moved(w.bytes),
+                Err(e) => return Err(StoreError::BadRequest(e.to_string())),
+            },
+            () = stall.stalled() => return Err(StoreError::Stalled),
+        }
+    }
+    Ok(())
+}
+
+/// Accepts connections until the endpoint closes, within the connection caps.
 pub(crate) async fn serve(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
     let mut conns = JoinSet::new();
+    // When each cap was last reported.
+    let mut reported: [Option<std::time::Instant>; 2] = [None, None];
     while let Some(incoming) = endpoint.accept().await {
-        let sh = shared.clone();
-        let remote = incoming.remote_address();
-        conns.spawn(
-            connection(incoming, sh).instrument(info_span!("relay_conn", remote = %Pii(remote))),
-        );
         while conns.try_join_next().is_some() {}
+        // When more than half the places are taken, a client first proves it owns its
+        // address (a stateless retry), so spoofed sources cannot take the rest.
+        if shared.caps.busy() && !incoming.remote_address_validated() && incoming.may_retry() {
+            let _ = incoming.retry();
+            continue;
+        }
+        let remote = incoming.remote_address();
+        let permit = match shared.caps.admit(remote.ip()) {
+            Ok(p) => p,
+            Err(full) => {
+                shared.metrics.connections_refused.inc();
+                let (cap, key, last) = match full {
+                    Full::Global => ("all addresses", "relay.max_connections", &mut reported[0]),
+                    Full::PerAddress => (
+                        "one address",
+                        "relay.max_connections_per_ip",
+                        &mut reported[1],
+                    ),
+                };
+                if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                    *last = Some(std::time::Instant::now());
+                    warn!(
+                        cap,
+                        open = shared.caps.open(),
+                        "relay connection cap reached ({key}): refusing new connections from {cap} (logged at most every 10 s)"
+                    );
+                }
+                incoming.refuse();
+                continue;
+            }
+        };
+        let sh = shared.clone();
+        conns.spawn(
+            connection(incoming, sh, permit)
+                .instrument(info_span!("relay_conn", remote = %Pii(remote))),
+        );
     }
     conns.shutdown().await;
+}
+
+/// What went wrong in a handshake, without the peer's own words (a close reason is
+/// text the peer chose: it does not go to the logs).
+fn handshake_error(e: &quinn::ConnectionError) -> &'static str {
+    use quinn::ConnectionError as E;
+    match e {
+        E::VersionMismatch => "QUIC version mismatch",
+        E::TransportError(_) => "transport error (TLS or protocol)",
+        E::ConnectionClosed(_) | E::ApplicationClosed(_) => "closed by the peer",
+        E::Reset => "reset by the peer",
+        E::TimedOut => "timed out",
+        E::LocallyClosed => "closed by the relay",
+        E::CidsExhausted => "connection ids exhausted",
+    }
 }
 
 struct ConnGauge(Metrics);
@@ -96,35 +247,71 @@ impl Drop for ConnGauge {
     }
 }
 
-async fn connection(incoming: quinn::Incoming, sh: Arc<Shared>) {
-    let conn = match incoming.await {
-        Ok(c) => c,
-        Err(e) => {
-            debug!(error = %e, "handshake failed");
-            return;
-        }
-    };
+async fn connection(incoming: quinn::Incoming, sh: Arc<Shared>, _permit: Permit) {
     sh.metrics.connections.inc();
     let _gauge = ConnGauge(sh.metrics.clone());
-    let session = match tokio::time::timeout(Duration::from_secs(10), hello(&conn, &sh)).await {
-        Ok(Some(s)) => Arc::new(s),
-        Ok(None) | Err(_) => {
-            // Give the error frame time to reach the client before closing.
-            let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
-            conn.close(1u32.into(), b"not authenticated");
+    // The handshake and hello, together within the auth timeout.
+    let deadline = Instant::now() + sh.timeouts.auth;
+    let conn = match tokio::time::timeout_at(deadline, incoming).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            debug!(error = handshake_error(&e), "handshake failed");
+            return;
+        }
+        Err(_) => {
+            debug!("handshake not finished within the auth timeout");
             return;
         }
     };
-    debug!(user = %session.user, "relay client authenticated");
+    let session = match tokio::time::timeout_at(deadline, hello(&conn, &sh)).await {
+        Ok(Some(s)) => Arc::new(s),
+        Ok(None) => {
+            // Give the error frame time to reach the client before closing.
+            let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
+            conn.close(CLOSE_UNAUTHENTICATED.into(), b"not authenticated");
+            return;
+        }
+        Err(_) => {
+            debug!("no hello within the auth timeout");
+            conn.close(
+                CLOSE_UNAUTHENTICATED.into(),
+                b"no hello within the auth timeout",
+            );
+            return;
+        }
+    };
+    // Revoking the session closes this connection; a revocation between the token
+    // check and this registration is caught just after it.
+    let _registered = session
+        .sid
+        .as_deref()
+        .map(|sid| sh.sessions.add_quic(sid, conn.clone()));
+    if session
+        .sid
+        .as_deref()
+        .is_some_and(|sid| sh.keys.revocations().is_revoked(sid))
+    {
+        conn.close(CLOSE_REVOKED.into(), b"session revoked");
+        return;
+    }
+    debug!(user = %Pii(&session.user), "relay client authenticated");
     let mut streams = JoinSet::new();
     loop {
-        let (send, recv) = match conn.accept_bi().await {
-            Ok(s) => s,
-            Err(_) => break,
-        };
-        let (sh, session) = (sh.clone(), session.clone());
-        streams.spawn(async move { stream(send, recv, &sh, &session).await });
-        while streams.try_join_next().is_some() {}
+        tokio::select! {
+            r = conn.accept_bi() => match r {
+                Ok((send, recv)) => {
+                    let (sh, session) = (sh.clone(), session.clone());
+                    streams.spawn(async move { stream(send, recv, &sh, &session).await });
+                }
+                Err(_) => break,
+            },
+            Some(_) = streams.join_next(), if !streams.is_empty() => {}
+            () = tokio::time::sleep(sh.timeouts.idle), if streams.is_empty() => {
+                debug!("closing an idle relay connection");
+                conn.close(CLOSE_IDLE.into(), b"idle");
+                break;
+            }
+        }
     }
     streams.shutdown().await;
 }
@@ -154,6 +341,7 @@ async fn hello(conn: &quinn::Connection, sh: &Shared) -> Option<Session> {
         Request::Hello { token, .. } => match authorize(&sh.keys, &token) {
             Ok(c) => Ok(Session {
                 user: c.sub,
+                sid: c.sid,
                 exp: c.exp,
             }),
             Err((code, msg)) => {
@@ -190,24 +378,40 @@ async fn stream(
     sh: &Shared,
     session: &Session,
 ) {
-    let req: Request = match proto::read_frame(&mut recv).await {
-        Ok(r) => r,
-        Err(FrameError::Closed) => return,
-        Err(e) => {
-            let _ =
-                proto::write_frame(&mut send, &error(ErrorCode::BadRequest, e.to_string())).await;
+    let stall = sh.timeouts.stall;
+    let req: Request = match tokio::time::timeout(stall, proto::read_frame(&mut recv)).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(FrameError::Closed)) => return,
+        Ok(Err(e)) => {
+            let _ = tokio::time::timeout(
+                stall,
+                proto::write_frame(&mut send, &error(ErrorCode::BadRequest, e.to_string())),
+            )
+            .await;
             let _ = send.finish();
             return;
         }
+        Err(_) => {
+            let _ = send.reset(1u32.into());
+            return;
+        }
     };
-    if session.exp <= now() {
+    let refused = if session.exp <= now() {
+        Some(common::TokenError::Expired)
+    } else if session
+        .sid
+        .as_deref()
+        .is_some_and(|sid| sh.keys.revocations().is_revoked(sid))
+    {
+        Some(common::TokenError::Revoked)
+    } else {
+        None
+    };
+    if let Some(e) = refused {
         sh.metrics.auth_failures.inc();
-        let _ = proto::write_frame(
-            &mut send,
-            &error(
-                ErrorCode::Unauthorized,
-                common::TokenError::Expired.to_string(),
-            ),
+        let _ = tokio::time::timeout(
+            stall,
+            proto::write_frame(&mut send, &error(ErrorCode::Unauthorized, e.to_string())),
         )
         .await;
         let _ = send.finish();
@@ -243,10 +447,10 @@ async fn stream(
         }
     };
     if !matches!(reply, Response::Data { .. } | Response::OutboardData { .. }) {
-        let _ = proto::write_frame(&mut send, &reply).await;
+        let _ = tokio::time::timeout(stall, proto::write_frame(&mut send, &reply)).await;
     }
     let _ = send.finish();
-    let _ = send.stopped().await;
+    let _ = tokio::time::timeout(stall, send.stopped()).await;
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -273,6 +477,7 @@ async fn begin(
     let hash = proto::parse_hash(&hash)
         .ok_or_else(|| error(ErrorCode::BadRequest, "hash must be 64 hex digits (BLAKE3)"))?;
     let store = &sh.store;
+    let stall = sh.timeouts.stall;
     let upload = |e: &Entry| Response::Upload {
         file: e.id.clone(),
         complete: e.is_complete(),
@@ -283,23 +488,24 @@ async fn begin(
         .map_err(|e| store_error(&e))?
     {
         Begin::Resume(e) => {
-            info!(file = %e.id, size, "upload resumed");
+            info!(file = %Pii(&e.id), size, "upload resumed");
             Ok(upload(&e))
         }
         Begin::Dedup { nonce } => {
-            proto::write_frame(
-                send,
-                &Response::Challenge {
-                    nonce: hex::encode(nonce),
-                },
-            )
-            .await
-            .map_err(|e| error(ErrorCode::BadRequest, e.to_string()))?;
-            let mac = match proto::read_frame::<Request>(recv).await {
-                Ok(Request::Prove { mac }) => proto::parse_hash(&mac)
+            let frame = Response::Challenge {
+                nonce: hex::encode(nonce),
+            };
+            match tokio::time::timeout(stall, proto::write_frame(send, &frame)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(error(ErrorCode::BadRequest, e.to_string())),
+                Err(_) => return Err(store_error(&StoreError::Stalled)),
+            }
+            let mac = match tokio::time::timeout(stall, proto::read_frame::<Request>(recv)).await {
+                Ok(Ok(Request::Prove { mac })) => proto::parse_hash(&mac)
                     .ok_or_else(|| error(ErrorCode::BadRequest, "mac must be 64 hex digits"))?,
-                Ok(_) => return Err(error(ErrorCode::BadRequest, "expected prove")),
-                Err(e) => return Err(error(ErrorCode::BadRequest, e.to_string())),
+                Ok(Ok(_)) => return Err(error(ErrorCode::BadRequest, "expected prove")),
+                Ok(Err(e)) => return Err(error(ErrorCode::BadRequest, e.to_string())),
+                Err(_) => return Err(store_error(&StoreError::Stalled)),
             };
             let st = store.clone();
             let user = session.user.clone();
@@ -309,36 +515,37 @@ async fn begin(
             .await
             .map_err(|_| error(ErrorCode::Internal, "proof check failed"))?
             .map_err(|e| store_error(&e))?;
-            info!(file = %e.id, size, "upload deduplicated");
+            info!(file = %Pii(&e.id), size, "upload deduplicated");
             Ok(upload(&e))
         }
         Begin::New => {
             let len = tree::outboard_len(size);
-            proto::write_frame(send, &Response::SendOutboard { len })
-                .await
-                .map_err(|e| error(ErrorCode::BadRequest, e.to_string()))?;
+            match tokio::time::timeout(
+                stall,
+                proto::write_frame(send, &Response::SendOutboard { len }),
+            )
+            .await
+            {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(error(ErrorCode::BadRequest, e.to_string())),
+                Err(_) => return Err(store_error(&StoreError::Stalled)),
+            }
             let mut up = store
                 .new_upload(&session.user, &name, &mime, size, Some(hash))
                 .map_err(|e| store_error(&e))?;
             let mut buf = vec![0u8; 64 * 1024];
             let mut left = len;
+            let mut watch = Stall::new(stall);
             while left > 0 {
                 let n = left.min(buf.len() as u64) as usize;
-                if let Err(e) = recv.read_exact(&mut buf[..n]).await {
-                    store.discard_upload(up);
-                    return Err(error(
-                        ErrorCode::BadRequest,
-                        format!("outboard cut short: {e}"),
-                    ));
-                }
-                if let Err(e) = up.write(&buf[..n]) {
-                    store.discard_upload(up);
-                    return Err(store_error(&e));
-                }
+                read_full(recv, &mut buf[..n], &mut watch)
+                    .await
+                    .map_err(|e| store_error(&e))?;
+                up.write(&buf[..n]).map_err(|e| store_error(&e))?;
                 left -= n as u64;
             }
             let e = store.create(up).map_err(|e| store_error(&e))?;
-            info!(file = %e.id, size, "upload started");
+            info!(file = %Pii(&e.id), size, "upload started");
             Ok(upload(&e))
         }
     }
@@ -368,6 +575,7 @@ async fn put(
     let mut pos = offset;
     let end = offset + len;
     let mut complete = entry.is_complete();
+    let mut watch = Stall::new(sh.timeouts.stall);
     // Two buffers: while one batch is verified and written on a blocking thread, the
     // next one is read from the stream, so the QUIC driver never waits on hashing or
     // the disk. They are page-aligned pool buffers, so the write bypasses the page cache.
@@ -395,9 +603,7 @@ async fn put(
             let n = (end - pos).min(BATCH as u64) as usize;
             let mut buf = spare.take().unwrap_or_else(|| POOL.take());
             buf.set_len(n);
-            recv.read_exact(&mut buf)
-                .await
-                .map_err(|e| StoreError::BadRequest(format!("data cut short: {e}")))?;
+            read_full(recv, &mut buf, &mut watch).await?;
             let mut cvs = std::mem::take(&mut spare_cvs);
             if let Some(job) = pending.take() {
                 let (b, c, r) = finish(job.await);
@@ -423,7 +629,7 @@ async fn put(
         let _ = job.await;
     }
     if let Err(e) = sh.store.save_progress(&entry) {
-        warn!(file = %entry.id, error = %e, "saving upload progress failed");
+        warn!(file = %Pii(&entry.id), error = %e, "saving upload progress failed");
     }
     result.map_err(|e| store_error(&e))?;
     Ok(Response::Stored { complete })
@@ -447,12 +653,19 @@ async fn get(
         ));
     }
     let len = len.unwrap_or(entry.size - offset).min(entry.size - offset);
-    proto::write_frame(send, &Response::Data { offset, len })
-        .await
-        .map_err(|e| error(ErrorCode::BadRequest, e.to_string()))?;
+    match tokio::time::timeout(
+        sh.timeouts.stall,
+        proto::write_frame(send, &Response::Data { offset, len }),
+    )
+    .await
+    {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(error(ErrorCode::BadRequest, e.to_string())),
+        Err(_) => return Err(store_error(&StoreError::Stalled)),
+    }
     if let Err(e) = send_range(send, sh, &entry, offset, len).await {
         // The header is out: the only way to report now is to reset the stream.
-        debug!(file = %entry.id, error = %e, "download stopped");
+        debug!(file = %Pii(&entry.id), error = %e, "download stopped");
         let _ = send.reset(1u32.into());
     }
     Ok(Response::Data { offset, len })
@@ -460,15 +673,16 @@ async fn get(
 
 /// Reads `n` bytes at `pos` of a stored file into a pool buffer, on a blocking thread.
 pub(crate) fn read_batch(
+    store: &Arc<Store>,
     entry: &Arc<Entry>,
     pos: u64,
     n: usize,
 ) -> tokio::task::JoinHandle<Result<Pooled, StoreError>> {
-    let entry = entry.clone();
+    let (store, entry) = (store.clone(), entry.clone());
     tokio::task::spawn_blocking(move || {
         let mut buf = POOL.take();
         buf.set_len(n);
-        let got = entry.read_at(&mut buf, pos)?;
+        let got = store.read_at(&entry, &mut buf, pos)?;
         if got != n {
             return Err(StoreError::Io(std::io::Error::other(
                 "stored file is shorter than recorded",
@@ -489,12 +703,11 @@ pub(crate) async fn batch_read(
 async fn flush_batch(
     send: &mut quinn::SendStream,
     sh: &Shared,
+    watch: &mut Stall,
     (job, n): (tokio::task::JoinHandle<Result<Pooled, StoreError>>, usize),
 ) -> Result<(), StoreError> {
     let buf = batch_read(job).await?;
-    send.write_chunk(buf.into_bytes())
-        .await
-        .map_err(|e| StoreError::BadRequest(e.to_string()))?;
+    write_full(send, buf.into_bytes(), watch).await?;
     sh.metrics.bytes_sent.inc_by(n as u64);
     Ok(())
 }
@@ -511,6 +724,7 @@ pub(crate) async fn send_range(
     let mut rx = entry.subscribe();
     let mut pos = offset;
     let end = offset + len;
+    let mut watch = Stall::new(sh.timeouts.stall);
     let mut pending: Option<(tokio::task::JoinHandle<Result<Pooled, StoreError>>, usize)> = None;
     while pos < end {
         let g = pos / GROUP_SIZE;
@@ -518,7 +732,7 @@ pub(crate) async fn send_range(
         if run == 0 {
             // Send what is read before waiting for the upload to bring more.
             if let Some(job) = pending.take() {
-                flush_batch(send, sh, job).await?;
+                flush_batch(send, sh, &mut watch, job).await?;
             }
             run = loop {
                 if rx.changed().await.is_err() {
@@ -529,17 +743,19 @@ pub(crate) async fn send_range(
                     break n;
                 }
             };
+            // Waiting for the uploader is not a stall of this download.
+            watch = Stall::new(sh.timeouts.stall);
         }
         let stop = ((g + run) * GROUP_SIZE).min(end);
         let n = (stop - pos) as usize;
-        let job = (read_batch(entry, pos, n), n);
+        let job = (read_batch(&sh.store, entry, pos, n), n);
         pos = stop;
         if let Some(prev) = pending.replace(job) {
-            flush_batch(send, sh, prev).await?;
+            flush_batch(send, sh, &mut watch, prev).await?;
         }
     }
     if let Some(job) = pending.take() {
-        flush_batch(send, sh, job).await?;
+        flush_batch(send, sh, &mut watch, job).await?;
     }
     Ok(())
 }
@@ -557,21 +773,30 @@ async fn outboard(
             "this file's hash is not known until its HTTP upload completes",
         ));
     }
-    proto::write_frame(send, &Response::OutboardData { len })
-        .await
-        .map_err(|e| error(ErrorCode::BadRequest, e.to_string()))?;
+    match tokio::time::timeout(
+        sh.timeouts.stall,
+        proto::write_frame(send, &Response::OutboardData { len }),
+    )
+    .await
+    {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(error(ErrorCode::BadRequest, e.to_string())),
+        Err(_) => return Err(store_error(&StoreError::Stalled)),
+    }
     let mut pos = 0;
+    let mut watch = Stall::new(sh.timeouts.stall);
     while pos < len {
         let n = (len - pos).min(64 * 1024) as usize;
         let mut buf = BytesMut::zeroed(n);
-        match entry.read_outboard(&mut buf, pos) {
+        match sh.store.read_outboard(&entry, &mut buf, pos) {
             Ok(Some(got)) if got == n => {}
             _ => {
                 let _ = send.reset(1u32.into());
                 return Ok(Response::OutboardData { len });
             }
         }
-        if send.write_chunk(buf.freeze()).await.is_err() {
+        if write_full(send, buf.freeze(), &mut watch).await.is_err() {
+            let _ = send.reset(1u32.into());
             break;
         }
         pos += n as u64;
@@ -579,7 +804,9 @@ async fn outboard(
     Ok(Response::OutboardData { len })
 }
 
-/// The transport settings of both ends.
+/// The transport settings of clients (and of the benchmark's raw-quinn baseline): they
+/// send keep-alives every 5 s, so a relay's `stall_timeout` of more than that keeps a
+/// quiet but live connection open.
 pub fn transport() -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
     t.max_concurrent_bidi_streams(64u32.into());
@@ -589,6 +816,16 @@ pub fn transport() -> quinn::TransportConfig {
     t.send_window(12 << 20);
     t.keep_alive_interval(Some(Duration::from_secs(5)));
     t.max_idle_timeout(Some(Duration::from_secs(30).try_into().unwrap()));
+    t
+}
+
+/// The relay's transport settings: the clients' windows and limits, no keep-alives of
+/// its own (the clients keep their connections alive), and `stall` as the QUIC idle
+/// timeout (a peer silent that long is dropped).
+pub(crate) fn server_transport(stall: Duration) -> quinn::TransportConfig {
+    let mut t = transport();
+    t.keep_alive_interval(None);
+    t.max_idle_timeout(stall.try_into().ok());
     t
 }
 

@@ -51,6 +51,7 @@ pub fn group_cv(data: &[u8], index: u64, groups: u64) -> ChainingValue {
 
 /// Computes the root hash from the group chaining values, fed in order, in memory
 /// bounded by the tree depth (at most 64 values).
+#[derive(Clone)]
 pub struct RootBuilder {
     groups: u64,
     pushed: u64,
@@ -79,6 +80,11 @@ impl RootBuilder {
         }
         self.stack.push(*cv);
         self.pushed += 1;
+    }
+
+    /// The root hash so far: `None` until every group is pushed.
+    pub fn root(&self) -> Option<[u8; 32]> {
+        self.clone().finish()
     }
 
     /// The root hash, or `None` when the number of values pushed is not `groups`.

@@ -205,25 +205,59 @@ async fn tus_upload_resumes_and_is_verified_for_quic_recipients() {
     assert!(std::fs::read(&out).unwrap() == data);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_files_are_gone_and_swept_from_disk() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config();
-    cfg.ttl = Duration::from_secs(1);
-    let srv = start(dir.path(), cfg).await;
-    let (path, _) = random_file(dir.path(), "a", 40_000);
-    let c = srv.client("alice").await;
-    let id = c.upload(&path, "a", "", progress()).await.unwrap();
-    let expires = c.stat(&id).await.unwrap().expires;
-    // Waiting for the clock is what this test is about.
-    while now() < expires {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let err = c.stat(&id).await.unwrap_err();
+    cfg.ttl = Duration::from_secs(3600);
+    let clock = relay::Clock::manual();
+    let srv = start_with_clock(dir.path(), cfg, clock.clone()).await;
+    let blobs = || {
+        std::fs::read_dir(dir.path().join("relay/blobs"))
+            .unwrap()
+            .count()
+    };
+    let (path, data) = random_file(dir.path(), "a", 40_000);
+    let alice = srv.client("alice").await;
+    let a = alice.upload(&path, "a", "", progress()).await.unwrap();
+    let info = alice.stat(&a).await.unwrap();
+    assert_eq!(info.expires - info.created, 3600);
+    // Half an hour later bob stores the same content: his file lives an hour from then.
+    clock.advance(Duration::from_secs(1800));
+    let bob = srv.client("bob").await;
+    let b = bob.upload(&path, "b", "", progress()).await.unwrap();
+    clock.advance(Duration::from_secs(1799));
+    assert!(alice.stat(&a).await.is_ok(), "expired early");
+    assert_eq!(srv.relay().sweep_expired(), 0);
+    // Alice's file expires; the content stays for bob's.
+    clock.advance(Duration::from_secs(1));
+    let err = alice.stat(&a).await.unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::NotFound), "{err}");
+    let (st, _, _) = http(
+        srv.http,
+        "GET",
+        &format!("/files/{a}"),
+        &[("authorization", format!("Bearer {}", srv.token("x")))],
+        b"",
+    )
+    .await;
+    assert_eq!(st, 404);
     assert_eq!(srv.relay().sweep_expired(), 1);
-    let left = std::fs::read_dir(dir.path().join("relay/blobs"))
-        .unwrap()
-        .count();
-    assert_eq!(left, 0, "the blob went with its last file");
+    assert!(!dir.path().join(format!("relay/files/{a}.json")).exists());
+    assert_eq!(
+        blobs(),
+        2,
+        "the blob (data and outboard) is kept for the other file"
+    );
+    let out = dir.path().join("out");
+    bob.download(&b, &out, progress()).await.unwrap();
+    assert!(std::fs::read(&out).unwrap() == data);
+    // Bob's expires: the blob goes with its last file.
+    clock.advance(Duration::from_secs(1800));
+    assert_eq!(
+        bob.stat(&b).await.unwrap_err().code(),
+        Some(ErrorCode::NotFound)
+    );
+    assert_eq!(srv.relay().sweep_expired(), 1);
+    assert_eq!(blobs(), 0, "the blob went with its last file");
 }

@@ -35,6 +35,15 @@ pub fn config() -> relay::Config {
 }
 
 pub async fn start(data_dir: &Path, config: relay::Config) -> Server {
+    start_with_clock(data_dir, config, relay::Clock::system()).await
+}
+
+/// A relay whose expiry and rate limits follow `clock` (a manual one moves only when told).
+pub async fn start_with_clock(
+    data_dir: &Path,
+    config: relay::Config,
+    clock: relay::Clock,
+) -> Server {
     let keys = common::Keys::from_secret(SECRET).unwrap();
     let ctx = common::Context {
         data_dir: data_dir.to_owned(),
@@ -42,7 +51,7 @@ pub async fn start(data_dir: &Path, config: relay::Config) -> Server {
         keys: keys.clone(),
         registry: prometheus::Registry::new(),
     };
-    let relay = relay::Relay::start(config, ctx)
+    let relay = relay::Relay::start_with_clock(config, ctx, clock)
         .await
         .expect("relay starts");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
