@@ -15,8 +15,9 @@ pub fn init_tracing(log: &LogConfig) -> anyhow::Result<()> {
     let mut filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&log.level))
         .with_context(|| format!("invalid log.level {:?}", log.level))?;
-    // Dependencies whose verbose levels write personal data stay capped at any level.
-    for d in signalling::LOG_CAPS.iter().chain(sfu::LOG_CAPS) {
+    // Dependencies whose verbose levels write personal data (peer addresses, ICE
+    // credentials, tokens) stay capped at any level.
+    for d in signalling::LOG_CAPS.iter().chain(sfu::LOG_CAPS).chain(relay::LOG_CAPS) {
         filter = filter.add_directive(d.parse()?);
     }
     use std::io::IsTerminal;

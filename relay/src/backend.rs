@@ -13,7 +13,7 @@ use std::sync::Arc;
 use crate::iobuf::DualFile;
 
 /// Which part of a blob.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Part {
     Data,
     Outboard,
@@ -45,10 +45,15 @@ pub trait Backend: Send + Sync + 'static {
     /// Opens an existing partial blob part.
     fn open_partial(&self, id: &str, part: Part) -> io::Result<Arc<dyn Blob>>;
     /// Makes a partial blob the complete blob of `hash` (the caller verified it). If that
-    /// complete blob exists already, the partial one is dropped.
+    /// complete blob exists already, the partial one is dropped. Idempotent, so that a
+    /// publication cut short by a crash can be finished at the next start.
     fn publish(&self, id: &str, hash: &str) -> io::Result<()>;
     /// Opens a complete blob part, `None` if there is none.
     fn open_complete(&self, hash: &str, part: Part) -> io::Result<Option<Arc<dyn Blob>>>;
+    /// Whether both parts of the complete blob of `hash` exist (without opening them).
+    fn has_complete(&self, hash: &str) -> io::Result<bool>;
+    /// Whether the data part of partial blob `id` exists (without opening it).
+    fn has_partial(&self, id: &str) -> io::Result<bool>;
     fn delete_partial(&self, id: &str);
     fn delete_complete(&self, hash: &str);
     /// Ids of all partial blobs and hashes of all complete blobs stored.
@@ -94,52 +99,94 @@ impl LocalDir {
     pub fn new(root: &Path) -> io::Result<LocalDir> {
         std::fs::create_dir_all(root.join("partial"))?;
         std::fs::create_dir_all(root.join("blobs"))?;
-        Ok(LocalDir { root: root.to_owned() })
+        Ok(LocalDir {
+            root: root.to_owned(),
+        })
     }
 
     fn partial_path(&self, id: &str, part: Part) -> PathBuf {
-        self.root.join("partial").join(format!("{id}.{}", part.ext()))
+        self.root
+            .join("partial")
+            .join(format!("{id}.{}", part.ext()))
     }
 
     fn complete_path(&self, hash: &str, part: Part) -> PathBuf {
-        self.root.join("blobs").join(format!("{hash}.{}", part.ext()))
+        self.root
+            .join("blobs")
+            .join(format!("{hash}.{}", part.ext()))
     }
 }
 
+/// Whether `path` exists; errors other than "not found" (permissions, I/O) are errors,
+/// never taken for "no".
+fn exists(path: &Path) -> io::Result<bool> {
+    match std::fs::symlink_metadata(path) {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Names of the blobs in `dir` that have a data or an outboard part (or both).
 fn list_stems(dir: &Path) -> io::Result<Vec<String>> {
-    let mut out = Vec::new();
+    let mut out = std::collections::BTreeSet::new();
     for e in std::fs::read_dir(dir)? {
         let name = e?.file_name();
         let Some(name) = name.to_str() else { continue };
-        if let Some(stem) = name.strip_suffix(".data") {
-            out.push(stem.to_owned());
+        if let Some(stem) = name
+            .strip_suffix(".data")
+            .or_else(|| name.strip_suffix(".obao"))
+        {
+            out.insert(stem.to_owned());
         }
     }
-    Ok(out)
+    Ok(out.into_iter().collect())
 }
 
 impl Backend for LocalDir {
     fn create_partial(&self, id: &str, part: Part) -> io::Result<Arc<dyn Blob>> {
-        let f = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(self.partial_path(id, part))?;
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(self.partial_path(id, part))?;
         Ok(LocalBlob::open(f, part, true))
     }
 
     fn open_partial(&self, id: &str, part: Part) -> io::Result<Arc<dyn Blob>> {
-        let f = OpenOptions::new().read(true).write(true).open(self.partial_path(id, part))?;
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(self.partial_path(id, part))?;
         Ok(LocalBlob::open(f, part, true))
     }
 
     fn publish(&self, id: &str, hash: &str) -> io::Result<()> {
-        let exists = self.complete_path(hash, Part::Data).exists() && self.complete_path(hash, Part::Outboard).exists();
-        if exists {
-            self.delete_partial(id);
-            return Ok(());
+        // Outboard first: a data file under blobs/ always has its outboard. A part
+        // already there (same hash, so same bytes) is kept and the partial one dropped.
+        for part in [Part::Outboard, Part::Data] {
+            let (from, to) = (self.partial_path(id, part), self.complete_path(hash, part));
+            if exists(&to)? {
+                match std::fs::remove_file(&from) {
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                    _ => {}
+                }
+            } else {
+                std::fs::rename(&from, &to)?;
+            }
         }
-        // Outboard first: a data file under blobs/ always has its outboard.
-        std::fs::rename(self.partial_path(id, Part::Outboard), self.complete_path(hash, Part::Outboard))?;
-        std::fs::rename(self.partial_path(id, Part::Data), self.complete_path(hash, Part::Data))?;
         File::open(self.root.join("blobs"))?.sync_all()?;
         Ok(())
+    }
+
+    fn has_complete(&self, hash: &str) -> io::Result<bool> {
+        Ok(exists(&self.complete_path(hash, Part::Data))?
+            && exists(&self.complete_path(hash, Part::Outboard))?)
+    }
+
+    fn has_partial(&self, id: &str) -> io::Result<bool> {
+        exists(&self.partial_path(id, Part::Data))
     }
 
     fn open_complete(&self, hash: &str, part: Part) -> io::Result<Option<Arc<dyn Blob>>> {
@@ -161,7 +208,10 @@ impl Backend for LocalDir {
     }
 
     fn list(&self) -> io::Result<(Vec<String>, Vec<String>)> {
-        Ok((list_stems(&self.root.join("partial"))?, list_stems(&self.root.join("blobs"))?))
+        Ok((
+            list_stems(&self.root.join("partial"))?,
+            list_stems(&self.root.join("blobs"))?,
+        ))
     }
 
     fn free_space(&self) -> Option<u64> {

@@ -5,7 +5,8 @@
 //!   `HEAD /files/{id}` with `Tus-Resumable`, `PATCH /files/{id}`.
 //!
 //! Authentication: `Authorization: Bearer TOKEN` or `?access_token=TOKEN`, a token
-//! with the `files` grant.
+//! with the `files` grant. A revoked session's requests are refused, and those under
+//! way end. Every error is JSON: `{"error": code, "message": text}`.
 
 use std::sync::Arc;
 
@@ -19,8 +20,12 @@ use base64::Engine as _;
 use futures_util::StreamExt;
 use serde::Deserialize;
 
+use common::pii::Pii;
+use tokio::sync::watch;
+
 use crate::proto::ErrorCode;
 use crate::server::{BATCH, Shared, authorize};
+use crate::sessions::Registered;
 use crate::store::{Entry, StoreError};
 use crate::tree::GROUP_SIZE;
 
@@ -29,7 +34,10 @@ const TUS_VERSION: &str = "1.0.0";
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/files", options(tus_options).post(tus_create))
-        .route("/files/{id}", axum::routing::get(download).head(head).patch(tus_patch))
+        .route(
+            "/files/{id}",
+            axum::routing::get(download).head(head).patch(tus_patch),
+        )
         .with_state(shared)
 }
 
@@ -38,28 +46,86 @@ struct TokenQuery {
     access_token: Option<String>,
 }
 
-/// A client-facing error: a status and a specific message.
-struct HttpError(StatusCode, String);
+/// A client-facing error: a status and `{"error": code, "message": text}` (plus
+/// `retry_after` seconds, and the `Retry-After` header, when waiting helps).
+struct HttpError {
+    status: StatusCode,
+    code: String,
+    message: String,
+    retry_after: Option<u64>,
+}
+
+impl HttpError {
+    fn new(status: StatusCode, code: &str, message: impl Into<String>) -> HttpError {
+        HttpError {
+            status,
+            code: code.to_owned(),
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    fn of(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> HttpError {
+        HttpError::new(status, &code.to_string(), message)
+    }
+
+    fn bad_request(message: impl Into<String>) -> HttpError {
+        HttpError::of(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, message)
+    }
+
+    fn revoked() -> HttpError {
+        HttpError::of(
+            StatusCode::UNAUTHORIZED,
+            ErrorCode::Unauthorized,
+            common::TokenError::Revoked.to_string(),
+        )
+    }
+}
 
 impl IntoResponse for HttpError {
     fn into_response(self) -> Response {
-        (self.0, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], format!("{}\n", self.1)).into_response()
+        let mut body = serde_json::json!({ "error": self.code, "message": self.message });
+        if let Some(s) = self.retry_after {
+            body["retry_after"] = s.into();
+        }
+        let mut r = (self.status, axum::Json(body)).into_response();
+        if let Some(s) = self.retry_after {
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(s));
+        }
+        r
     }
 }
 
 impl From<StoreError> for HttpError {
     fn from(e: StoreError) -> Self {
-        let status = match e.code() {
-            ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            ErrorCode::QuotaExceeded | ErrorCode::DiskFull => StatusCode::INSUFFICIENT_STORAGE,
-            ErrorCode::NotFound => StatusCode::NOT_FOUND,
-            ErrorCode::BadRequest | ErrorCode::HashMismatch | ErrorCode::ProofFailed => StatusCode::BAD_REQUEST,
-            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        let status = match &e {
+            StoreError::TooLarge { .. } | StoreError::PartialQuotaExceeded { .. } => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
+            StoreError::QuotaExceeded { .. } | StoreError::DiskFull => {
+                StatusCode::INSUFFICIENT_STORAGE
+            }
+            StoreError::TooManyPartialUploads { .. } | StoreError::RateLimited { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
+            StoreError::NotFound => StatusCode::NOT_FOUND,
+            StoreError::Stalled => StatusCode::REQUEST_TIMEOUT,
+            StoreError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            StoreError::BadRequest(_)
+            | StoreError::HashMismatch { .. }
+            | StoreError::OutboardMismatch
+            | StoreError::ProofFailed => StatusCode::BAD_REQUEST,
+            StoreError::Io(io) => {
+                tracing::warn!(error = %io, "relay storage error (http)");
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
         };
-        if let StoreError::Io(io) = &e {
-            tracing::warn!(error = %io, "relay storage error (http)");
+        let mut h = HttpError::of(status, e.code(), e.to_string());
+        if let StoreError::RateLimited { retry_after, .. } = e {
+            h.retry_after = Some(retry_after);
         }
-        HttpError(status, e.to_string())
+        h
     }
 }
 
@@ -70,22 +136,79 @@ fn auth(sh: &Shared, headers: &HeaderMap, q: &TokenQuery) -> Result<common::Clai
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::to_owned)
         .or_else(|| q.access_token.clone())
-        .ok_or_else(|| HttpError(StatusCode::UNAUTHORIZED, common::TokenError::Missing.to_string()))?;
+        .ok_or_else(|| {
+            HttpError::of(
+                StatusCode::UNAUTHORIZED,
+                ErrorCode::Unauthorized,
+                common::TokenError::Missing.to_string(),
+            )
+        })?;
     authorize(&sh.keys, &token).map_err(|(code, msg)| {
         sh.metrics.auth_failures.inc();
-        let status = if code == ErrorCode::Forbidden { StatusCode::FORBIDDEN } else { StatusCode::UNAUTHORIZED };
-        HttpError(status, msg)
+        let status = if code == ErrorCode::Forbidden {
+            StatusCode::FORBIDDEN
+        } else {
+            StatusCode::UNAUTHORIZED
+        };
+        HttpError::of(status, code, msg)
     })
+}
+
+/// Ties a request to its session: a receiver that turns `true` when the session is
+/// revoked (`None` for tokens of no session), and the registration that keeps it so.
+fn watch_session(
+    sh: &Shared,
+    claims: &common::Claims,
+) -> Result<Option<(Registered, watch::Receiver<bool>)>, HttpError> {
+    let Some(sid) = claims.sid.as_deref() else {
+        return Ok(None);
+    };
+    let reg = sh.sessions.add_http(sid);
+    // Revoked between the token check and the registration.
+    if sh.keys.revocations().is_revoked(sid) {
+        return Err(HttpError::revoked());
+    }
+    Ok(Some(reg))
+}
+
+/// Resolves when the session behind `rx` is revoked (never for `None`).
+async fn revoked(rx: &mut Option<(Registered, watch::Receiver<bool>)>) {
+    if let Some((_, rx)) = rx {
+        while !*rx.borrow_and_update() {
+            if rx.changed().await.is_err() {
+                break;
+            }
+        }
+        if *rx.borrow() {
+            return;
+        }
+    }
+    std::future::pending::<()>().await
 }
 
 /// Parses a single `bytes=` range against `size`: `Ok(None)` for no range header.
 fn parse_range(headers: &HeaderMap, size: u64) -> Result<Option<(u64, u64)>, HttpError> {
-    let Some(v) = headers.get(header::RANGE) else { return Ok(None) };
-    let bad = || HttpError(StatusCode::RANGE_NOT_SATISFIABLE, format!("Range must be one `bytes=START-END` within the file's {size} bytes"));
+    let Some(v) = headers.get(header::RANGE) else {
+        return Ok(None);
+    };
+    let unsatisfiable = |m: String| {
+        HttpError::new(
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            "range_not_satisfiable",
+            m,
+        )
+    };
+    let bad = || {
+        unsatisfiable(format!(
+            "Range must be one `bytes=START-END` within the file's {size} bytes"
+        ))
+    };
     let v = v.to_str().map_err(|_| bad())?.trim();
     let spec = v.strip_prefix("bytes=").ok_or_else(bad)?;
     if spec.contains(',') {
-        return Err(HttpError(StatusCode::RANGE_NOT_SATISFIABLE, "only one range per request is supported".into()));
+        return Err(unsatisfiable(
+            "only one range per request is supported".into(),
+        ));
     }
     let (a, b) = spec.split_once('-').ok_or_else(bad)?;
     let (start, end) = if a.is_empty() {
@@ -96,7 +219,14 @@ fn parse_range(headers: &HeaderMap, size: u64) -> Result<Option<(u64, u64)>, Htt
         (size.saturating_sub(n), size)
     } else {
         let s: u64 = a.parse().map_err(|_| bad())?;
-        let e = if b.is_empty() { size } else { b.parse::<u64>().map_err(|_| bad())?.saturating_add(1).min(size) };
+        let e = if b.is_empty() {
+            size
+        } else {
+            b.parse::<u64>()
+                .map_err(|_| bad())?
+                .saturating_add(1)
+                .min(size)
+        };
         (s, e)
     };
     if start >= end {
@@ -114,65 +244,127 @@ fn content_disposition(name: &str) -> HeaderValue {
             enc.push_str(&format!("%{b:02X}"));
         }
     }
-    HeaderValue::from_str(&format!("attachment; filename*=UTF-8''{enc}")).unwrap_or(HeaderValue::from_static("attachment"))
+    HeaderValue::from_str(&format!("attachment; filename*=UTF-8''{enc}"))
+        .unwrap_or(HeaderValue::from_static("attachment"))
 }
 
-async fn download(State(sh): State<Arc<Shared>>, Path(id): Path<String>, Query(q): Query<TokenQuery>, headers: HeaderMap) -> Result<Response, HttpError> {
-    auth(&sh, &headers, &q)?;
+async fn download(
+    State(sh): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    Query(q): Query<TokenQuery>,
+    headers: HeaderMap,
+) -> Result<Response, HttpError> {
+    let claims = auth(&sh, &headers, &q)?;
     let entry = sh.store.get(&id)?;
     let size = entry.size;
     let range = parse_range(&headers, size)?;
     let (start, end) = range.unwrap_or((0, size));
+    let session = watch_session(&sh, &claims)?;
     let mut resp = Response::builder()
-        .status(if range.is_some() { StatusCode::PARTIAL_CONTENT } else { StatusCode::OK })
+        .status(if range.is_some() {
+            StatusCode::PARTIAL_CONTENT
+        } else {
+            StatusCode::OK
+        })
         .header(header::CONTENT_LENGTH, end - start)
         .header(header::ACCEPT_RANGES, "bytes")
-        .header(header::CONTENT_DISPOSITION, content_disposition(&entry.name))
-        .header(header::CONTENT_TYPE, HeaderValue::from_str(&entry.mime).unwrap_or(HeaderValue::from_static("application/octet-stream")));
+        .header(
+            header::CONTENT_DISPOSITION,
+            content_disposition(&entry.name),
+        )
+        .header(
+            header::CONTENT_TYPE,
+            HeaderValue::from_str(&entry.mime)
+                .unwrap_or(HeaderValue::from_static("application/octet-stream")),
+        );
     if let Some(h) = entry.hash() {
         resp = resp.header(header::ETAG, format!("\"{}\"", hex::encode(h)));
     }
     if range.is_some() {
-        resp = resp.header(header::CONTENT_RANGE, format!("bytes {start}-{}/{size}", end - 1));
+        resp = resp.header(
+            header::CONTENT_RANGE,
+            format!("bytes {start}-{}/{size}", end - 1),
+        );
     }
-    let body = Body::from_stream(range_stream(sh.clone(), entry, start, end));
-    resp.body(body).map_err(|e| HttpError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+    let body = Body::from_stream(range_stream(sh.clone(), entry, session, start, end));
+    resp.body(body).map_err(|e| {
+        HttpError::of(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::Internal,
+            e.to_string(),
+        )
+    })
 }
 
-/// The bytes `start..end`, waiting for groups still being uploaded.
-fn range_stream(sh: Arc<Shared>, entry: Arc<Entry>, start: u64, end: u64) -> impl futures_util::Stream<Item = Result<bytes::Bytes, std::io::Error>> {
+/// What a download's body stream carries from one batch to the next.
+struct Download {
+    sh: Arc<Shared>,
+    entry: Arc<Entry>,
+    rx: watch::Receiver<u64>,
+    session: Option<(Registered, watch::Receiver<bool>)>,
+    pos: u64,
+}
+
+/// The bytes `start..end`, waiting for groups still being uploaded; cut if the
+/// session is revoked.
+fn range_stream(
+    sh: Arc<Shared>,
+    entry: Arc<Entry>,
+    session: Option<(Registered, watch::Receiver<bool>)>,
+    start: u64,
+    end: u64,
+) -> impl futures_util::Stream<Item = Result<bytes::Bytes, std::io::Error>> {
     let rx = entry.subscribe();
-    futures_util::stream::unfold((sh, entry, rx, start), move |(sh, entry, mut rx, pos)| async move {
-        if pos >= end {
+    let d = Download {
+        sh,
+        entry,
+        rx,
+        session,
+        pos: start,
+    };
+    futures_util::stream::unfold(Some(d), move |d| async move {
+        let mut d = d?;
+        if d.pos >= end {
             return None;
         }
-        let g = pos / GROUP_SIZE;
+        let fail = |m: &str| Some((Err(std::io::Error::other(m.to_owned())), None));
+        let g = d.pos / GROUP_SIZE;
         let run = loop {
-            match entry.readable_from(g, BATCH as u64 / GROUP_SIZE) {
+            if d.session.as_ref().is_some_and(|(_, r)| *r.borrow()) {
+                return fail("session revoked");
+            }
+            match d.entry.readable_from(g, BATCH as u64 / GROUP_SIZE) {
                 Ok(0) => {
-                    if rx.changed().await.is_err() {
-                        return Some((Err(std::io::Error::other("file removed")), (sh, entry, rx, end)));
+                    tokio::select! {
+                        r = d.rx.changed() => if r.is_err() { return fail("file removed") },
+                        () = revoked(&mut d.session) => return fail("session revoked"),
                     }
                 }
                 Ok(n) => break n,
-                Err(e) => {
-                    return Some((Err(std::io::Error::other(e.to_string())), (sh, entry, rx, end)));
-                }
+                Err(_) => return fail("file removed"),
             }
         };
         let stop = ((g + run) * GROUP_SIZE).min(end);
-        let n = (stop - pos) as usize;
-        match crate::server::batch_read(crate::server::read_batch(&entry, pos, n)).await {
+        let n = (stop - d.pos) as usize;
+        match crate::server::batch_read(crate::server::read_batch(&d.sh.store, &d.entry, d.pos, n))
+            .await
+        {
             Ok(buf) => {
-                sh.metrics.bytes_sent.inc_by(n as u64);
-                Some((Ok(buf.into_bytes()), (sh, entry, rx, stop)))
+                d.sh.metrics.bytes_sent.inc_by(n as u64);
+                d.pos = stop;
+                Some((Ok(buf.into_bytes()), Some(d)))
             }
-            Err(_) => Some((Err(std::io::Error::other("read failed")), (sh, entry, rx, end))),
+            Err(_) => fail("read failed"),
         }
     })
 }
 
-async fn head(state: State<Arc<Shared>>, path: Path<String>, q: Query<TokenQuery>, headers: HeaderMap) -> Result<Response, HttpError> {
+async fn head(
+    state: State<Arc<Shared>>,
+    path: Path<String>,
+    q: Query<TokenQuery>,
+    headers: HeaderMap,
+) -> Result<Response, HttpError> {
     if headers.contains_key("tus-resumable") {
         return tus_head(state, path, q, headers).await;
     }
@@ -182,7 +374,8 @@ async fn head(state: State<Arc<Shared>>, path: Path<String>, q: Query<TokenQuery
 }
 
 fn tus_headers(b: axum::http::response::Builder) -> axum::http::response::Builder {
-    b.header("Tus-Resumable", TUS_VERSION).header(header::CACHE_CONTROL, "no-store")
+    b.header("Tus-Resumable", TUS_VERSION)
+        .header(header::CACHE_CONTROL, "no-store")
 }
 
 async fn tus_options(State(sh): State<Arc<Shared>>) -> Response {
@@ -197,7 +390,11 @@ async fn tus_options(State(sh): State<Arc<Shared>>) -> Response {
 fn check_tus_version(headers: &HeaderMap) -> Result<(), HttpError> {
     match headers.get("tus-resumable").and_then(|v| v.to_str().ok()) {
         Some(TUS_VERSION) => Ok(()),
-        _ => Err(HttpError(StatusCode::PRECONDITION_FAILED, format!("Tus-Resumable: {TUS_VERSION} is required"))),
+        _ => Err(HttpError::new(
+            StatusCode::PRECONDITION_FAILED,
+            "tus_version",
+            format!("Tus-Resumable: {TUS_VERSION} is required"),
+        )),
     }
 }
 
@@ -214,7 +411,11 @@ fn metadata(headers: &HeaderMap) -> Result<(String, String), HttpError> {
                 .decode(val)
                 .ok()
                 .and_then(|b| String::from_utf8(b).ok())
-                .ok_or_else(|| HttpError(StatusCode::BAD_REQUEST, format!("Upload-Metadata value of {key:?} is not base64 UTF-8")))?;
+                .ok_or_else(|| {
+                    HttpError::bad_request(format!(
+                        "Upload-Metadata value of {key:?} is not base64 UTF-8"
+                    ))
+                })?;
             match key {
                 "filename" | "name" => name = val,
                 "filetype" | "type" => mime = val,
@@ -222,20 +423,34 @@ fn metadata(headers: &HeaderMap) -> Result<(String, String), HttpError> {
             }
         }
     }
-    if name.len() > 1024 || mime.len() > 1024 || name.chars().any(char::is_control) || mime.chars().any(char::is_control) {
-        return Err(HttpError(StatusCode::BAD_REQUEST, "filename and filetype must be at most 1024 bytes without control characters".into()));
+    if name.len() > 1024
+        || mime.len() > 1024
+        || name.chars().any(char::is_control)
+        || mime.chars().any(char::is_control)
+    {
+        return Err(HttpError::bad_request(
+            "filename and filetype must be at most 1024 bytes without control characters",
+        ));
     }
     Ok((name, mime))
 }
 
-async fn tus_create(State(sh): State<Arc<Shared>>, Query(q): Query<TokenQuery>, headers: HeaderMap) -> Result<Response, HttpError> {
+async fn tus_create(
+    State(sh): State<Arc<Shared>>,
+    Query(q): Query<TokenQuery>,
+    headers: HeaderMap,
+) -> Result<Response, HttpError> {
     check_tus_version(&headers)?;
     let claims = auth(&sh, &headers, &q)?;
     let size: u64 = headers
         .get("upload-length")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok())
-        .ok_or_else(|| HttpError(StatusCode::BAD_REQUEST, "Upload-Length (bytes) is required; deferred length is not supported".into()))?;
+        .ok_or_else(|| {
+            HttpError::bad_request(
+                "Upload-Length (bytes) is required; deferred length is not supported",
+            )
+        })?;
     let (name, mime) = metadata(&headers)?;
     sh.store.check_new_upload(&claims.sub, size)?;
     let store = sh.store.clone();
@@ -244,8 +459,14 @@ async fn tus_create(State(sh): State<Arc<Shared>>, Query(q): Query<TokenQuery>, 
         store.create(up)
     })
     .await
-    .map_err(|e| HttpError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
-    tracing::info!(file = %entry.id, size, "http upload started");
+    .map_err(|e| {
+        HttpError::of(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::Internal,
+            e.to_string(),
+        )
+    })??;
+    tracing::info!(file = %Pii(&entry.id), size, "http upload started");
     Ok(tus_headers(Response::builder().status(StatusCode::CREATED))
         .header(header::LOCATION, format!("/files/{}", entry.id))
         .header("Upload-Offset", 0)
@@ -253,7 +474,12 @@ async fn tus_create(State(sh): State<Arc<Shared>>, Query(q): Query<TokenQuery>, 
         .unwrap())
 }
 
-async fn tus_head(State(sh): State<Arc<Shared>>, Path(id): Path<String>, Query(q): Query<TokenQuery>, headers: HeaderMap) -> Result<Response, HttpError> {
+async fn tus_head(
+    State(sh): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    Query(q): Query<TokenQuery>,
+    headers: HeaderMap,
+) -> Result<Response, HttpError> {
     let claims = auth(&sh, &headers, &q)?;
     let entry = sh.store.get(&id)?;
     if entry.owner != claims.sub {
@@ -266,12 +492,27 @@ async fn tus_head(State(sh): State<Arc<Shared>>, Path(id): Path<String>, Query(q
         .unwrap())
 }
 
-async fn tus_patch(State(sh): State<Arc<Shared>>, Path(id): Path<String>, Query(q): Query<TokenQuery>, method: Method, headers: HeaderMap, body: Body) -> Result<Response, HttpError> {
+async fn tus_patch(
+    State(sh): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    Query(q): Query<TokenQuery>,
+    method: Method,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, HttpError> {
     debug_assert_eq!(method, Method::PATCH);
     check_tus_version(&headers)?;
     let claims = auth(&sh, &headers, &q)?;
-    if headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) != Some("application/offset+octet-stream") {
-        return Err(HttpError(StatusCode::UNSUPPORTED_MEDIA_TYPE, "Content-Type must be application/offset+octet-stream".into()));
+    if headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        != Some("application/offset+octet-stream")
+    {
+        return Err(HttpError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "Content-Type must be application/offset+octet-stream",
+        ));
     }
     let entry = sh.store.get(&id)?;
     if entry.owner != claims.sub {
@@ -281,19 +522,45 @@ async fn tus_patch(State(sh): State<Arc<Shared>>, Path(id): Path<String>, Query(
         .get("upload-offset")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok())
-        .ok_or_else(|| HttpError(StatusCode::BAD_REQUEST, "Upload-Offset is required".into()))?;
+        .ok_or_else(|| HttpError::bad_request("Upload-Offset is required"))?;
+    let Some(appending) = entry.try_append() else {
+        return Err(HttpError::new(
+            StatusCode::LOCKED,
+            "upload_busy",
+            "another request is uploading to this file: retry when it has ended",
+        ));
+    };
     let current = sh.store.sequential_offset(&entry);
     if offset != current {
-        return Err(HttpError(StatusCode::CONFLICT, format!("Upload-Offset {offset} does not match the upload's offset {current}")));
+        return Err(HttpError::new(
+            StatusCode::CONFLICT,
+            "offset_mismatch",
+            format!("Upload-Offset {offset} does not match the upload's offset {current}"),
+        ));
     }
+    let mut session = watch_session(&sh, &claims)?;
     let mut pos = offset;
     let mut buf: Vec<u8> = Vec::with_capacity(BATCH);
     let mut stream = body.into_data_stream();
     let mut result = Ok(());
-    while let Some(chunk) = stream.next().await {
+    loop {
+        // A body that stalls, or whose session is revoked, ends the request; what was
+        // stored is kept.
+        let chunk = tokio::select! {
+            c = tokio::time::timeout(sh.timeouts.stall, stream.next()) => c,
+            () = revoked(&mut session) => {
+                result = Err(HttpError::revoked());
+                break;
+            }
+        };
         let chunk = match chunk {
-            Ok(c) => c,
-            Err(_) => break, // Connection dropped: keep what was complete.
+            Err(_) => {
+                result = Err(StoreError::Stalled.into());
+                break;
+            }
+            Ok(None) => break,
+            Ok(Some(Ok(c))) => c,
+            Ok(Some(Err(_))) => break, // Connection dropped: keep what was complete.
         };
         let mut rest = &chunk[..];
         while !rest.is_empty() {
@@ -302,10 +569,10 @@ async fn tus_patch(State(sh): State<Arc<Shared>>, Path(id): Path<String>, Query(
             rest = &rest[take..];
             if buf.len() == BATCH {
                 if pos + BATCH as u64 > entry.size {
-                    result = Err(HttpError(StatusCode::BAD_REQUEST, "more data than Upload-Length".into()));
+                    result = Err(HttpError::bad_request("more data than Upload-Length"));
                     break;
                 }
-                if let Err(e) = sh.store.append(&entry, pos, &buf) {
+                if let Err(e) = sh.store.append(&entry, &appending, pos, &buf) {
                     result = Err(e.into());
                     break;
                 }
@@ -319,15 +586,18 @@ async fn tus_patch(State(sh): State<Arc<Shared>>, Path(id): Path<String>, Query(
     }
     if result.is_ok() && (!buf.is_empty() || entry.size == 0) {
         if pos + buf.len() as u64 > entry.size {
-            result = Err(HttpError(StatusCode::BAD_REQUEST, "more data than Upload-Length".into()));
-        } else if let Err(e) = sh.store.append(&entry, pos, &buf) {
+            result = Err(HttpError::bad_request("more data than Upload-Length"));
+        } else if let Err(e) = sh.store.append(&entry, &appending, pos, &buf) {
             result = Err(e.into());
         }
     }
+    drop(appending);
     let _ = sh.store.save_progress(&entry);
     result?;
-    Ok(tus_headers(Response::builder().status(StatusCode::NO_CONTENT))
-        .header("Upload-Offset", sh.store.sequential_offset(&entry))
-        .body(Body::empty())
-        .unwrap())
+    Ok(
+        tus_headers(Response::builder().status(StatusCode::NO_CONTENT))
+            .header("Upload-Offset", sh.store.sequential_offset(&entry))
+            .body(Body::empty())
+            .unwrap(),
+    )
 }

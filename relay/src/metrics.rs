@@ -23,6 +23,12 @@ pub struct Metrics {
     pub connections: IntGauge,
     /// Files known (complete and partial).
     pub files: IntGauge,
+    /// Stored files that could not be opened at start-up: kept, not served, retried.
+    pub files_unavailable: IntGauge,
+    /// QUIC connections refused because a connection cap was reached.
+    pub connections_refused: IntCounter,
+    /// Uploads refused by a per-user limit (quota, unfinished uploads, start rate).
+    pub uploads_refused: IntCounter,
 }
 
 impl Metrics {
@@ -40,15 +46,62 @@ impl Metrics {
             m
         }
         Metrics {
-            bytes_received: c(registry, "relay_bytes_received_total", "Verified file bytes received and stored"),
-            bytes_sent: c(registry, "relay_bytes_sent_total", "File bytes sent to downloaders (QUIC and HTTP)"),
-            uploads_completed: c(registry, "relay_uploads_completed_total", "Uploads completed, verified and published"),
-            dedup_hits: c(registry, "relay_dedup_hits_total", "Uploads served from content already stored"),
-            hash_mismatches: c(registry, "relay_hash_mismatches_total", "Data groups refused because they did not match the hash"),
-            proof_failures: c(registry, "relay_proof_failures_total", "Failed proofs of possession on deduplicated uploads"),
-            auth_failures: c(registry, "relay_auth_failures_total", "Requests refused for a missing, bad, expired or insufficient token"),
+            bytes_received: c(
+                registry,
+                "relay_bytes_received_total",
+                "Verified file bytes received and stored",
+            ),
+            bytes_sent: c(
+                registry,
+                "relay_bytes_sent_total",
+                "File bytes sent to downloaders (QUIC and HTTP)",
+            ),
+            uploads_completed: c(
+                registry,
+                "relay_uploads_completed_total",
+                "Uploads completed, verified and published",
+            ),
+            dedup_hits: c(
+                registry,
+                "relay_dedup_hits_total",
+                "Uploads served from content already stored",
+            ),
+            hash_mismatches: c(
+                registry,
+                "relay_hash_mismatches_total",
+                "Data groups refused because they did not match the hash",
+            ),
+            proof_failures: c(
+                registry,
+                "relay_proof_failures_total",
+                "Failed proofs of possession on deduplicated uploads",
+            ),
+            auth_failures: c(
+                registry,
+                "relay_auth_failures_total",
+                "Requests refused for a missing, bad, expired or insufficient token",
+            ),
             connections: g(registry, "relay_connections", "QUIC connections open"),
-            files: g(registry, "relay_files", "Files stored (complete and partial)"),
+            files: g(
+                registry,
+                "relay_files",
+                "Files stored (complete and partial)",
+            ),
+            files_unavailable: g(
+                registry,
+                "relay_files_unavailable",
+                "Stored files that could not be opened at start-up (kept, retried)",
+            ),
+            connections_refused: c(
+                registry,
+                "relay_connections_refused_total",
+                "QUIC connections refused at the relay's connection caps",
+            ),
+            uploads_refused: c(
+                registry,
+                "relay_uploads_refused_total",
+                "Uploads refused by a per-user limit (quota, unfinished uploads, start rate)",
+            ),
         }
     }
 }

@@ -13,6 +13,16 @@ pub const VERSION: u32 = 1;
 /// Largest control frame accepted.
 pub const MAX_FRAME: usize = 64 * 1024;
 
+/// QUIC application close codes of the relay's connections.
+/// The relay is shutting down.
+pub const CLOSE_SHUTDOWN: u32 = 0;
+/// `hello` was refused (its error frame says why) or did not come within `relay.auth_timeout`.
+pub const CLOSE_UNAUTHENTICATED: u32 = 1;
+/// The token's session was revoked (logout, session revoke).
+pub const CLOSE_REVOKED: u32 = 2;
+/// No request under way for `relay.idle_timeout`.
+pub const CLOSE_IDLE: u32 = 3;
+
 /// Client to server.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
@@ -20,14 +30,23 @@ pub enum Request {
     /// First request of a connection, on its first stream.
     Hello { version: u32, token: String },
     /// Declares an upload. The server answers `send_outboard`, `challenge` or `upload`.
-    Begin { name: String, mime: String, size: u64, hash: String },
+    Begin {
+        name: String,
+        mime: String,
+        size: u64,
+        hash: String,
+    },
     /// Answer to a `challenge`: keyed BLAKE3 of the whole content, key = the nonce.
     Prove { mac: String },
     /// Stores `len` bytes at `offset`; the bytes follow the frame. `offset` is a multiple
     /// of 16 KiB and `len` too, unless the range ends at the end of the file.
     Put { file: String, offset: u64, len: u64 },
     /// Reads `len` bytes (to the end if absent) from `offset`.
-    Get { file: String, offset: u64, len: Option<u64> },
+    Get {
+        file: String,
+        offset: u64,
+        len: Option<u64>,
+    },
     /// Describes a file.
     Stat { file: String },
     /// Sends the file's outboard (32 bytes per 16 KiB group).
@@ -38,21 +57,42 @@ pub enum Request {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Response {
-    Welcome { user: String, max_file_size: u64 },
+    Welcome {
+        user: String,
+        max_file_size: u64,
+    },
     /// Send the outboard (`len` bytes) on this stream now.
-    SendOutboard { len: u64 },
+    SendOutboard {
+        len: u64,
+    },
     /// The content is already stored: prove you have it (see `prove`).
-    Challenge { nonce: String },
+    Challenge {
+        nonce: String,
+    },
     /// The upload session: the file id and the group ranges `[start, end)` to send.
-    Upload { file: String, complete: bool, missing: Vec<(u64, u64)> },
+    Upload {
+        file: String,
+        complete: bool,
+        missing: Vec<(u64, u64)>,
+    },
     /// A `put` was stored and verified.
-    Stored { complete: bool },
+    Stored {
+        complete: bool,
+    },
     /// `len` bytes from `offset` follow.
-    Data { offset: u64, len: u64 },
+    Data {
+        offset: u64,
+        len: u64,
+    },
     Stat(FileInfo),
     /// `len` bytes of outboard follow.
-    OutboardData { len: u64 },
-    Error { code: ErrorCode, message: String },
+    OutboardData {
+        len: u64,
+    },
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
 }
 
 /// Description of a stored file.
@@ -91,6 +131,16 @@ pub enum ErrorCode {
     TooLarge,
     /// The user's quota would be exceeded.
     QuotaExceeded,
+    /// The user has as many unfinished uploads as allowed (`relay.max_partial_uploads`).
+    TooManyPartialUploads,
+    /// The user's unfinished uploads would declare more bytes than allowed
+    /// (`relay.max_partial_bytes`).
+    PartialQuotaExceeded,
+    /// The user started too many uploads in the last minute; the message says when to retry.
+    RateLimited,
+    /// No byte moved for `relay.stall_timeout`: the transfer was ended (what was stored
+    /// is kept; resume).
+    Timeout,
     /// The server's disk is full; the partial upload is kept, retry later.
     DiskFull,
     /// No such file (or it expired).
@@ -105,7 +155,10 @@ pub enum ErrorCode {
 
 impl std::fmt::Display for ErrorCode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let s = serde_json::to_value(self).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+        let s = serde_json::to_value(self)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
         f.write_str(&s)
     }
 }
@@ -126,7 +179,10 @@ pub enum FrameError {
 }
 
 /// Writes one frame.
-pub async fn write_frame<T: Serialize>(send: &mut quinn::SendStream, msg: &T) -> Result<(), FrameError> {
+pub async fn write_frame<T: Serialize>(
+    send: &mut quinn::SendStream,
+    msg: &T,
+) -> Result<(), FrameError> {
     let body = serde_json::to_vec(msg)?;
     if body.len() > MAX_FRAME {
         return Err(FrameError::TooLarge(body.len()));
@@ -139,7 +195,9 @@ pub async fn write_frame<T: Serialize>(send: &mut quinn::SendStream, msg: &T) ->
 }
 
 /// Reads one frame.
-pub async fn read_frame<T: for<'de> Deserialize<'de>>(recv: &mut quinn::RecvStream) -> Result<T, FrameError> {
+pub async fn read_frame<T: for<'de> Deserialize<'de>>(
+    recv: &mut quinn::RecvStream,
+) -> Result<T, FrameError> {
     let mut len = [0u8; 4];
     match recv.read_exact(&mut len).await {
         Ok(()) => {}
@@ -162,7 +220,9 @@ pub fn new_file_id() -> String {
 
 /// Whether `s` looks like a file id (so it is safe in a path).
 pub fn is_file_id(s: &str) -> bool {
-    s.len() == 32 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.len() == 32
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// Parses a 32-byte hex hash.

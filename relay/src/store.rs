@@ -1,25 +1,40 @@
-//! File records, upload sessions, verification on write, quotas and expiry.
+//! File records, upload sessions, verification on write, limits and expiry.
 //!
 //! A *file* is a record (`files/<id>.json`: owner, name, type, size, hash, times) that
 //! points at a blob: its own partial blob while the upload is under way, then the
 //! complete blob of its hash, shared with every other file of the same content.
 //! Nothing unverified is ever written: each 16 KiB group is checked against the
 //! outboard before it reaches the disk, and a file is published when every group is.
+//!
+//! No descriptor is held per file: blobs are opened on use through a small cache
+//! ([`crate::handles`]). Files are deleted only by expiry or quota-driven removal, never
+//! because a blob could not be opened, and always record first, blob after: a crash in
+//! between leaves an orphan blob, which the next start-up deletes; never a record
+//! without its blob. Completion is the other way round (the record says "complete",
+//! then the blob moves), and a start-up finishes a move a crash cut short. Start-up
+//! itself is in [`load`].
 
-use std::collections::HashMap;
+mod load;
+
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
 
+use common::pii::Pii;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use crate::backend::{Backend, Blob, Part};
 use crate::bitmap::Bitmap;
+use crate::clock::Clock;
+use crate::handles::{Handles, Loc};
 use crate::metrics::Metrics;
 use crate::proto::{ErrorCode, FileInfo};
+use crate::rate::PerMinute;
 use crate::tree::{self, CV_LEN, GROUP_SIZE};
 
 /// Why a store operation failed. `Display` is safe to show the client.
@@ -29,16 +44,32 @@ pub enum StoreError {
     TooLarge { size: u64, limit: u64 },
     #[error("upload of {size} bytes would exceed your quota: {used} of {quota} bytes used")]
     QuotaExceeded { size: u64, used: u64, quota: u64 },
+    #[error(
+        "you have {limit} unfinished uploads, the most allowed: finish one (or wait for one to expire) before starting another"
+    )]
+    TooManyPartialUploads { limit: u32 },
+    #[error(
+        "upload of {size} bytes would exceed the bytes your unfinished uploads may declare: {used} of {limit} bytes declared; finish one first"
+    )]
+    PartialQuotaExceeded { size: u64, used: u64, limit: u64 },
+    #[error("too many uploads started: at most {per_minute} a minute; retry in {retry_after} s")]
+    RateLimited { retry_after: u64, per_minute: u32 },
     #[error("the server's disk is full: what was received is kept, retry later to resume")]
     DiskFull,
     #[error("no such file (it may have expired)")]
     NotFound,
+    #[error("this file cannot be read on the relay right now; retry later")]
+    Unavailable,
     #[error("data of group {group} (bytes {start}..) does not match the file's hash")]
     HashMismatch { group: u64, start: u64 },
     #[error("the outboard does not match the declared hash")]
     OutboardMismatch,
     #[error("proof of possession failed")]
     ProofFailed,
+    #[error(
+        "the transfer stalled (no data moved for too long) and was ended; what was stored is kept: resume it"
+    )]
+    Stalled,
     #[error("{0}")]
     BadRequest(String),
     #[error("storage error")]
@@ -50,12 +81,18 @@ impl StoreError {
         match self {
             StoreError::TooLarge { .. } => ErrorCode::TooLarge,
             StoreError::QuotaExceeded { .. } => ErrorCode::QuotaExceeded,
+            StoreError::TooManyPartialUploads { .. } => ErrorCode::TooManyPartialUploads,
+            StoreError::PartialQuotaExceeded { .. } => ErrorCode::PartialQuotaExceeded,
+            StoreError::RateLimited { .. } => ErrorCode::RateLimited,
             StoreError::DiskFull => ErrorCode::DiskFull,
             StoreError::NotFound => ErrorCode::NotFound,
-            StoreError::HashMismatch { .. } | StoreError::OutboardMismatch => ErrorCode::HashMismatch,
+            StoreError::HashMismatch { .. } | StoreError::OutboardMismatch => {
+                ErrorCode::HashMismatch
+            }
             StoreError::ProofFailed => ErrorCode::ProofFailed,
+            StoreError::Stalled => ErrorCode::Timeout,
             StoreError::BadRequest(_) => ErrorCode::BadRequest,
-            StoreError::Io(_) => ErrorCode::Internal,
+            StoreError::Unavailable | StoreError::Io(_) => ErrorCode::Internal,
         }
     }
 }
@@ -75,6 +112,31 @@ pub struct Limits {
     /// Bytes one user may keep stored (complete and partial); 0 = unlimited.
     pub user_quota: u64,
     pub ttl: Duration,
+    /// Unfinished uploads one user may have; 0 = unlimited.
+    pub max_partial_uploads: u32,
+    /// Bytes (declared sizes) of one user's unfinished uploads; 0 = unlimited.
+    pub max_partial_bytes: u64,
+    /// New uploads one user may start a minute (bursts of as many); 0 = unlimited.
+    pub upload_starts_per_minute: u32,
+}
+
+impl Limits {
+    pub fn of(c: &crate::Config) -> Limits {
+        Limits {
+            max_file_size: c.max_file_size,
+            user_quota: c.user_quota,
+            ttl: c.ttl,
+            max_partial_uploads: c.max_partial_uploads,
+            max_partial_bytes: c.max_partial_bytes,
+            upload_starts_per_minute: c.upload_starts_per_minute,
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits::of(&crate::Config::default())
+    }
 }
 
 /// What is persisted of a file.
@@ -104,6 +166,8 @@ pub struct Entry {
     state: Mutex<State>,
     /// Bumped whenever groups are added or the file completes or is removed.
     changed: tokio::sync::watch::Sender<u64>,
+    /// An HTTP request is appending to this (sequential) upload.
+    appending: AtomicBool,
 }
 
 struct State {
@@ -111,18 +175,45 @@ struct State {
     complete: bool,
     removed: bool,
     have: Bitmap,
-    data: Arc<dyn Blob>,
-    outboard: Arc<dyn Blob>,
     /// Groups added since the bitmap was last saved.
     dirty: bool,
     /// HTTP sequential uploads: root builder over the groups received so far.
     sequential: Option<tree::RootBuilder>,
 }
 
+/// The right to append to a sequential upload, held by one request at a time.
+pub struct Appending<'a>(&'a Entry);
+
+impl Drop for Appending<'_> {
+    fn drop(&mut self) {
+        self.0.appending.store(false, Ordering::Release);
+    }
+}
+
 impl Entry {
+    fn new(rec: &Record, state: State) -> Entry {
+        Entry {
+            id: rec.id.clone(),
+            owner: rec.owner.clone(),
+            name: rec.name.clone(),
+            mime: rec.mime.clone(),
+            size: rec.size,
+            created: rec.created,
+            expires: rec.expires,
+            groups: tree::group_count(rec.size),
+            state: Mutex::new(state),
+            changed: tokio::sync::watch::Sender::new(0),
+            appending: AtomicBool::new(false),
+        }
+    }
+
     pub fn info(&self) -> FileInfo {
         let st = self.state.lock();
-        let stored = if st.complete { self.size } else { stored_bytes(&st.have, self.size) };
+        let stored = if st.complete {
+            self.size
+        } else {
+            stored_bytes(&st.have, self.size)
+        };
         FileInfo {
             id: self.id.clone(),
             name: self.name.clone(),
@@ -147,12 +238,24 @@ impl Entry {
     /// Missing group ranges (empty when complete).
     pub fn missing(&self) -> Vec<(u64, u64)> {
         let st = self.state.lock();
-        if st.complete { Vec::new() } else { st.have.missing() }
+        if st.complete {
+            Vec::new()
+        } else {
+            st.have.missing()
+        }
     }
 
     /// Watches changes (new groups, completion, removal).
     pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
         self.changed.subscribe()
+    }
+
+    /// The right to append (HTTP upload), unless another request holds it.
+    pub fn try_append(&self) -> Option<Appending<'_>> {
+        self.appending
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .ok()
+            .map(|_| Appending(self))
     }
 
     /// Number of consecutive groups readable from `group`, at most `max`; `Err` if the
@@ -168,22 +271,11 @@ impl Entry {
         Ok(st.have.run_from(group, max))
     }
 
-    /// Reads bytes (the caller checked they are present).
-    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<usize, StoreError> {
-        let data = self.state.lock().data.clone();
-        data.read_at(buf, offset).map_err(io_err)
-    }
-
-    /// Reads outboard bytes; `None` while the hash is unknown (HTTP upload under way).
-    pub fn read_outboard(&self, buf: &mut [u8], offset: u64) -> Result<Option<usize>, StoreError> {
-        let (ob, known) = {
-            let st = self.state.lock();
-            (st.outboard.clone(), st.hash.is_some())
-        };
-        if !known {
-            return Ok(None);
+    fn loc(&self, st: &State) -> Loc {
+        match (st.complete, st.hash) {
+            (true, Some(h)) => Loc::Complete(h),
+            _ => Loc::Partial(self.id.clone()),
         }
-        ob.read_at(buf, offset).map(Some).map_err(io_err)
     }
 
     fn record(&self, st: &State) -> Record {
@@ -207,7 +299,11 @@ fn stored_bytes(have: &Bitmap, size: u64) -> u64 {
         return 0;
     }
     let last = have.len() - 1;
-    if have.get(last) { (n - 1) * GROUP_SIZE + tree::group_len(size, last) as u64 } else { n * GROUP_SIZE }
+    if have.get(last) {
+        (n - 1) * GROUP_SIZE + tree::group_len(size, last) as u64
+    } else {
+        n * GROUP_SIZE
+    }
 }
 
 /// Outcome of [`Store::begin`].
@@ -220,6 +316,17 @@ pub enum Begin {
     New,
 }
 
+/// What one user has stored.
+#[derive(Default, Debug, Clone, Copy)]
+struct Usage {
+    /// Declared sizes of all their files.
+    bytes: u64,
+    /// Unfinished uploads.
+    partials: u32,
+    /// Declared sizes of their unfinished uploads.
+    partial_bytes: u64,
+}
+
 #[derive(Default)]
 struct Index {
     files: HashMap<String, Arc<Entry>>,
@@ -227,43 +334,137 @@ struct Index {
     partial: HashMap<(String, [u8; 32]), String>,
     /// Complete blob hash -> number of complete files pointing at it.
     refs: HashMap<[u8; 32], u32>,
-    /// Owner -> bytes of their files.
-    usage: HashMap<String, u64>,
-    /// Outstanding dedup challenges: (owner, hash) -> nonce.
-    challenges: HashMap<(String, [u8; 32]), [u8; 32]>,
+    usage: HashMap<String, Usage>,
+    /// Outstanding dedup challenges: (owner, hash) -> (nonce, issued at ms).
+    challenges: HashMap<(String, [u8; 32]), ([u8; 32], u64)>,
 }
+
+impl Index {
+    fn usage(&self, owner: &str) -> Usage {
+        self.usage.get(owner).copied().unwrap_or_default()
+    }
+
+    /// Adjusts `owner`'s usage for a file of `size` bytes: added (`+1`) or removed
+    /// (`-1`), partial or complete.
+    fn account(&mut self, owner: &str, size: u64, partial: bool, add: bool) {
+        let u = self.usage.entry(owner.to_owned()).or_default();
+        if add {
+            u.bytes += size;
+            if partial {
+                u.partials += 1;
+                u.partial_bytes += size;
+            }
+        } else {
+            u.bytes = u.bytes.saturating_sub(size);
+            if partial {
+                u.partials = u.partials.saturating_sub(1);
+                u.partial_bytes = u.partial_bytes.saturating_sub(size);
+            }
+        }
+        if u.bytes == 0 && u.partials == 0 {
+            self.usage.remove(owner);
+        }
+    }
+
+    /// Adds a loaded or new entry and its accounting.
+    fn insert(&mut self, entry: Arc<Entry>) {
+        {
+            let st = entry.state.lock();
+            if st.complete {
+                *self
+                    .refs
+                    .entry(st.hash.expect("complete files have a hash"))
+                    .or_default() += 1;
+            } else if let Some(h) = st.hash {
+                self.partial
+                    .insert((entry.owner.clone(), h), entry.id.clone());
+            }
+            let partial = !st.complete;
+            drop(st);
+            self.account(&entry.owner, entry.size, partial, true);
+        }
+        self.files.insert(entry.id.clone(), entry);
+    }
+}
+
+/// How long a dedup challenge stays open.
+const CHALLENGE_TTL_MS: u64 = 10 * 60 * 1000;
 
 /// The relay's storage.
 pub struct Store {
     dir: PathBuf,
     backend: Arc<dyn Backend>,
+    handles: Handles,
     limits: Limits,
+    clock: Clock,
+    starts: PerMinute,
     index: Mutex<Index>,
+    /// Records on disk that could not be read or their blobs opened yet (an I/O error
+    /// such as too many open files): kept, reported, and retried by [`Store::retry_pending`].
+    pending: Mutex<HashSet<String>>,
+    /// Records on disk that cannot be parsed: kept for an operator to look at.
+    corrupt: AtomicUsize,
     metrics: Metrics,
 }
 
-fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
-}
-
-fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)
+/// Writes `path` through a temporary file and a rename, so it is either the old or the
+/// new content. With `durable`, the content and the rename reach the disk first.
+fn write_atomic(path: &Path, bytes: &[u8], durable: bool) -> io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    {
+        use std::io::Write as _;
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        if durable {
+            f.sync_data()?;
+        }
+    }
+    std::fs::rename(&tmp, path)?;
+    if durable {
+        if let Some(dir) = path.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+    }
+    Ok(())
 }
 
 impl Store {
     /// Opens the store in `dir` (records in `dir/files`), reloading every file: complete
     /// ones as they are, partial ones with the groups saved as present re-verified.
-    pub fn open(dir: &Path, backend: Arc<dyn Backend>, limits: Limits, metrics: Metrics) -> io::Result<Store> {
+    /// Files whose blobs cannot be opened now are kept and retried (see
+    /// [`Store::retry_pending`]); nothing is deleted for it.
+    pub fn open(
+        dir: &Path,
+        backend: Arc<dyn Backend>,
+        limits: Limits,
+        clock: Clock,
+        metrics: Metrics,
+    ) -> io::Result<Store> {
         std::fs::create_dir_all(dir.join("files"))?;
-        let store = Store { dir: dir.to_owned(), backend, limits, index: Mutex::new(Index::default()), metrics };
+        let store = Store {
+            dir: dir.to_owned(),
+            handles: Handles::new(backend.clone(), crate::handles::default_capacity()),
+            backend,
+            starts: PerMinute::new(limits.upload_starts_per_minute),
+            limits,
+            clock,
+            index: Mutex::new(Index::default()),
+            pending: Mutex::new(HashSet::new()),
+            corrupt: AtomicUsize::new(0),
+            metrics,
+        };
         store.reload()?;
         Ok(store)
     }
 
     pub fn limits(&self) -> &Limits {
         &self.limits
+    }
+
+    pub fn clock(&self) -> &Clock {
+        &self.clock
     }
 
     fn record_path(&self, id: &str) -> PathBuf {
@@ -274,165 +475,178 @@ impl Store {
         self.dir.join("files").join(format!("{id}.have"))
     }
 
-    fn reload(&self) -> io::Result<()> {
-        let (partials, blobs) = self.backend.list()?;
-        let mut idx = self.index.lock();
-        for e in std::fs::read_dir(self.dir.join("files"))? {
-            let path = e?.path();
-            if path.extension().and_then(|e| e.to_str()) != Some("json") {
-                continue;
-            }
-            let rec: Record = match std::fs::read(&path).map_err(|e| e.to_string()).and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string())) {
-                Ok(r) => r,
-                Err(e) => {
-                    warn!(path = %path.display(), error = %e, "skipping unreadable file record");
-                    continue;
-                }
-            };
-            match self.load_entry(&rec) {
-                Ok(entry) => {
-                    let st = entry.state.lock();
-                    if st.complete {
-                        *idx.refs.entry(st.hash.unwrap()).or_default() += 1;
-                    } else if let Some(h) = st.hash {
-                        idx.partial.insert((entry.owner.clone(), h), entry.id.clone());
-                    }
-                    drop(st);
-                    *idx.usage.entry(entry.owner.clone()).or_default() += entry.size;
-                    idx.files.insert(entry.id.clone(), Arc::new(entry));
-                }
-                Err(e) => {
-                    warn!(file = %rec.id, error = %e, "dropping file whose blob is gone");
-                    let _ = std::fs::remove_file(&path);
-                }
-            }
-        }
-        // Blobs no record points at are leftovers of a crash between steps.
-        for id in partials {
-            if idx.files.get(&id).is_none_or(|e| e.is_complete()) {
-                self.backend.delete_partial(&id);
-            }
-        }
-        for h in blobs {
-            let known = tree_hash(&h).is_some_and(|h| idx.refs.contains_key(&h));
-            if !known {
-                self.backend.delete_complete(&h);
-            }
-        }
-        self.metrics.files.set(idx.files.len() as i64);
-        info!(files = idx.files.len(), "relay store loaded");
-        Ok(())
+    /// Writes a file's record; a complete file's record reaches the disk before this
+    /// returns (a crash must not lose a file the user was told is stored, nor undo the
+    /// record of a completion whose blob is then moved).
+    fn write_record(&self, rec: &Record) -> io::Result<()> {
+        write_atomic(
+            &self.record_path(&rec.id),
+            &serde_json::to_vec(rec).expect("a record serializes"),
+            rec.complete,
+        )
     }
 
-    fn load_entry(&self, rec: &Record) -> Result<Entry, StoreError> {
-        if !crate::proto::is_file_id(&rec.id) {
-            return Err(StoreError::BadRequest("bad id".into()));
-        }
-        let groups = tree::group_count(rec.size);
-        let hash = match &rec.hash {
-            Some(h) => Some(tree_hash(h).ok_or_else(|| StoreError::BadRequest("bad hash".into()))?),
-            None => None,
-        };
-        let (data, outboard, have, sequential) = if rec.complete {
-            let h = rec.hash.as_deref().ok_or(StoreError::NotFound)?;
-            let data = self.backend.open_complete(h, Part::Data)?.ok_or(StoreError::NotFound)?;
-            let ob = self.backend.open_complete(h, Part::Outboard)?.ok_or(StoreError::NotFound)?;
-            (data, ob, Bitmap::new(0), None)
-        } else {
-            let data = self.backend.open_partial(&rec.id, Part::Data)?;
-            let ob = self.backend.open_partial(&rec.id, Part::Outboard)?;
-            let saved = std::fs::read(self.have_path(&rec.id)).ok();
-            let mut have = saved.and_then(|b| Bitmap::from_bytes(groups, &b)).unwrap_or_else(|| Bitmap::new(groups));
-            let sequential = if hash.is_none() {
-                // Sequential (HTTP) upload: keep only the verified prefix; the builder
-                // is rebuilt from the outboard written so far.
-                let n = have.run_from(0, groups);
-                let mut b = tree::RootBuilder::new(groups);
-                let mut cv = [0u8; CV_LEN];
-                for g in 0..n {
-                    ob.read_at(&mut cv, g * CV_LEN as u64)?;
-                    b.push(&cv);
-                }
-                have = Bitmap::new(groups);
-                for g in 0..n {
-                    have.set(g);
-                }
-                Some(b)
-            } else {
-                None
-            };
-            // Re-verify what the bitmap claims, in case the machine lost written pages.
-            let mut buf = vec![0u8; GROUP_SIZE as usize];
-            let mut cv = [0u8; CV_LEN];
-            let mut bad = 0;
-            for g in 0..groups {
-                if !have.get(g) {
-                    continue;
-                }
-                let len = tree::group_len(rec.size, g);
-                let ok = data.read_at(&mut buf[..len], g * GROUP_SIZE)? == len
-                    && ob.read_at(&mut cv, g * CV_LEN as u64)? == CV_LEN
-                    && tree::group_cv(&buf[..len], g, groups) == cv;
-                if !ok {
-                    have.clear(g);
-                    bad += 1;
-                }
-            }
-            if bad > 0 {
-                warn!(file = %rec.id, groups = bad, "partial upload had groups that no longer verify; they will be sent again");
-            }
-            (data, ob, have, sequential)
-        };
-        Ok(Entry {
-            id: rec.id.clone(),
-            owner: rec.owner.clone(),
-            name: rec.name.clone(),
-            mime: rec.mime.clone(),
-            size: rec.size,
-            created: rec.created,
-            expires: rec.expires,
-            groups,
-            state: Mutex::new(State { hash, complete: rec.complete, removed: false, have, data, outboard, dirty: false, sequential }),
-            changed: tokio::sync::watch::Sender::new(0),
-        })
+    /// Whether some record on disk is not loaded (unreadable for now, or corrupt): then
+    /// no complete blob is deleted, since such a record may point at it. Blobs left
+    /// behind are orphans the next start-up deletes.
+    fn blind(&self) -> bool {
+        self.corrupt.load(Ordering::Relaxed) > 0 || !self.pending.lock().is_empty()
     }
 
     /// A file by id.
     pub fn get(&self, id: &str) -> Result<Arc<Entry>, StoreError> {
-        let e = self.index.lock().files.get(id).cloned().ok_or(StoreError::NotFound)?;
-        if e.expires <= now() {
-            return Err(StoreError::NotFound);
+        let found = self.index.lock().files.get(id).cloned();
+        match found {
+            Some(e) if e.expires > self.clock.now_secs() => Ok(e),
+            Some(_) => Err(StoreError::NotFound),
+            None if self.pending.lock().contains(id) => Err(StoreError::Unavailable),
+            None => Err(StoreError::NotFound),
         }
-        Ok(e)
     }
 
-    fn check_new(&self, idx: &Index, owner: &str, size: u64) -> Result<(), StoreError> {
-        if size > self.limits.max_file_size {
-            return Err(StoreError::TooLarge { size, limit: self.limits.max_file_size });
+    /// An open handle on a part of `entry`'s blob.
+    fn blob(&self, entry: &Entry, part: Part) -> Result<Arc<dyn Blob>, StoreError> {
+        // Twice: the upload may complete (its partial blob moves) between reading where
+        // the bytes are and opening them.
+        for _ in 0..2 {
+            let loc = {
+                let st = entry.state.lock();
+                if st.removed {
+                    return Err(StoreError::NotFound);
+                }
+                entry.loc(&st)
+            };
+            match self.handles.get(&loc, part) {
+                Ok(b) => return Ok(b),
+                Err(e) if e.kind() == io::ErrorKind::NotFound && matches!(loc, Loc::Partial(_)) => {
+                    continue;
+                }
+                Err(e) => return Err(io_err(e)),
+            }
         }
-        let used = idx.usage.get(owner).copied().unwrap_or(0);
-        if self.limits.user_quota > 0 && used + size > self.limits.user_quota {
-            return Err(StoreError::QuotaExceeded { size, used, quota: self.limits.user_quota });
+        Err(StoreError::Io(io::Error::other("a stored blob is missing")))
+    }
+
+    /// Reads bytes of `entry` (the caller checked they are present).
+    pub fn read_at(&self, entry: &Entry, buf: &mut [u8], offset: u64) -> Result<usize, StoreError> {
+        self.blob(entry, Part::Data)?
+            .read_at(buf, offset)
+            .map_err(io_err)
+    }
+
+    /// Reads outboard bytes; `None` while the hash is unknown (HTTP upload under way).
+    pub fn read_outboard(
+        &self,
+        entry: &Entry,
+        buf: &mut [u8],
+        offset: u64,
+    ) -> Result<Option<usize>, StoreError> {
+        if entry.hash().is_none() {
+            return Ok(None);
+        }
+        self.blob(entry, Part::Outboard)?
+            .read_at(buf, offset)
+            .map(Some)
+            .map_err(io_err)
+    }
+
+    /// Checks a new file of `size` bytes by `owner` against the size limit, the quota
+    /// and, for an upload that will be partial for a while, the limits on partial uploads.
+    fn check_new(
+        &self,
+        idx: &Index,
+        owner: &str,
+        size: u64,
+        partial: bool,
+    ) -> Result<(), StoreError> {
+        let l = &self.limits;
+        if size > l.max_file_size {
+            return Err(StoreError::TooLarge {
+                size,
+                limit: l.max_file_size,
+            });
+        }
+        let u = idx.usage(owner);
+        if l.user_quota > 0 && u.bytes + size > l.user_quota {
+            return Err(StoreError::QuotaExceeded {
+                size,
+                used: u.bytes,
+                quota: l.user_quota,
+            });
+        }
+        if partial {
+            if l.max_partial_uploads > 0 && u.partials >= l.max_partial_uploads {
+                return Err(StoreError::TooManyPartialUploads {
+                    limit: l.max_partial_uploads,
+                });
+            }
+            if l.max_partial_bytes > 0 && u.partial_bytes + size > l.max_partial_bytes {
+                return Err(StoreError::PartialQuotaExceeded {
+                    size,
+                    used: u.partial_bytes,
+                    limit: l.max_partial_bytes,
+                });
+            }
         }
         Ok(())
     }
 
+    /// Counts one upload start of `owner` against the rate limit.
+    fn take_start(&self, owner: &str) -> Result<(), StoreError> {
+        self.starts.take(owner, self.clock.now_ms()).map_err(|ms| {
+            self.metrics.uploads_refused.inc();
+            StoreError::RateLimited {
+                retry_after: ms.div_ceil(1000),
+                per_minute: self.limits.upload_starts_per_minute,
+            }
+        })
+    }
+
+    fn check_disk(&self, size: u64) -> Result<(), StoreError> {
+        match self.backend.free_space() {
+            Some(free) if free < size + tree::outboard_len(size) => Err(StoreError::DiskFull),
+            _ => Ok(()),
+        }
+    }
+
+    fn refused<T>(&self, r: Result<T, StoreError>) -> Result<T, StoreError> {
+        if let Err(
+            StoreError::TooManyPartialUploads { .. }
+            | StoreError::PartialQuotaExceeded { .. }
+            | StoreError::QuotaExceeded { .. },
+        ) = &r
+        {
+            self.metrics.uploads_refused.inc();
+        }
+        r
+    }
+
     /// Declares an upload of `size` bytes with BLAKE3 `hash` by `owner`.
     /// Uploading again a file this user already has complete (same content and name)
-    /// gives that file back.
-    pub fn begin(&self, owner: &str, name: &str, size: u64, hash: &[u8; 32]) -> Result<Begin, StoreError> {
+    /// gives that file back. Resuming is not an upload start; anything else is.
+    pub fn begin(
+        &self,
+        owner: &str,
+        name: &str,
+        size: u64,
+        hash: &[u8; 32],
+    ) -> Result<Begin, StoreError> {
         if size > self.limits.max_file_size {
-            return Err(StoreError::TooLarge { size, limit: self.limits.max_file_size });
+            return Err(StoreError::TooLarge {
+                size,
+                limit: self.limits.max_file_size,
+            });
         }
+        let t = self.clock.now_secs();
         let mut idx = self.index.lock();
         if let Some(id) = idx.partial.get(&(owner.to_owned(), *hash)) {
             let e = idx.files[id].clone();
-            if e.size == size && e.expires > now() {
+            if e.size == size && e.expires > t {
                 return Ok(Begin::Resume(e));
             }
         }
-        if idx.refs.contains_key(hash) {
-            let t = now();
+        let stored = idx.refs.contains_key(hash);
+        if stored {
             let mine = idx.files.values().find(|e| {
                 e.owner == owner && e.name == name && e.size == size && e.expires > t && {
                     let st = e.state.lock();
@@ -443,41 +657,57 @@ impl Store {
                 return Ok(Begin::Resume(e.clone()));
             }
         }
-        self.check_new(&idx, owner, size)?;
-        if idx.refs.contains_key(hash) {
+        self.refused(self.check_new(&idx, owner, size, !stored))?;
+        if stored {
+            self.take_start(owner)?;
             let nonce: [u8; 32] = rand::random();
-            idx.challenges.insert((owner.to_owned(), *hash), nonce);
+            idx.challenges
+                .insert((owner.to_owned(), *hash), (nonce, self.clock.now_ms()));
             return Ok(Begin::Dedup { nonce });
         }
         drop(idx);
-        if let Some(free) = self.backend.free_space() {
-            let need = size + tree::outboard_len(size);
-            if free < need {
-                return Err(StoreError::DiskFull);
-            }
-        }
+        self.check_disk(size)?;
+        self.take_start(owner)?;
         Ok(Begin::New)
     }
 
-    /// Checks a new upload of `size` bytes by `owner` against the limits, the quota and
-    /// the free space.
+    /// Checks a new upload of `size` bytes by `owner` (HTTP) against the limits, the
+    /// quotas, the free space and the rate of upload starts (it counts as one).
     pub fn check_new_upload(&self, owner: &str, size: u64) -> Result<(), StoreError> {
-        self.check_new(&self.index.lock(), owner, size)?;
-        if let Some(free) = self.backend.free_space() {
-            if free < size + tree::outboard_len(size) {
-                return Err(StoreError::DiskFull);
-            }
-        }
-        Ok(())
+        self.refused(self.check_new(&self.index.lock(), owner, size, true))?;
+        self.check_disk(size)?;
+        self.take_start(owner)
     }
 
     /// Answers a dedup challenge: checks `mac` = keyed BLAKE3 (key = nonce) of the
     /// stored content, and if right gives `owner` a new file of that content.
-    pub fn prove(&self, owner: &str, name: &str, mime: &str, size: u64, hash: &[u8; 32], mac: &[u8; 32]) -> Result<Arc<Entry>, StoreError> {
-        let nonce = self.index.lock().challenges.remove(&(owner.to_owned(), *hash)).ok_or_else(|| StoreError::BadRequest("no challenge is outstanding for this content".into()))?;
-        let h = hex::encode(hash);
-        let data = self.backend.open_complete(&h, Part::Data)?.ok_or(StoreError::NotFound)?;
-        let outboard = self.backend.open_complete(&h, Part::Outboard)?.ok_or(StoreError::NotFound)?;
+    pub fn prove(
+        &self,
+        owner: &str,
+        name: &str,
+        mime: &str,
+        size: u64,
+        hash: &[u8; 32],
+        mac: &[u8; 32],
+    ) -> Result<Arc<Entry>, StoreError> {
+        let (nonce, _) = self
+            .index
+            .lock()
+            .challenges
+            .remove(&(owner.to_owned(), *hash))
+            .ok_or_else(|| {
+                StoreError::BadRequest("no challenge is outstanding for this content".into())
+            })?;
+        let data = self
+            .handles
+            .get(&Loc::Complete(*hash), Part::Data)
+            .map_err(|e| {
+                if e.kind() == io::ErrorKind::NotFound {
+                    StoreError::NotFound
+                } else {
+                    io_err(e)
+                }
+            })?;
         let mut hasher = blake3::Hasher::new_keyed(&nonce);
         let mut buf = vec![0u8; 1 << 20];
         let mut off = 0u64;
@@ -489,42 +719,62 @@ impl Store {
             hasher.update(&buf[..n]);
             off += n as u64;
         }
-        if off != size {
-            return Err(StoreError::ProofFailed);
-        }
-        if hasher.finalize().as_bytes() != mac {
+        drop(data);
+        if off != size || hasher.finalize().as_bytes() != mac {
             self.metrics.proof_failures.inc();
             return Err(StoreError::ProofFailed);
         }
         let mut idx = self.index.lock();
-        self.check_new(&idx, owner, size)?;
-        let created = now();
-        let entry = Arc::new(Entry {
+        if !idx.refs.contains_key(hash) {
+            // Its last file expired meanwhile.
+            return Err(StoreError::NotFound);
+        }
+        self.refused(self.check_new(&idx, owner, size, false))?;
+        let created = self.clock.now_secs();
+        let rec = Record {
             id: crate::proto::new_file_id(),
             owner: owner.to_owned(),
             name: name.to_owned(),
             mime: mime.to_owned(),
             size,
+            hash: Some(hex::encode(hash)),
             created,
             expires: created + self.limits.ttl.as_secs(),
-            groups: tree::group_count(size),
-            state: Mutex::new(State { hash: Some(*hash), complete: true, removed: false, have: Bitmap::new(0), data, outboard, dirty: false, sequential: None }),
-            changed: tokio::sync::watch::Sender::new(0),
-        });
-        let rec = entry.record(&entry.state.lock());
-        write_atomic(&self.record_path(&entry.id), &serde_json::to_vec(&rec).unwrap()).map_err(io_err)?;
-        *idx.refs.entry(*hash).or_default() += 1;
-        *idx.usage.entry(owner.to_owned()).or_default() += size;
-        idx.files.insert(entry.id.clone(), entry.clone());
+            complete: true,
+        };
+        self.write_record(&rec).map_err(io_err)?;
+        let entry = Arc::new(Entry::new(
+            &rec,
+            State {
+                hash: Some(*hash),
+                complete: true,
+                removed: false,
+                have: Bitmap::new(0),
+                dirty: false,
+                sequential: None,
+            },
+        ));
+        idx.insert(entry.clone());
         self.metrics.files.set(idx.files.len() as i64);
         self.metrics.dedup_hits.inc();
         Ok(entry)
     }
 
-    /// Starts an outboard for a new upload: returns a writer to feed it to.
-    pub fn new_upload(&self, owner: &str, name: &str, mime: &str, size: u64, hash: Option<[u8; 32]>) -> Result<NewUpload, StoreError> {
+    /// Starts an outboard for a new upload: returns a writer to feed it to. Dropped
+    /// before [`Store::create`], it deletes what it wrote.
+    pub fn new_upload(
+        &self,
+        owner: &str,
+        name: &str,
+        mime: &str,
+        size: u64,
+        hash: Option<[u8; 32]>,
+    ) -> Result<NewUpload, StoreError> {
         let id = crate::proto::new_file_id();
-        let outboard = self.backend.create_partial(&id, Part::Outboard).map_err(io_err)?;
+        let outboard = self
+            .backend
+            .create_partial(&id, Part::Outboard)
+            .map_err(io_err)?;
         Ok(NewUpload {
             id,
             owner: owner.to_owned(),
@@ -532,7 +782,8 @@ impl Store {
             mime: mime.to_owned(),
             size,
             hash,
-            outboard,
+            outboard: Some(outboard),
+            backend: self.backend.clone(),
             written: 0,
             root: tree::RootBuilder::new(tree::group_count(size)),
             carry: Vec::new(),
@@ -541,54 +792,59 @@ impl Store {
 
     /// Drops an upload whose outboard was not fully received.
     pub fn discard_upload(&self, up: NewUpload) {
-        self.backend.delete_partial(&up.id);
+        drop(up);
     }
 
     /// Creates the file of a fully received outboard (checked against the hash).
-    pub fn create(&self, up: NewUpload) -> Result<Arc<Entry>, StoreError> {
+    pub fn create(&self, mut up: NewUpload) -> Result<Arc<Entry>, StoreError> {
         let groups = tree::group_count(up.size);
-        let fail = |e: StoreError| {
-            self.backend.delete_partial(&up.id);
-            e
-        };
         let sequential = match up.hash {
             Some(h) => {
-                if up.written != tree::outboard_len(up.size) || !up.carry.is_empty() || up.root.finish() != Some(h) {
-                    return Err(fail(StoreError::OutboardMismatch));
+                if up.written != tree::outboard_len(up.size)
+                    || !up.carry.is_empty()
+                    || up.root.root() != Some(h)
+                {
+                    return Err(StoreError::OutboardMismatch);
                 }
                 None
             }
             None => Some(tree::RootBuilder::new(groups)),
         };
-        let data = self.backend.create_partial(&up.id, Part::Data).map_err(|e| fail(io_err(e)))?;
+        let data = self
+            .backend
+            .create_partial(&up.id, Part::Data)
+            .map_err(io_err)?;
         let mut idx = self.index.lock();
-        if let Err(e) = self.check_new(&idx, &up.owner, up.size) {
-            drop(idx);
-            return Err(fail(e));
-        }
-        let created = now();
-        let entry = Arc::new(Entry {
+        self.refused(self.check_new(&idx, &up.owner, up.size, true))?;
+        let created = self.clock.now_secs();
+        let rec = Record {
             id: up.id.clone(),
             owner: up.owner.clone(),
-            name: up.name,
-            mime: up.mime,
+            name: std::mem::take(&mut up.name),
+            mime: std::mem::take(&mut up.mime),
             size: up.size,
+            hash: up.hash.map(hex::encode),
             created,
             expires: created + self.limits.ttl.as_secs(),
-            groups,
-            state: Mutex::new(State { hash: up.hash, complete: false, removed: false, have: Bitmap::new(groups), data, outboard: up.outboard, dirty: true, sequential }),
-            changed: tokio::sync::watch::Sender::new(0),
-        });
-        let rec = entry.record(&entry.state.lock());
-        if let Err(e) = write_atomic(&self.record_path(&entry.id), &serde_json::to_vec(&rec).unwrap()) {
-            drop(idx);
-            return Err(fail(io_err(e)));
-        }
-        if let Some(h) = up.hash {
-            idx.partial.insert((up.owner.clone(), h), entry.id.clone());
-        }
-        *idx.usage.entry(up.owner).or_default() += up.size;
-        idx.files.insert(entry.id.clone(), entry.clone());
+            complete: false,
+        };
+        self.write_record(&rec).map_err(io_err)?;
+        let outboard = up.outboard.take().expect("outboard until created");
+        let loc = Loc::Partial(up.id.clone());
+        self.handles.put(loc.clone(), Part::Outboard, outboard);
+        self.handles.put(loc, Part::Data, data);
+        let entry = Arc::new(Entry::new(
+            &rec,
+            State {
+                hash: up.hash,
+                complete: false,
+                removed: false,
+                have: Bitmap::new(groups),
+                dirty: true,
+                sequential,
+            },
+        ));
+        idx.insert(entry.clone());
         self.metrics.files.set(idx.files.len() as i64);
         Ok(entry)
     }
@@ -596,33 +852,54 @@ impl Store {
     /// Verifies and stores whole groups starting at group-aligned `offset`. `data` may
     /// hold several groups; only the file's last group may be short. Nothing is written
     /// unless every group in `data` verifies. Returns whether the file is now complete.
-    pub fn put(&self, entry: &Entry, offset: u64, data: &[u8], cvs: &mut Vec<u8>) -> Result<bool, StoreError> {
-        if !offset.is_multiple_of(GROUP_SIZE) || offset > entry.size || data.len() as u64 > entry.size - offset {
-            return Err(StoreError::BadRequest(format!("range {offset}+{} is not group-aligned or past the end of the file", data.len())));
+    pub fn put(
+        &self,
+        entry: &Entry,
+        offset: u64,
+        data: &[u8],
+        cvs: &mut Vec<u8>,
+    ) -> Result<bool, StoreError> {
+        if !offset.is_multiple_of(GROUP_SIZE)
+            || offset > entry.size
+            || data.len() as u64 > entry.size - offset
+        {
+            return Err(StoreError::BadRequest(format!(
+                "range {offset}+{} is not group-aligned or past the end of the file",
+                data.len()
+            )));
         }
         let first = offset / GROUP_SIZE;
         let end = offset + data.len() as u64;
         if end != entry.size && !end.is_multiple_of(GROUP_SIZE) {
-            return Err(StoreError::BadRequest("a put must end on a group boundary or at the end of the file".into()));
+            return Err(StoreError::BadRequest(
+                "a put must end on a group boundary or at the end of the file".into(),
+            ));
         }
-        let ngroups = if data.is_empty() { u64::from(entry.size == 0) } else { (data.len() as u64).div_ceil(GROUP_SIZE) };
-        let (ob, data_blob, complete) = {
+        let ngroups = if data.is_empty() {
+            u64::from(entry.size == 0)
+        } else {
+            (data.len() as u64).div_ceil(GROUP_SIZE)
+        };
+        {
             let st = entry.state.lock();
             if st.removed {
                 return Err(StoreError::NotFound);
             }
             if st.hash.is_none() {
-                return Err(StoreError::BadRequest("this upload is sequential (HTTP); continue it there".into()));
+                return Err(StoreError::BadRequest(
+                    "this upload is sequential (HTTP); continue it there".into(),
+                ));
             }
-            (st.outboard.clone(), st.data.clone(), st.complete)
-        };
-        if complete {
-            return Ok(true);
+            if st.complete {
+                return Ok(true);
+            }
         }
+        let ob = self.blob(entry, Part::Outboard)?;
         cvs.resize(ngroups as usize * CV_LEN, 0);
         if ob.read_at(cvs, first * CV_LEN as u64).map_err(io_err)? != cvs.len() {
             return Err(StoreError::Io(io::Error::other("short outboard")));
         }
+        drop(ob);
         for i in 0..ngroups {
             let g = first + i;
             let s = (i * GROUP_SIZE) as usize;
@@ -630,13 +907,21 @@ impl Store {
             let cv = tree::group_cv(&data[s..e], g, entry.groups);
             if cv[..] != cvs[i as usize * CV_LEN..][..CV_LEN] {
                 self.metrics.hash_mismatches.inc();
-                return Err(StoreError::HashMismatch { group: g, start: g * GROUP_SIZE });
+                return Err(StoreError::HashMismatch {
+                    group: g,
+                    start: g * GROUP_SIZE,
+                });
             }
         }
-        data_blob.write_at(data, offset).map_err(io_err)?;
+        self.blob(entry, Part::Data)?
+            .write_at(data, offset)
+            .map_err(io_err)?;
         self.metrics.bytes_received.inc_by(data.len() as u64);
         let full = {
             let mut st = entry.state.lock();
+            if st.complete {
+                return Ok(true);
+            }
             for i in 0..ngroups {
                 st.have.set(first + i);
             }
@@ -644,13 +929,24 @@ impl Store {
             st.have.is_full()
         };
         entry.changed.send_modify(|v| *v += 1);
-        if full { self.complete(entry).map(|_| true) } else { Ok(false) }
+        if full {
+            self.complete(entry).map(|_| true)
+        } else {
+            Ok(false)
+        }
     }
 
     /// Appends bytes to a sequential (HTTP) upload at `offset`, which must be the
-    /// number of bytes stored so far. The hash is computed as data arrives.
-    pub fn append(&self, entry: &Entry, offset: u64, data: &[u8]) -> Result<bool, StoreError> {
-        let (data_blob, ob, have_bytes) = {
+    /// number of bytes stored so far. The hash is computed as data arrives. The caller
+    /// holds the entry's [`Entry::try_append`].
+    pub fn append(
+        &self,
+        entry: &Entry,
+        _appending: &Appending<'_>,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<bool, StoreError> {
+        let have_bytes = {
             let st = entry.state.lock();
             if st.removed {
                 return Err(StoreError::NotFound);
@@ -658,13 +954,17 @@ impl Store {
             if st.sequential.is_none() {
                 return Err(StoreError::BadRequest("not a sequential upload".into()));
             }
-            (st.data.clone(), st.outboard.clone(), stored_bytes(&st.have, entry.size))
+            stored_bytes(&st.have, entry.size)
         };
         // The upload's offset is always a group boundary: bytes of a group not yet
         // complete when a request ends are sent again by the next one.
         if offset != have_bytes || data.len() as u64 > entry.size - offset {
-            return Err(StoreError::BadRequest(format!("offset {offset} does not match the upload's offset {have_bytes}, or the data runs past its end")));
+            return Err(StoreError::BadRequest(format!(
+                "offset {offset} does not match the upload's offset {have_bytes}, or the data runs past its end"
+            )));
         }
+        let data_blob = self.blob(entry, Part::Data)?;
+        let ob = self.blob(entry, Part::Outboard)?;
         data_blob.write_at(data, offset).map_err(io_err)?;
         self.metrics.bytes_received.inc_by(data.len() as u64);
         let end = offset + data.len() as u64;
@@ -678,21 +978,40 @@ impl Store {
             if gend > end || (len == 0 && entry.size != 0) {
                 break;
             }
-            data_blob.read_at(&mut buf[..len], g * GROUP_SIZE).map_err(io_err)?;
+            data_blob
+                .read_at(&mut buf[..len], g * GROUP_SIZE)
+                .map_err(io_err)?;
             let cv = tree::group_cv(&buf[..len], g, entry.groups);
             ob.write_at(&cv, g * CV_LEN as u64).map_err(io_err)?;
             let mut st = entry.state.lock();
-            st.sequential.as_mut().unwrap().push(&cv);
+            if st.have.get(g) {
+                return Err(StoreError::BadRequest(
+                    "this upload was appended to by another request".into(),
+                ));
+            }
+            let Some(b) = st.sequential.as_mut() else {
+                return Err(StoreError::BadRequest("not a sequential upload".into()));
+            };
+            b.push(&cv);
             st.have.set(g);
             st.dirty = true;
             added = true;
             g += 1;
         }
+        drop((data_blob, ob));
         let full = {
             let mut st = entry.state.lock();
             if st.have.is_full() {
-                let root = st.sequential.take().unwrap().finish().expect("all groups pushed");
-                st.hash = Some(root);
+                if st.hash.is_none() {
+                    let root = st
+                        .sequential
+                        .as_ref()
+                        .and_then(|b| b.root())
+                        .ok_or_else(|| {
+                            StoreError::Io(io::Error::other("upload hash incomplete"))
+                        })?;
+                    st.hash = Some(root);
+                }
                 true
             } else {
                 false
@@ -701,49 +1020,65 @@ impl Store {
         if added {
             entry.changed.send_modify(|v| *v += 1);
         }
-        if full { self.complete(entry).map(|_| true) } else { Ok(false) }
+        if full {
+            self.complete(entry).map(|_| true)
+        } else {
+            Ok(false)
+        }
     }
 
-    /// Bytes of a sequential upload received so far (including a partial last group
-    /// on disk is not tracked: resumption restarts at the last whole group).
+    /// Bytes of a sequential upload received so far (a partial last group on disk is
+    /// not counted: resumption restarts at the last whole group).
     pub fn sequential_offset(&self, entry: &Entry) -> u64 {
         let st = entry.state.lock();
-        if st.complete { entry.size } else { stored_bytes(&st.have, entry.size) }
+        if st.complete {
+            entry.size
+        } else {
+            stored_bytes(&st.have, entry.size)
+        }
     }
 
-    /// Publishes a fully received file.
+    /// Publishes a fully received file: its data made durable, its record marked
+    /// complete, then its blob moved under its hash (a start-up finishes that move if a
+    /// crash cut it short).
     fn complete(&self, entry: &Entry) -> Result<(), StoreError> {
-        let hash = {
+        {
             let st = entry.state.lock();
             if st.complete {
                 return Ok(());
             }
-            st.data.sync().map_err(io_err)?;
-            st.outboard.sync().map_err(io_err)?;
-            st.hash.expect("hash known when complete")
-        };
-        let h = hex::encode(hash);
+        }
+        self.blob(entry, Part::Data)?.sync().map_err(io_err)?;
+        self.blob(entry, Part::Outboard)?.sync().map_err(io_err)?;
         let mut idx = self.index.lock();
         let mut st = entry.state.lock();
-        if st.complete {
+        if st.complete || st.removed {
             return Ok(());
         }
-        self.backend.publish(&entry.id, &h).map_err(io_err)?;
-        st.data = self.backend.open_complete(&h, Part::Data).map_err(io_err)?.ok_or(StoreError::NotFound)?;
-        st.outboard = self.backend.open_complete(&h, Part::Outboard).map_err(io_err)?.ok_or(StoreError::NotFound)?;
+        let hash = st.hash.expect("hash known when complete");
+        let mut rec = entry.record(&st);
+        rec.complete = true;
+        self.write_record(&rec).map_err(io_err)?;
+        // Readers wait on the entry's lock while the blob moves.
+        self.backend
+            .publish(&entry.id, &hex::encode(hash))
+            .map_err(io_err)?;
         st.complete = true;
         st.dirty = false;
         st.have = Bitmap::new(0);
-        let rec = entry.record(&st);
+        st.sequential = None;
         drop(st);
-        write_atomic(&self.record_path(&entry.id), &serde_json::to_vec(&rec).unwrap()).map_err(io_err)?;
+        self.handles.forget(&Loc::Partial(entry.id.clone()));
         let _ = std::fs::remove_file(self.have_path(&entry.id));
         idx.partial.remove(&(entry.owner.clone(), hash));
         *idx.refs.entry(hash).or_default() += 1;
+        // No longer partial: it still counts against the quota.
+        idx.account(&entry.owner, entry.size, true, false);
+        idx.account(&entry.owner, entry.size, false, true);
         drop(idx);
         self.metrics.uploads_completed.inc();
         entry.changed.send_modify(|v| *v += 1);
-        info!(file = %entry.id, size = entry.size, "file complete and verified");
+        info!(file = %Pii(&entry.id), size = entry.size, "file complete and verified");
         Ok(())
     }
 
@@ -751,13 +1086,13 @@ impl Store {
     pub fn save_progress(&self, entry: &Entry) -> Result<(), StoreError> {
         let bytes = {
             let mut st = entry.state.lock();
-            if st.complete || !st.dirty {
+            if st.complete || st.removed || !st.dirty {
                 return Ok(());
             }
             st.dirty = false;
             st.have.to_bytes()
         };
-        write_atomic(&self.have_path(&entry.id), &bytes).map_err(io_err)
+        write_atomic(&self.have_path(&entry.id), &bytes, false).map_err(io_err)
     }
 
     /// Saves the progress of every partial upload.
@@ -765,35 +1100,60 @@ impl Store {
         let entries: Vec<_> = self.index.lock().files.values().cloned().collect();
         for e in entries {
             if let Err(err) = self.save_progress(&e) {
-                warn!(file = %e.id, error = %err, "saving upload progress failed");
+                warn!(file = %Pii(&e.id), error = %err, "saving upload progress failed");
             }
         }
     }
 
-    /// Deletes expired files; returns how many.
+    /// Deletes expired files; returns how many. Also forgets stale rate-limit and
+    /// challenge state.
     pub fn sweep(&self) -> usize {
-        let t = now();
-        let expired: Vec<_> = self.index.lock().files.values().filter(|e| e.expires <= t).cloned().collect();
+        let t = self.clock.now_secs();
+        let now_ms = self.clock.now_ms();
+        self.starts.prune(now_ms);
+        let expired: Vec<_> = {
+            let mut idx = self.index.lock();
+            idx.challenges
+                .retain(|_, (_, at)| *at + CHALLENGE_TTL_MS > now_ms);
+            idx.files
+                .values()
+                .filter(|e| e.expires <= t)
+                .cloned()
+                .collect()
+        };
+        let mut gone = 0;
         for e in &expired {
-            self.remove(e);
+            gone += usize::from(self.remove(e));
         }
-        expired.len()
+        gone
     }
 
-    fn remove(&self, entry: &Entry) {
+    /// Deletes a file: its record first, then its blob if no other file uses it.
+    /// Returns whether it was removed.
+    fn remove(&self, entry: &Entry) -> bool {
         let mut idx = self.index.lock();
-        if idx.files.remove(&entry.id).is_none() {
-            return;
+        if !idx.files.contains_key(&entry.id) {
+            return false;
         }
+        // Once the record is gone the file is gone; a crash before the blob is deleted
+        // leaves an orphan blob, which the next start-up deletes.
+        match std::fs::remove_file(self.record_path(&entry.id)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                warn!(file = %Pii(&entry.id), error = %e, "deleting a file record failed; the file is kept");
+                return false;
+            }
+            _ => {}
+        }
+        idx.files.remove(&entry.id);
         let mut st = entry.state.lock();
         st.removed = true;
-        if let Some(u) = idx.usage.get_mut(&entry.owner) {
-            *u = u.saturating_sub(entry.size);
-        }
-        let _ = std::fs::remove_file(self.record_path(&entry.id));
+        let complete = st.complete;
+        let hash = st.hash;
+        drop(st);
+        idx.account(&entry.owner, entry.size, !complete, false);
         let _ = std::fs::remove_file(self.have_path(&entry.id));
-        if st.complete {
-            let h = st.hash.unwrap();
+        if complete {
+            let h = hash.expect("complete files have a hash");
             let left = {
                 let r = idx.refs.entry(h).or_default();
                 *r = r.saturating_sub(1);
@@ -801,27 +1161,37 @@ impl Store {
             };
             if left == 0 {
                 idx.refs.remove(&h);
-                self.backend.delete_complete(&hex::encode(h));
+                self.handles.forget(&Loc::Complete(h));
+                if !self.blind() {
+                    self.backend.delete_complete(&hex::encode(h));
+                }
             }
         } else {
-            if let Some(h) = st.hash {
+            if let Some(h) = hash {
                 idx.partial.remove(&(entry.owner.clone(), h));
             }
+            self.handles.forget(&Loc::Partial(entry.id.clone()));
             self.backend.delete_partial(&entry.id);
         }
-        drop(st);
         self.metrics.files.set(idx.files.len() as i64);
+        drop(idx);
         entry.changed.send_modify(|v| *v += 1);
+        true
     }
 
     /// Bytes `owner` has stored.
     pub fn usage(&self, owner: &str) -> u64 {
-        self.index.lock().usage.get(owner).copied().unwrap_or(0)
+        self.index.lock().usage(owner).bytes
     }
-}
 
-fn tree_hash(s: &str) -> Option<[u8; 32]> {
-    crate::proto::parse_hash(s)
+    /// Files loaded.
+    pub fn len(&self) -> usize {
+        self.index.lock().files.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// An outboard being received for a new upload.
@@ -832,10 +1202,21 @@ pub struct NewUpload {
     mime: String,
     size: u64,
     hash: Option<[u8; 32]>,
-    outboard: Arc<dyn Blob>,
+    /// Until [`Store::create`] takes it.
+    outboard: Option<Arc<dyn Blob>>,
+    backend: Arc<dyn Backend>,
     written: u64,
     root: tree::RootBuilder,
     carry: Vec<u8>,
+}
+
+impl Drop for NewUpload {
+    fn drop(&mut self) {
+        // Not created: what was written is of no use. (Created: the store owns it.)
+        if self.outboard.take().is_some() {
+            self.backend.delete_partial(&self.id);
+        }
+    }
 }
 
 impl NewUpload {
@@ -844,7 +1225,8 @@ impl NewUpload {
         if self.written + bytes.len() as u64 > tree::outboard_len(self.size) {
             return Err(StoreError::OutboardMismatch);
         }
-        self.outboard.write_at(bytes, self.written).map_err(io_err)?;
+        let ob = self.outboard.as_ref().expect("outboard until created");
+        ob.write_at(bytes, self.written).map_err(io_err)?;
         self.written += bytes.len() as u64;
         if !self.carry.is_empty() {
             let take = (CV_LEN - self.carry.len()).min(bytes.len());

@@ -12,7 +12,9 @@
 //! left subtree of an input larger than one group is a power of two of chunks, at least
 //! 16), so the root computed from group chaining values equals `blake3::hash(file)`.
 
-use blake3::hazmat::{ChainingValue, HasherExt, Mode, merge_subtrees_non_root, merge_subtrees_root};
+use blake3::hazmat::{
+    ChainingValue, HasherExt, Mode, merge_subtrees_non_root, merge_subtrees_root,
+};
 
 /// Bytes in a chunk group: 16 BLAKE3 chunks.
 pub const GROUP_SIZE: u64 = 16 * 1024;
@@ -49,6 +51,7 @@ pub fn group_cv(data: &[u8], index: u64, groups: u64) -> ChainingValue {
 
 /// Computes the root hash from the group chaining values, fed in order, in memory
 /// bounded by the tree depth (at most 64 values).
+#[derive(Clone)]
 pub struct RootBuilder {
     groups: u64,
     pushed: u64,
@@ -58,7 +61,11 @@ pub struct RootBuilder {
 impl RootBuilder {
     /// A builder for a file of `groups` groups.
     pub fn new(groups: u64) -> RootBuilder {
-        RootBuilder { groups, pushed: 0, stack: Vec::with_capacity(64) }
+        RootBuilder {
+            groups,
+            pushed: 0,
+            stack: Vec::with_capacity(64),
+        }
     }
 
     /// Adds the next group's chaining value.
@@ -68,10 +75,16 @@ impl RootBuilder {
         while self.stack.len() as u32 > self.pushed.count_ones() {
             let right = self.stack.pop().unwrap();
             let left = self.stack.pop().unwrap();
-            self.stack.push(merge_subtrees_non_root(&left, &right, Mode::Hash));
+            self.stack
+                .push(merge_subtrees_non_root(&left, &right, Mode::Hash));
         }
         self.stack.push(*cv);
         self.pushed += 1;
+    }
+
+    /// The root hash so far: `None` until every group is pushed.
+    pub fn root(&self) -> Option<[u8; 32]> {
+        self.clone().finish()
     }
 
     /// The root hash, or `None` when the number of values pushed is not `groups`.
@@ -85,7 +98,8 @@ impl RootBuilder {
         while self.stack.len() > 2 {
             let right = self.stack.pop().unwrap();
             let left = self.stack.pop().unwrap();
-            self.stack.push(merge_subtrees_non_root(&left, &right, Mode::Hash));
+            self.stack
+                .push(merge_subtrees_non_root(&left, &right, Mode::Hash));
         }
         let right = self.stack.pop()?;
         let left = self.stack.pop()?;
@@ -141,7 +155,22 @@ mod tests {
     #[test]
     fn root_equals_blake3_for_many_sizes() {
         let g = GROUP_SIZE as usize;
-        for n in [0, 1, 1023, 1024, 1025, g - 1, g, g + 1, 2 * g, 3 * g + 7, 5 * g, 8 * g, 9 * g - 1, 17 * g + 5] {
+        for n in [
+            0,
+            1,
+            1023,
+            1024,
+            1025,
+            g - 1,
+            g,
+            g + 1,
+            2 * g,
+            3 * g + 7,
+            5 * g,
+            8 * g,
+            9 * g - 1,
+            17 * g + 5,
+        ] {
             let d = data(n);
             let (ob, root) = outboard_of(&d[..], n as u64).unwrap();
             assert_eq!(&root, blake3::hash(&d).as_bytes(), "size {n}");

@@ -28,20 +28,45 @@ impl Drop for Server {
 }
 
 pub fn config() -> relay::Config {
-    relay::Config { listen: "127.0.0.1:0".parse().unwrap(), ..Default::default() }
+    relay::Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ..Default::default()
+    }
 }
 
 pub async fn start(data_dir: &Path, config: relay::Config) -> Server {
+    start_with_clock(data_dir, config, relay::Clock::system()).await
+}
+
+/// A relay whose expiry and rate limits follow `clock` (a manual one moves only when told).
+pub async fn start_with_clock(
+    data_dir: &Path,
+    config: relay::Config,
+    clock: relay::Clock,
+) -> Server {
     let keys = common::Keys::from_secret(SECRET).unwrap();
-    let ctx = common::Context { data_dir: data_dir.to_owned(), dev: true, keys: keys.clone(), registry: prometheus::Registry::new() };
-    let relay = relay::Relay::start(config, ctx).await.expect("relay starts");
+    let ctx = common::Context {
+        data_dir: data_dir.to_owned(),
+        dev: true,
+        keys: keys.clone(),
+        registry: prometheus::Registry::new(),
+    };
+    let relay = relay::Relay::start_with_clock(config, ctx, clock)
+        .await
+        .expect("relay starts");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let http = listener.local_addr().unwrap();
     let router = relay.router();
     let http_task = tokio::spawn(async move {
         let _ = axum::serve(listener, router).await;
     });
-    Server { relay: Some(relay), data_dir: data_dir.to_owned(), keys, http, http_task }
+    Server {
+        relay: Some(relay),
+        data_dir: data_dir.to_owned(),
+        keys,
+        http,
+        http_task,
+    }
 }
 
 impl Server {
@@ -50,8 +75,12 @@ impl Server {
     }
 
     pub fn token(&self, user: &str) -> String {
-        let grants = common::Grants { files: true, ..Default::default() };
-        self.keys.mint_for(user, None, None, grants, Duration::from_secs(3600))
+        let grants = common::Grants {
+            files: true,
+            ..Default::default()
+        };
+        self.keys
+            .mint_for(user, None, None, grants, Duration::from_secs(3600))
     }
 
     pub fn options(&self, token: String) -> Options {
@@ -65,7 +94,9 @@ impl Server {
     }
 
     pub async fn client(&self, user: &str) -> Client {
-        Client::connect(&self.options(self.token(user))).await.expect("client connects")
+        Client::connect(&self.options(self.token(user)))
+            .await
+            .expect("client connects")
     }
 
     pub async fn stop(&mut self) {
@@ -74,7 +105,10 @@ impl Server {
 }
 
 pub fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 /// A file of `size` random bytes.
@@ -92,13 +126,24 @@ pub fn progress() -> Arc<Progress> {
 
 /// Bounds every wait of a test.
 pub async fn within<T>(secs: u64, f: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(secs), f).await.expect("timed out")
+    tokio::time::timeout(Duration::from_secs(secs), f)
+        .await
+        .expect("timed out")
 }
 
 /// A minimal HTTP/1.1 exchange: returns status, headers (lowercase names) and body.
-pub async fn http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, String)], body: &[u8]) -> (u16, Vec<(String, String)>, Vec<u8>) {
+pub async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, String)],
+    body: &[u8],
+) -> (u16, Vec<(String, String)>, Vec<u8>) {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let mut req = format!("{method} {path} HTTP/1.1\r\nhost: test\r\nconnection: close\r\ncontent-length: {}\r\n", body.len());
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nhost: test\r\nconnection: close\r\ncontent-length: {}\r\n",
+        body.len()
+    );
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -107,13 +152,29 @@ pub async fn http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, 
     s.write_all(body).await.unwrap();
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).await.unwrap();
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("response head");
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("response head");
     let head = String::from_utf8_lossy(&raw[..split]).into_owned();
     let mut lines = head.split("\r\n");
-    let status: u16 = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
-    let hdrs: Vec<(String, String)> = lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned())).collect();
+    let status: u16 = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let hdrs: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
     let mut body = raw[split + 4..].to_vec();
-    if hdrs.iter().any(|(k, v)| k == "transfer-encoding" && v.contains("chunked")) {
+    if hdrs
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"))
+    {
         body = dechunk(&body);
     }
     (status, hdrs, body)
