@@ -16,27 +16,10 @@ pub enum Full {
     PerAddress,
 }
 
-/// The key a source address is counted under.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum Source {
-    V4(u32),
-    V6Prefix(u64),
-}
-
-fn source(ip: IpAddr) -> Source {
-    match ip {
-        IpAddr::V4(a) => Source::V4(a.into()),
-        IpAddr::V6(a) => match a.to_ipv4_mapped() {
-            Some(v4) => Source::V4(v4.into()),
-            None => Source::V6Prefix((u128::from(a) >> 64) as u64),
-        },
-    }
-}
-
 #[derive(Default)]
 struct Counts {
     total: usize,
-    by_source: HashMap<Source, u32>,
+    by_source: HashMap<IpAddr, u32>,
 }
 
 /// Connection counts and their caps; cheap to clone.
@@ -50,7 +33,7 @@ pub struct Caps {
 /// One admitted connection; gives its place back when dropped.
 pub struct Permit {
     counts: Arc<Mutex<Counts>>,
-    source: Source,
+    source: IpAddr,
 }
 
 impl Caps {
@@ -65,7 +48,7 @@ impl Caps {
 
     /// Admits a connection from `ip`, or says which cap is reached.
     pub fn admit(&self, ip: IpAddr) -> Result<Permit, Full> {
-        let src = source(ip);
+        let src = common::netaddr::limit_key(ip);
         let mut c = self.counts.lock();
         if self.max > 0 && c.total >= self.max {
             return Err(Full::Global);

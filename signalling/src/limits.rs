@@ -2,28 +2,11 @@
 //! connection. Every limit is documented in `docs/chat.md` ("Limits").
 
 use std::hash::Hash;
-use std::net::{IpAddr, Ipv6Addr};
 use std::num::NonZeroU32;
 use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
-
-/// The network a client address is counted for: an IPv4 address alone, an IPv6 address
-/// by its /64 (what one subscriber or host usually gets, so hopping addresses inside it
-/// buys nothing), an IPv4-mapped IPv6 address as the IPv4 address.
-pub fn client_net(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let bits = u128::from(v6) & !((1u128 << 64) - 1);
-                IpAddr::V6(Ipv6Addr::from(bits))
-            }
-        },
-    }
-}
 
 fn nz(n: u32) -> NonZeroU32 {
     NonZeroU32::new(n.max(1)).unwrap_or(NonZeroU32::MIN)
@@ -106,20 +89,6 @@ impl Direct {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ipv6_counts_per_64_and_mapped_v4_as_v4() {
-        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
-        let b: IpAddr = "2001:db8:1:2:ffff:1:2:3".parse().unwrap();
-        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
-        assert_eq!(client_net(a), client_net(b));
-        assert_ne!(client_net(a), client_net(c));
-        assert_eq!(client_net(a), "2001:db8:1:2::".parse::<IpAddr>().unwrap());
-        let m: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
-        assert_eq!(client_net(m), "192.0.2.7".parse::<IpAddr>().unwrap());
-        let v4: IpAddr = "192.0.2.7".parse().unwrap();
-        assert_eq!(client_net(v4), v4);
-    }
 
     #[test]
     fn keyed_limit_refuses_past_the_burst_with_a_wait() {

@@ -22,7 +22,7 @@ use subtle::ConstantTimeEq;
 
 use crate::auth::{Tokens, random_token};
 use crate::error::{ApiError, ApiResult};
-use crate::limits::client_net;
+use common::netaddr::limit_key as client_net;
 use crate::sms::Sms;
 use crate::{App, now_ms};
 

@@ -4,30 +4,13 @@
 //! WebSocket upgrades included, and given back when its [`Slot`] is dropped.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-/// Whose connections are counted together: one IPv4 address, or one IPv6 /64.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ClientKey {
-    V4(Ipv4Addr),
-    /// The first 64 bits of an IPv6 address.
-    V6Prefix(u64),
-}
-
-impl ClientKey {
-    pub fn of(ip: IpAddr) -> ClientKey {
-        match ip {
-            IpAddr::V4(v4) => ClientKey::V4(v4),
-            // A dual-stack socket sees IPv4 clients as ::ffff:a.b.c.d: count them as IPv4.
-            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-                Some(v4) => ClientKey::V4(v4),
-                None => ClientKey::V6Prefix((u128::from(v6) >> 64) as u64),
-            },
-        }
-    }
-}
+/// Whose connections are counted together: one IPv4 address, or one IPv6 /64
+/// (`common::netaddr::limit_key`).
+pub type ClientKey = IpAddr;
 
 /// Why a connection got no slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,7 +77,7 @@ impl Limits {
         {
             return Err(Refused::Total);
         }
-        let key = ClientKey::of(ip);
+        let key = common::netaddr::limit_key(ip);
         if inner.max_per_ip > 0 {
             let mut map = inner.per_ip.lock().unwrap_or_else(|p| p.into_inner());
             let n = map.entry(key).or_insert(0);
@@ -115,7 +98,7 @@ impl Limits {
     #[cfg(test)]
     pub fn open_from(&self, ip: IpAddr) -> usize {
         let map = self.0.per_ip.lock().unwrap();
-        map.get(&ClientKey::of(ip)).copied().unwrap_or(0)
+        map.get(&common::netaddr::limit_key(ip)).copied().unwrap_or(0)
     }
 }
 
