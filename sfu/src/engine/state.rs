@@ -131,7 +131,9 @@ pub struct Slot {
 pub struct Peer {
     /// Unique for the engine's lifetime (slab keys are reused).
     pub uid: u64,
-    pub rtc: Rtc,
+    /// Boxed: an `Rtc` is ~10 KiB inline, and the peer slab keeps its peak capacity;
+    /// boxed, a free slot costs a few hundred bytes and the stack's memory goes back.
+    pub rtc: Box<Rtc>,
     pub part: PartKey,
     pub kind: PcKind,
     pub ufrag: String,

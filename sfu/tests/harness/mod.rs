@@ -275,6 +275,22 @@ impl World {
         self.publish_codec(i, simulcast, Codec::Vp8)
     }
 
+    /// Publishes a microphone track only.
+    pub fn publish_audio(&mut self, i: usize) {
+        let now = self.now;
+        let c = &mut self.clients[i];
+        let mut rtc = client_rtc(now, c.pub_addr);
+        let mut api = rtc.sdp_api();
+        let a = api.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None);
+        let (offer, pending) = api.apply().unwrap();
+        c.audio_mid = Some(a);
+        c.pending = Some(pending);
+        c.publisher = Some(rtc);
+        let tracks = vec![PublishTrack { mid: a.to_string(), source: Source::Microphone, name: None }];
+        self.command(i, ClientMsg::Offer { sdp: offer.to_sdp_string(), tracks });
+        self.pump();
+    }
+
     /// Publishes audio and video, offering only `codec` (plus Opus) for video.
     pub fn publish_codec(&mut self, i: usize, simulcast: bool, codec: Codec) {
         let now = self.now;
@@ -399,12 +415,11 @@ impl World {
                     wrote = true;
                 }
             }
-            if step.is_multiple_of(33) {
+            if let (true, Some(mid)) = (step.is_multiple_of(33), c.video_mid) {
                 let pt = World::pt(rtc, c.codec);
                 let n = c.next_frame;
                 c.next_frame += 1;
                 let key = n % 60 == 0 || std::mem::take(&mut c.force_key);
-                let mid = c.video_mid.unwrap();
                 let layers: Vec<Option<Rid>> =
                     if c.simulcast { vec![Some("q".into()), Some("h".into()), Some("f".into())] } else { vec![None] };
                 for (l, rid) in layers.into_iter().enumerate() {
