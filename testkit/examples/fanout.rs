@@ -30,8 +30,11 @@ fn metrics(base: &str) -> Result<String> {
     Ok(body)
 }
 
-/// (count, sum, cumulative buckets) of the forward-latency histogram.
-fn histogram(base: &str) -> Result<(f64, f64, Vec<(f64, f64)>)> {
+/// (count, sum, cumulative buckets (upper bound, count)) of a Prometheus histogram.
+type Histogram = (f64, f64, Vec<(f64, f64)>);
+
+/// The forward-latency histogram.
+fn histogram(base: &str) -> Result<Histogram> {
     let body = metrics(base)?;
     let (mut count, mut sum, mut buckets) = (0.0, 0.0, Vec::new());
     for l in body.lines() {
