@@ -8,25 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use support::{Maxd, bin, metric};
-
-/// The relay's address and certificate fingerprint, from maxd's own log line.
-fn relay_addr_and_pin(m: &Maxd) -> (String, String) {
-    let log = m.log();
-    let line = log
-        .lines()
-        .find(|l| l.contains("relay listening"))
-        .unwrap_or_else(|| panic!("no relay line in the log:\n{log}"));
-    let field = |name: &str| {
-        let at = line
-            .find(&format!("{name}="))
-            .unwrap_or_else(|| panic!("no {name} in {line}"))
-            + name.len()
-            + 1;
-        line[at..].split_whitespace().next().unwrap().to_string()
-    };
-    (field("addr"), field("fingerprint"))
-}
+use support::{Maxd, bin, http, metric, relay_addr_and_pin};
 
 fn random_file(dir: &Path, name: &str, size: usize) -> (PathBuf, Vec<u8>) {
     let mut data = vec![0u8; size];
@@ -332,49 +314,6 @@ impl Drop for Node {
 }
 
 /// One HTTP/1.1 request (connection: close): status, headers (lowercase names), body.
-fn http(
-    addr: std::net::SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, String)],
-    body: &[u8],
-) -> (u16, Vec<(String, String)>, Vec<u8>) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nhost: test\r\nconnection: close\r\ncontent-length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    s.write_all(req.as_bytes()).unwrap();
-    s.write_all(body).unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).unwrap();
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("response head");
-    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-    let mut lines = head.split("\r\n");
-    let status = lines
-        .next()
-        .unwrap()
-        .split(' ')
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    (status, headers, raw[split + 4..].to_vec())
-}
-
 /// The relay used to keep three descriptors open per stored file and, when opening
 /// one failed at start-up (EMFILE), took the file for gone and deleted it. Several
 /// hundred files - complete, partial over QUIC, partial over tus - and a restart under
