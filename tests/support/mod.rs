@@ -174,3 +174,6 @@ pub fn metric(text: &str, name: &str) -> f64 {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
+
+pub mod pion;
+pub mod udp_proxy;
