@@ -844,6 +844,14 @@ async fn whole_session_leaves_nothing_personal_at(level: &str, format: &str) {
         s.0.len(),
         report.join("\n")
     );
+    let mut kinds = std::collections::BTreeMap::<&str, usize>::new();
+    for (what, _) in &s.0 {
+        *kinds.entry(what.split(" (").next().unwrap()).or_default() += 1;
+    }
+    eprintln!(
+        "RUST_LOG={level} ({format}): {} lines clean of {kinds:?}",
+        log.lines().count()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
