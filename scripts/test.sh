@@ -15,6 +15,10 @@ ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
 [ -x /usr/bin/chromium ] || need_apt+=(chromium)
 command -v node >/dev/null || need_apt+=(nodejs)
 command -v npm >/dev/null || need_apt+=(npm)
+# Go and Pion 3.1 (Debian's sources, built offline) for the Pion WHIP publisher of
+# tests/pion_consent.rs.
+command -v go >/dev/null || need_apt+=(golang-go)
+[ -f /usr/share/gocode/src/github.com/pion/webrtc/go.mod ] || need_apt+=(golang-github-pion-webrtc.v3-dev)
 # nft cuts the media port off in the web client's outage test (run as root only).
 command -v nft >/dev/null || need_apt+=(nftables)
 if [ ${#need_apt[@]} -gt 0 ]; then

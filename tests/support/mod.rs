@@ -13,15 +13,22 @@ pub struct Maxd {
     pub dir: tempfile::TempDir,
     pub http: SocketAddr,
     pub media: SocketAddr,
+    /// The relay's QUIC address.
+    pub relay: SocketAddr,
     env: Vec<(String, String)>,
 }
 
 /// A port free on loopback for both TCP and UDP.
 pub fn free_port() -> u16 {
+    free_port_on("127.0.0.1")
+}
+
+/// A port free on `ip` for both TCP and UDP.
+pub fn free_port_on(ip: &str) -> u16 {
     loop {
-        let t = TcpListener::bind("127.0.0.1:0").expect("bind tcp");
+        let t = TcpListener::bind((ip, 0)).expect("bind tcp");
         let port = t.local_addr().unwrap().port();
-        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+        if UdpSocket::bind((ip, port)).is_ok() {
             return port;
         }
     }
@@ -38,7 +45,8 @@ impl Maxd {
     }
 
     /// Ports are picked free, but another process may take one before `maxd` binds it:
-    /// then `maxd` exits saying so, and we try again with new ports.
+    /// then `maxd` exits saying so, and we try again with new ports. `RUST_LOG` in
+    /// `extra` replaces the default `info`.
     pub fn start_with(roles: &str, extra: &[(&str, &str)]) -> Maxd {
         Self::start_under(&[], roles, extra)
     }
@@ -46,8 +54,19 @@ impl Maxd {
     /// As [`Maxd::start_with`], run through `prefix` (a program that execs the rest of
     /// its command line, e.g. `prlimit --nofile=256:256 --`), so the pid is maxd's.
     pub fn start_under(prefix: &[&str], roles: &str, extra: &[(&str, &str)]) -> Maxd {
+        Self::start_full("127.0.0.1", prefix, roles, extra)
+    }
+
+    /// As [`Maxd::start_with`], every plane listening on `ip` (another loopback address
+    /// than the clients' 127.0.0.1, so the server's own addresses are told apart from
+    /// theirs).
+    pub fn start_on(ip: &str, roles: &str, extra: &[(&str, &str)]) -> Maxd {
+        Self::start_full(ip, &[], roles, extra)
+    }
+
+    fn start_full(ip: &str, prefix: &[&str], roles: &str, extra: &[(&str, &str)]) -> Maxd {
         for attempt in 1.. {
-            match Self::try_start(prefix, roles, extra) {
+            match Self::try_start(ip, prefix, roles, extra) {
                 Ok(m) => return m,
                 Err(log) if attempt < 4 && log.contains("binding") => continue,
                 Err(log) => panic!("maxd did not start:\n{log}"),
@@ -56,17 +75,17 @@ impl Maxd {
         unreachable!()
     }
 
-    fn try_start(prefix: &[&str], roles: &str, extra: &[(&str, &str)]) -> Result<Maxd, String> {
+    fn try_start(ip: &str, prefix: &[&str], roles: &str, extra: &[(&str, &str)]) -> Result<Maxd, String> {
         let dir = tempfile::tempdir().expect("temp dir");
-        let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let media: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let relay = format!("127.0.0.1:{}", free_port());
+        let http: SocketAddr = format!("{ip}:{}", free_port_on(ip)).parse().unwrap();
+        let media: SocketAddr = format!("{ip}:{}", free_port_on(ip)).parse().unwrap();
+        let relay: SocketAddr = format!("{ip}:{}", free_port_on(ip)).parse().unwrap();
         let mut env = vec![
             ("MAXD_DATA_DIR".to_string(), dir.path().join("data").display().to_string()),
             ("MAXD_HTTP__LISTEN".to_string(), http.to_string()),
             ("MAXD_SFU__UDP_LISTEN".to_string(), media.to_string()),
             ("MAXD_SFU__TCP_LISTEN".to_string(), media.to_string()),
-            ("MAXD_RELAY__LISTEN".to_string(), relay),
+            ("MAXD_RELAY__LISTEN".to_string(), relay.to_string()),
             ("MAXD_ROLES".to_string(), roles.to_string()),
         ];
         for (k, v) in extra {
@@ -82,13 +101,13 @@ impl Maxd {
             None => Command::new(bin()),
         };
         let child = cmd
-            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("RUST_LOG", "info")
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect("spawn maxd");
-        let mut m = Maxd { child, dir, http, media, env };
+        let mut m = Maxd { child, dir, http, media, relay, env };
         m.wait_healthy(Duration::from_secs(30))?;
         Ok(m)
     }
@@ -231,3 +250,5 @@ pub fn relay_addr_and_pin(m: &Maxd) -> (String, String) {
     (field("addr"), field("fingerprint"))
 }
 
+pub mod pion;
+pub mod udp_proxy;

@@ -1,0 +1,3 @@
+module maxd-tests/whip_publisher
+
+go 1.19
