@@ -136,18 +136,6 @@ async fn api(
     )
 }
 
-/// The latest dev SMS code sent to `phone` (E.164).
-fn sms_code(m: &Maxd, phone: &str) -> String {
-    let codes = std::fs::read_to_string(m.dir.path().join("data/sms-codes.jsonl")).unwrap();
-    let line: Value = codes
-        .lines()
-        .rev()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap())
-        .find(|v| v["to"] == phone)
-        .unwrap_or_else(|| panic!("no code for {phone}"));
-    line["code"].as_str().unwrap().to_string()
-}
-
 struct Account {
     id: i64,
     access: String,
@@ -165,7 +153,7 @@ async fn register(m: &Maxd, s: &mut Secrets, typed: &str, phone: &str) -> Accoun
     )
     .await;
     assert_eq!((st, v["phone"].as_str()), (200, Some(phone)), "{v}");
-    let code = sms_code(m, phone);
+    let code = m.sms_code(phone);
     s.add("SMS code", &code);
     let wrong = if code == "000000" { "111111" } else { "000000" };
     let (st, _) = api(

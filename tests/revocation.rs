@@ -24,14 +24,7 @@ fn json_req(addr: SocketAddr, method: &str, path: &str, token: Option<&str>, bod
 fn login(m: &Maxd, phone: &str, device: &str) -> (String, String) {
     let (st, v) = json_req(m.http, "POST", "/api/auth/code", None, json!({ "phone": phone }));
     assert_eq!(st, 200, "{v}");
-    let codes = std::fs::read_to_string(m.dir.path().join("data/sms-codes.jsonl")).unwrap();
-    let code = codes
-        .lines()
-        .rev()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap())
-        .find(|v| v["to"] == phone)
-        .unwrap()["code"]
-        .clone();
+    let code = m.sms_code(phone);
     let (st, v) =
         json_req(m.http, "POST", "/api/auth/verify", None, json!({ "phone": phone, "code": code, "device_name": device }));
     assert_eq!(st, 200, "{v}");

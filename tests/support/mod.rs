@@ -159,6 +159,18 @@ impl Maxd {
         self.token(&["--room", room, "--identity", identity])
     }
 
+    /// The latest dev-mode SMS code sent to `phone` (E.164), from the dev provider's file.
+    pub fn sms_code(&self, phone: &str) -> String {
+        let codes = std::fs::read_to_string(self.dir.path().join("data/sms-codes.jsonl")).unwrap_or_default();
+        let line: serde_json::Value = codes
+            .lines()
+            .rev()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| v["to"] == phone)
+            .unwrap_or_else(|| panic!("no SMS code was sent to {phone}"));
+        line["code"].as_str().expect("a code").to_string()
+    }
+
     /// The text of `/metrics`.
     pub fn metrics(&self) -> String {
         http_get(self.http, "/metrics").1
