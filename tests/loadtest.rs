@@ -135,6 +135,31 @@ fn short_scenario_every_track_arrives_without_loss() {
     assert!(std::fs::read_to_string(&svg).unwrap().starts_with("<svg"));
 }
 
+/// A publisher alone in its room has nothing to receive: the server's subscriber offer
+/// holds only a data channel. The simulator must connect it as a browser does (the
+/// server drops a participant whose connection never completes DTLS, after ~30 s).
+#[test]
+fn publisher_alone_connects_its_subscriber_connection() {
+    let m = Maxd::start_with(r#"["sfu"]"#, &[("MAXD_AUTH__SECRET", SECRET)]);
+    let sc = Scenario {
+        url: m.base_url(),
+        rooms: 1,
+        publishers: 1,
+        subscribers: 0,
+        duration: Duration::from_secs(1),
+        warmup: Duration::from_secs(0),
+        token_secret: Some(SECRET.into()),
+        connect_timeout: Duration::from_secs(5),
+        ..Scenario::default()
+    };
+    let r = run(&sc);
+    let ctx = format!("{}\nmaxd log:\n{}", r.table(), m.log());
+    assert_eq!(r.participants.connected, 1, "{ctx}");
+    assert_eq!(r.participants.failed, 0, "{ctx}");
+    assert_eq!(r.join_ms.subscriber_dtls.count, 1, "{ctx}");
+    assert_eq!(r.errors, 0, "{ctx}");
+}
+
 #[test]
 fn chat_mode_delivers_every_message() {
     let m = Maxd::start_with(

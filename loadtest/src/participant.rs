@@ -460,6 +460,7 @@ impl Participant {
                     .sdp_api()
                     .accept_answer(pending, answer)
                     .map_err(|e| anyhow!("accept answer: {e}"))?;
+                start_clock(pc, now)?;
                 self.drain(true, now)?;
             }
             "offer" => {
@@ -483,6 +484,7 @@ impl Participant {
                         self.mid_track.insert(Mid::from(mid), id.to_string());
                     }
                 }
+                start_clock(pc, now)?;
                 self.drain(false, now)?;
                 send(
                     ws,
@@ -628,9 +630,7 @@ impl Participant {
         if self.spec.publish {
             parts.push(step(self.publisher.as_ref(), "publisher"));
         }
-        if self.spec.expected_tracks > 0 {
-            parts.push(step(self.subscriber.as_ref(), "subscriber"));
-        }
+        parts.push(step(self.subscriber.as_ref(), "subscriber"));
         format!(
             "not connected within the connect timeout ({})",
             parts.join(", ")
@@ -777,11 +777,13 @@ impl Participant {
     fn check_connected(&mut self) {
         let pub_ok =
             !self.spec.publish || self.publisher.as_ref().is_some_and(|p| p.dtls_at.is_some());
-        let sub_ok = self.spec.expected_tracks == 0
-            || self
-                .subscriber
-                .as_ref()
-                .is_some_and(|p| p.dtls_at.is_some());
+        // Every participant may subscribe, so the server gives each a subscriber
+        // connection (a data channel while there is nothing to receive) and drops a
+        // participant that never connects it, as it should: a browser connects it.
+        let sub_ok = self
+            .subscriber
+            .as_ref()
+            .is_some_and(|p| p.dtls_at.is_some());
         if pub_ok && sub_ok && !self.connected {
             self.connected = true;
             self.fin.connected = true;
@@ -1068,6 +1070,17 @@ impl Participant {
         }
         self.sh.collector.finish(std::mem::take(&mut self.fin));
     }
+}
+
+/// Hands str0m the time once after a negotiation. Its ICE agent starts only on its
+/// first `Input::Timeout`, and an `Rtc` with nothing but a data channel (the server's
+/// subscriber offer when there is nothing to receive yet) asks for no timeout before
+/// that, so without this its ICE never started and the server dropped the participant
+/// after its DTLS handshake timeout (~30 s).
+fn start_clock(pc: &mut Pc, now: Instant) -> Result<()> {
+    pc.rtc
+        .handle_input(Input::Timeout(now))
+        .map_err(|e| anyhow!("str0m: {e}"))
 }
 
 /// A non-blocking UDP socket with a 1 MiB receive buffer, so that a busy event loop
