@@ -64,3 +64,84 @@ fn is_left(text: &str) -> bool {
     serde_json::from_str::<serde_json::Value>(text)
         .is_ok_and(|v| v["type"].as_str() == Some("left"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+    use tokio_tungstenite::tungstenite::Error as WsError;
+
+    /// A WebSocket server on loopback and a client connected to it.
+    async fn pair() -> (
+        Ws,
+        tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
+    ) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("ws://{}/rtc", l.local_addr().unwrap());
+        let (client, server) = tokio::join!(tokio_tungstenite::connect_async(url), async {
+            let (s, _) = l.accept().await.unwrap();
+            tokio_tungstenite::accept_async(s).await.unwrap()
+        });
+        (client.unwrap().0, server)
+    }
+
+    /// What the server reads last: a close frame's code, or how the socket ended.
+    async fn server_sees(
+        server: &mut tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
+    ) -> String {
+        loop {
+            match server.next().await {
+                Some(Ok(Message::Close(f))) => {
+                    return format!("close frame {}", f.map(|f| u16::from(f.code)).unwrap_or(0));
+                }
+                Some(Ok(Message::Text(t))) if t.contains("leave") => {
+                    // The server's answer to `leave`, then its close, as maxd does.
+                    let _ = server
+                        .send(Message::Text(r#"{"type":"left","reason":"left"}"#.into()))
+                        .await;
+                    return "leave".into();
+                }
+                Some(Ok(_)) => {}
+                Some(Err(WsError::Protocol(p))) => {
+                    return format!("ended without a close frame: {p}");
+                }
+                Some(Err(e)) => return format!("ended without a close frame: {e}"),
+                None => return "ended without a close frame".into(),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn vanish_sends_no_close_frame() {
+        let (client, mut server) = pair().await;
+        vanish(client);
+        let seen = server_sees(&mut server).await;
+        assert!(seen.starts_with("ended without a close frame"), "{seen}");
+    }
+
+    #[tokio::test]
+    async fn close_sends_a_close_frame_going_away() {
+        let (mut client, mut server) = pair().await;
+        let (_, seen) = tokio::join!(close(&mut client, CloseCode::Away), async move {
+            let seen = server_sees(&mut server).await;
+            // Complete the handshake and drop the socket, as the server does.
+            let _ = server.close(None).await;
+            seen
+        });
+        assert_eq!(seen, "close frame 1001");
+    }
+
+    #[tokio::test]
+    async fn leave_sends_leave_and_waits_for_left() {
+        let (mut client, mut server) = pair().await;
+        let (_, seen) = tokio::join!(leave(&mut client), server_sees(&mut server));
+        assert_eq!(seen, "leave");
+        // Then the close handshake on the same socket.
+        let (_, seen) = tokio::join!(close(&mut client, CloseCode::Normal), async move {
+            let seen = server_sees(&mut server).await;
+            let _ = server.close(None).await;
+            seen
+        });
+        assert_eq!(seen, "close frame 1000");
+    }
+}
