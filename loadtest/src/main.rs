@@ -15,10 +15,12 @@ Exit codes:
   1  the simulator could not run (bad option or scenario, unwritable report)
   2  the command line could not be parsed
   3  the run finished and a check failed (the table's verdict and the report's
-     verdict.failures say which): a participant or a track left behind on the server
-     after its resume window and room grace (left_behind), an expected track that never
-     arrived (tracks), more errors than --max-errors (errors; a failed participant is
-     one), loss above --max-loss (loss), no participant connected (participants)";
+     verdict.failures say which): the server still held participants, rooms, tracks or
+     subscriptions after its resume window and room grace (left_behind); with churn, a
+     leaver not let go within the resume window + 1 s (removals); an expected track
+     that never arrived (tracks); more errors than --max-errors (errors; a failed
+     participant is one); loss above --max-loss (loss); no participant connected
+     (participants)";
 
 #[derive(Parser, Debug)]
 #[command(
