@@ -130,6 +130,8 @@ pub struct TimePoint {
     /// The server's `maxd_sfu_participants` and `maxd_sfu_rooms`.
     pub server_participants: Option<i64>,
     pub server_rooms: Option<i64>,
+    /// The simulator's worst event-loop lag in this second (ms).
+    pub simulator_lag_ms: f64,
 }
 
 /// `--find-capacity`: one line per step.
@@ -208,6 +210,10 @@ pub struct Report {
     pub server: ServerStats,
     /// CPU the simulator itself used, percent of one core.
     pub simulator_cpu_percent: Option<f64>,
+    /// How late the simulator's event loops woke (a 10 ms timer on each thread), ms:
+    /// when this grows, the simulator (or the machine) is the bottleneck and its delay
+    /// figures include its own lateness.
+    pub simulator_loop_lag_ms: Dist,
     /// Datagrams the kernel dropped on the simulator's own sockets (its receive buffers
     /// were full: the simulator, not the server, lost them).
     pub simulator_socket_drops: u64,
@@ -412,11 +418,13 @@ impl Report {
         );
         let _ = writeln!(
             o,
-            "  simulator                  out {:.2} Mbit/s, in {:.2} Mbit/s, CPU {}, socket drops {}",
+            "  simulator                  out {:.2} Mbit/s, in {:.2} Mbit/s, CPU {}, socket drops {}, event-loop lag p99 {:.1} ms max {:.1} ms",
             self.bitrate_out_kbps / 1000.0,
             self.bitrate_in_kbps / 1000.0,
             opt(self.simulator_cpu_percent, " %"),
-            self.simulator_socket_drops
+            self.simulator_socket_drops,
+            self.simulator_loop_lag_ms.p99,
+            self.simulator_loop_lag_ms.max
         );
         let s = &self.server;
         let _ = writeln!(

@@ -177,6 +177,24 @@ pub async fn end_check(
     .await
 }
 
+/// How often the lag probe asks to wake.
+const LAG_PROBE: Duration = Duration::from_millis(10);
+
+/// Measures how late this thread's event loop wakes: a simulator whose loop lags
+/// delays everything it measures (packets sit in its sockets), so its lag is reported
+/// next to the server's figures.
+async fn lag_probe(collector: Arc<Collector>, mut stop: watch::Receiver<bool>) {
+    loop {
+        let due = Instant::now() + LAG_PROBE;
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tokio::time::sleep_until(due.into()) => {}
+        }
+        let lag = Instant::now().saturating_duration_since(due);
+        collector.loop_lag(lag.as_micros() as u64);
+    }
+}
+
 /// A participant of the run that is still in, and how to tell it to leave.
 struct Live {
     spec: Spec,
@@ -273,6 +291,7 @@ pub async fn run_media(sc: &Scenario, opts: &RunOptions) -> Result<Report> {
                         .expect("tokio runtime");
                     let local = tokio::task::LocalSet::new();
                     local.block_on(&rt, async move {
+                        tokio::task::spawn_local(lag_probe(shared.collector.clone(), stop.clone()));
                         let mut tasks = tokio::task::JoinSet::new();
                         loop {
                             tokio::select! {
@@ -455,6 +474,7 @@ pub async fn run_media(sc: &Scenario, opts: &RunOptions) -> Result<Report> {
                 ends: iv.ends,
                 server_participants: counts.map(|c| c.participants),
                 server_rooms: counts.map(|c| c.rooms),
+                simulator_lag_ms: round2(iv.lag_max_us as f64 / 1000.0),
             };
             if let Some(pb) = &pb {
                 pb.set_message(format!(
@@ -672,6 +692,7 @@ pub async fn run_media(sc: &Scenario, opts: &RunOptions) -> Result<Report> {
             warnings_by_kind: t.warnings.clone(),
             server,
             simulator_cpu_percent: simulator_cpu,
+            simulator_loop_lag_ms: Dist::of_histogram(&t.loop_lag),
             simulator_socket_drops,
             timeline,
             churn: (sc.churn > 0.0).then_some(ChurnFigures {

@@ -111,6 +111,10 @@ pub struct Totals {
     /// Since the runner last took the interval.
     pub interval: Delta,
     pub interval_delay: Histogram<u64>,
+    /// How late the simulator's event loops woke (microseconds), and the worst since
+    /// the runner last took the interval.
+    pub loop_lag: Histogram<u64>,
+    pub interval_lag_us: u64,
     pub joins: Vec<JoinTimes>,
     pub first_audio_ms: Vec<f64>,
     pub first_video_ms: Vec<f64>,
@@ -159,6 +163,8 @@ impl Collector {
                 delay: histogram(),
                 interval: Delta::default(),
                 interval_delay: histogram(),
+                loop_lag: histogram(),
+                interval_lag_us: 0,
                 joins: Vec::new(),
                 first_audio_ms: Vec::new(),
                 first_video_ms: Vec::new(),
@@ -238,6 +244,14 @@ impl Collector {
         self.with(|t| *t.errors.entry(e).or_default() += 1);
     }
 
+    /// An event loop woke `us` microseconds after it asked to.
+    pub fn loop_lag(&self, us: u64) {
+        self.with(|t| {
+            let _ = t.loop_lag.record(us.clamp(1, 60_000_000));
+            t.interval_lag_us = t.interval_lag_us.max(us);
+        });
+    }
+
     pub fn warning(&self, w: impl Into<String>) {
         let w = w.into();
         self.with(|t| *t.warnings.entry(w).or_default() += 1);
@@ -276,6 +290,7 @@ impl Collector {
             live: t.started - t.finished,
             joins: std::mem::take(&mut t.interval_joins),
             ends: std::mem::take(&mut t.interval_ends),
+            lag_max_us: std::mem::take(&mut t.interval_lag_us),
         })
     }
 
@@ -297,6 +312,8 @@ pub struct Interval {
     /// Participants started and finished in it.
     pub joins: u64,
     pub ends: u64,
+    /// The simulator's worst event-loop lag in it, microseconds.
+    pub lag_max_us: u64,
 }
 
 /// p50/p95/p99/max/mean of a set of samples (ms).
