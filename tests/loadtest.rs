@@ -394,6 +394,7 @@ fn chat_mode_delivers_every_message() {
         "{ctx}"
     );
     assert_eq!(r.errors, 0, "{ctx}");
+    assert!(r.verdict.passed, "{ctx}");
 }
 
 #[test]
@@ -432,4 +433,5 @@ fn files_mode_moves_every_file_both_ways() {
         );
     }
     assert_eq!(r.errors, 0, "{ctx}");
+    assert!(r.verdict.passed, "{ctx}");
 }
