@@ -189,8 +189,9 @@ fn publisher_alone_connects_its_subscriber_connection() {
     assert_eq!(r.errors, 0, "{ctx}");
 }
 
-/// Churn against a real server: participants leave every way (`leave`, a close frame,
-/// a killed client) and new ones take their seats, for a short soak; afterwards the
+/// Churn against a real server: participants leave every way (`leave`, `leave` and gone
+/// at once, a close frame, a killed client) and new ones take their seats, for a short
+/// soak, and everyone still in quits at once at the end; afterwards the
 /// server holds no participant and no room, every leaver was let go within the resume
 /// window + 1 s as the others in its room heard it, and every track that was there
 /// long enough arrived.
@@ -207,7 +208,8 @@ fn churn_run_ends_with_nothing_left_on_the_server() {
         warmup: Duration::from_secs(1),
         join_rate: 50.0,
         churn: 2.0,
-        // With this seed the first departures include every kind of the default mix.
+        leave_mix: "leave=1,quit=1,close=1,vanish=1".parse().unwrap(),
+        // With this seed the first departures include every kind of the mix.
         seed: Some(3),
         track_timeout: Duration::from_secs(2),
         room_grace: Duration::from_secs(1),
@@ -222,7 +224,7 @@ fn churn_run_ends_with_nothing_left_on_the_server() {
     let c = r.churn.as_ref().expect("churn figures");
     assert!(c.newcomers >= 10, "{ctx}");
     assert_eq!(p.started, 8 + c.newcomers, "{ctx}");
-    for kind in ["leave", "close", "vanish"] {
+    for kind in ["leave", "quit", "close", "vanish"] {
         assert!(
             p.departures.get(kind).copied().unwrap_or(0) >= 1,
             "no {kind}: {ctx}"
@@ -234,7 +236,9 @@ fn churn_run_ends_with_nothing_left_on_the_server() {
     let rm = &c.removals;
     assert!(rm.judged >= 5, "{ctx}");
     assert_eq!((rm.late, rm.unseen), (0, 0), "{ctx}");
-    assert!(rm.after_ms["leave"].max < 1000.0, "{ctx}");
+    for kind in ["leave", "quit"] {
+        assert!(rm.after_ms[kind].max < 1000.0, "{kind}: {ctx}");
+    }
     for kind in ["close", "vanish"] {
         if let Some(d) = rm.after_ms.get(kind) {
             assert!(d.p50 >= 1500.0 && d.max <= rm.limit_ms, "{kind}: {ctx}");

@@ -37,6 +37,23 @@ pub async fn leave(ws: &mut Ws) {
     .await;
 }
 
+/// Sends `leave` and a close frame and is gone, waiting neither for `left` nor for the
+/// server's close frame: a page that unloads, a client that quits. The caller drops the
+/// socket right after.
+pub async fn quit(ws: &mut Ws) {
+    let _ = tokio::time::timeout(STEP, async {
+        let leave = Message::Text(json!({"type": "leave"}).to_string().into());
+        if ws.send(leave).await.is_ok() {
+            let frame = CloseFrame {
+                code: CloseCode::Normal,
+                reason: "".into(),
+            };
+            let _ = ws.close(Some(frame)).await;
+        }
+    })
+    .await;
+}
+
 /// Closes the WebSocket with a close frame and reads until the server's close frame
 /// (the close handshake) or `STEP`.
 pub async fn close(ws: &mut Ws, code: CloseCode) {
@@ -129,6 +146,35 @@ mod tests {
             seen
         });
         assert_eq!(seen, "close frame 1001");
+    }
+
+    #[tokio::test]
+    async fn quit_sends_leave_then_closes_without_waiting() {
+        let (mut client, mut server) = pair().await;
+        // The server answers nothing; the client drops its socket once `quit` returns,
+        // which ends the server's reading: one that waited for `left` or for the close
+        // handshake would hang here until its limit.
+        let (_, seen) = tokio::join!(
+            async move {
+                quit(&mut client).await;
+                drop(client);
+            },
+            async move {
+                let mut seen = Vec::new();
+                while let Some(Ok(m)) = server.next().await {
+                    match m {
+                        Message::Text(t) => seen.push(t.to_string()),
+                        Message::Close(f) => seen.push(format!(
+                            "close {}",
+                            f.map(|f| u16::from(f.code)).unwrap_or(0)
+                        )),
+                        _ => {}
+                    }
+                }
+                seen
+            }
+        );
+        assert_eq!(seen, [r#"{"type":"leave"}"#, "close 1000"]);
     }
 
     #[tokio::test]

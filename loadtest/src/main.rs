@@ -81,9 +81,10 @@ struct Cli {
     /// --leave-mix) and as many new ones join in their places.
     #[arg(long, value_name = "RATE")]
     churn: Option<f64>,
-    /// How churned participants leave, by weight: leave (polite), close (WebSocket close
-    /// frame, no leave), vanish (a killed client: no close frame), silent (network gone:
-    /// sockets held open, nothing sent). Default leave=1,close=1,vanish=1.
+    /// How churned participants leave, by weight: leave (polite: waits for left), quit
+    /// (leave and close at once, as a page unloads), close (WebSocket close frame, no
+    /// leave), vanish (a killed client: no close frame), silent (network gone: sockets
+    /// held open, nothing sent). Default leave=1,close=1,vanish=1.
     #[arg(long, value_name = "KIND=W,...")]
     leave_mix: Option<LeaveMix>,
     /// Soak: run this long (e.g. 10m) instead of --duration; the report adds the

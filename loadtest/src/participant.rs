@@ -361,11 +361,9 @@ impl Participant {
                     self.fin.still_joining = true;
                 }
                 match exit {
-                    Exit::Stop => {
-                        depart::leave(&mut ws).await;
-                        self.close_pcs();
-                        depart::close(&mut ws, CloseCode::Normal).await;
-                    }
+                    // Everyone still in quits at once, as pages unload: the harshest end
+                    // for the server (its `left` and broadcasts race the closes).
+                    Exit::Stop => depart::quit(&mut ws).await,
                     Exit::Depart(d) => {
                         self.fin.departure = Some(d);
                         self.sh
@@ -378,6 +376,7 @@ impl Participant {
                                 self.close_pcs();
                                 depart::close(&mut ws, CloseCode::Normal).await;
                             }
+                            Departure::Quit => depart::quit(&mut ws).await,
                             // The media just stops: the sockets close unannounced.
                             Departure::Close => depart::close(&mut ws, CloseCode::Away).await,
                             Departure::Vanish => depart::vanish(ws),

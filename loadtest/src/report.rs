@@ -27,9 +27,10 @@ pub struct Participants {
     /// Told to leave, or stopped with the run, before it had connected (within its
     /// connect timeout): neither connected nor failed.
     pub still_joining: usize,
-    /// Churn's leaves by kind (`leave`, `close`, `vanish`, `silent`).
+    /// Churn's leaves by kind (`leave`, `quit`, `close`, `vanish`, `silent`).
     pub departures: BTreeMap<String, u64>,
-    /// Stopped with the run (they `leave` politely).
+    /// Stopped with the run: they quit at once (`leave` and a close frame, without
+    /// waiting for `left`).
     pub stopped_at_end: usize,
 }
 

@@ -51,6 +51,10 @@ pub enum Departure {
     /// Sends `leave`, waits for `left`, closes its peer connections (DTLS close) and the
     /// WebSocket (close handshake): what a polite client does.
     Leave,
+    /// Sends `leave` and closes the WebSocket at once (close frame 1000) without waiting
+    /// for `left`, its media just stopping: a page that unloads. Everyone still in does
+    /// this at the end of a run. Not in the default mix.
+    Quit,
     /// Closes the WebSocket with a close frame (1001, going away) without `leave`; its
     /// media just stops. The server keeps the session for its resume window.
     Close,
@@ -65,8 +69,9 @@ pub enum Departure {
 }
 
 impl Departure {
-    pub const ALL: [Departure; 4] = [
+    pub const ALL: [Departure; 5] = [
         Departure::Leave,
+        Departure::Quit,
         Departure::Close,
         Departure::Vanish,
         Departure::Silent,
@@ -75,6 +80,7 @@ impl Departure {
     pub fn name(self) -> &'static str {
         match self {
             Departure::Leave => "leave",
+            Departure::Quit => "quit",
             Departure::Close => "close",
             Departure::Vanish => "vanish",
             Departure::Silent => "silent",
@@ -87,6 +93,7 @@ impl Departure {
 #[serde(default, deny_unknown_fields)]
 pub struct LeaveMix {
     pub leave: u32,
+    pub quit: u32,
     pub close: u32,
     pub vanish: u32,
     pub silent: u32,
@@ -97,6 +104,7 @@ impl Default for LeaveMix {
     fn default() -> Self {
         LeaveMix {
             leave: 1,
+            quit: 0,
             close: 1,
             vanish: 1,
             silent: 0,
@@ -108,6 +116,7 @@ impl LeaveMix {
     pub fn weight(&self, d: Departure) -> u32 {
         match d {
             Departure::Leave => self.leave,
+            Departure::Quit => self.quit,
             Departure::Close => self.close,
             Departure::Vanish => self.vanish,
             Departure::Silent => self.silent,
@@ -134,10 +143,11 @@ impl LeaveMix {
 impl std::str::FromStr for LeaveMix {
     type Err = String;
 
-    /// `leave=1,close=1,vanish=1,silent=0`; kinds not named weigh 0.
+    /// `leave=1,quit=0,close=1,vanish=1,silent=0`; kinds not named weigh 0.
     fn from_str(s: &str) -> Result<Self, String> {
         let mut m = LeaveMix {
             leave: 0,
+            quit: 0,
             close: 0,
             vanish: 0,
             silent: 0,
@@ -152,12 +162,13 @@ impl std::str::FromStr for LeaveMix {
                 .map_err(|_| format!("{part:?}: the weight must be a whole number"))?;
             match k.trim() {
                 "leave" => m.leave = v,
+                "quit" => m.quit = v,
                 "close" => m.close = v,
                 "vanish" => m.vanish = v,
                 "silent" => m.silent = v,
                 other => {
                     return Err(format!(
-                        "unknown kind {other:?}: leave, close, vanish or silent"
+                        "unknown kind {other:?}: leave, quit, close, vanish or silent"
                     ));
                 }
             }
@@ -420,7 +431,12 @@ mod tests {
     #[test]
     fn leave_mix_parses_and_picks_by_weight() {
         let m: LeaveMix = "leave=1, vanish=2".parse().unwrap();
-        assert_eq!((m.leave, m.close, m.vanish, m.silent), (1, 0, 2, 0));
+        assert_eq!(
+            (m.leave, m.quit, m.close, m.vanish, m.silent),
+            (1, 0, 0, 2, 0)
+        );
+        let q: LeaveMix = "quit=1".parse().unwrap();
+        assert_eq!(q.pick(0), Departure::Quit);
         assert_eq!(m.total(), 3);
         let picks: Vec<_> = (0..3).map(|r| m.pick(r)).collect();
         assert_eq!(

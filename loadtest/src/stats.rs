@@ -130,7 +130,7 @@ pub struct Totals {
     pub failed_joins: usize,
     pub dropped: usize,
     pub still_joining: usize,
-    /// Ended without a departure and without an error: stopped with the run.
+    /// Ended without a departure and without an error: stopped with the run (quit).
     pub stopped_at_end: usize,
     pub departures: BTreeMap<Departure, u64>,
     pub finished: usize,
