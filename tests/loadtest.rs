@@ -1,15 +1,32 @@
 //! The load-test simulator against a real `maxd`: a short audio+video scenario with
-//! simulcast in two rooms; every expected track arrives, nothing is lost on loopback,
-//! and the report's fields are present and sane.
+//! simulcast in two rooms (every expected track arrives, nothing is lost on loopback,
+//! the report's fields are present and sane); churn and soak (the server lets go of
+//! everyone, in time); runs that must fail, and the binary's exit code.
 
 mod support;
 
+use std::path::PathBuf;
+use std::process::Command;
 use std::time::Duration;
 
+use loadtest::verdict::{EXIT_FAILED, EXIT_PASSED};
 use loadtest::{RunOptions, Scenario};
 use support::Maxd;
 
 const SECRET: &str = "loadtest-e2e-secret-0123456789abcdef";
+
+/// A server whose resume window and room grace are short, so that the end check (which
+/// waits for them) takes seconds.
+fn quick_maxd() -> Maxd {
+    Maxd::start_with(
+        r#"["sfu"]"#,
+        &[
+            ("MAXD_AUTH__SECRET", SECRET),
+            ("MAXD_SFU__RESUME_WINDOW", "2s"),
+            ("MAXD_SFU__EMPTY_ROOM_GRACE", "1s"),
+        ],
+    )
+}
 
 /// Runs a scenario on a runtime of its own, as the `loadtest` binary does.
 fn run(sc: &Scenario) -> loadtest::Report {
@@ -23,10 +40,11 @@ fn run(sc: &Scenario) -> loadtest::Report {
 
 #[test]
 fn short_scenario_every_track_arrives_without_loss() {
-    let m = Maxd::start_with(r#"["sfu"]"#, &[("MAXD_AUTH__SECRET", SECRET)]);
+    let m = quick_maxd();
     let sc = Scenario {
         name: "e2e".into(),
         url: m.base_url(),
+        room_grace: Duration::from_secs(1),
         rooms: 2,
         publishers: 2,
         subscribers: 2,
@@ -49,8 +67,18 @@ fn short_scenario_every_track_arrives_without_loss() {
     assert_eq!(r.participants.planned, 8, "{ctx}");
     assert_eq!(r.participants.connected, 8, "{ctx}");
     assert_eq!(r.participants.failed, 0, "{ctx}");
-    assert!(
-        r.errors_by_kind.keys().all(|k| k.contains("fell behind")),
+    assert_eq!(r.participants.stopped_at_end, 8, "{ctx}");
+    assert_eq!(r.errors, 0, "{ctx}");
+    assert!(r.verdict.passed, "{ctx}");
+    // Everyone left politely: the server let go of them at once, and of the rooms
+    // after their grace.
+    let e = r.end_check.as_ref().expect("end check");
+    assert!(e.settled, "{ctx}");
+    assert_eq!(e.resume_window_from, "server", "{ctx}");
+    assert_eq!(e.resume_window_s, 2.0, "{ctx}");
+    assert_eq!(
+        e.end.as_ref().map(|c| (c.participants, c.rooms)),
+        Some((0, 0)),
         "{ctx}"
     );
 
@@ -135,6 +163,204 @@ fn short_scenario_every_track_arrives_without_loss() {
     assert!(std::fs::read_to_string(&svg).unwrap().starts_with("<svg"));
 }
 
+/// A publisher alone in its room has nothing to receive: the server's subscriber offer
+/// holds only a data channel. The simulator must connect it as a browser does (the
+/// server drops a participant whose connection never completes DTLS, after ~30 s).
+#[test]
+fn publisher_alone_connects_its_subscriber_connection() {
+    let m = quick_maxd();
+    let sc = Scenario {
+        url: m.base_url(),
+        room_grace: Duration::from_secs(1),
+        rooms: 1,
+        publishers: 1,
+        subscribers: 0,
+        duration: Duration::from_secs(1),
+        warmup: Duration::from_secs(0),
+        token_secret: Some(SECRET.into()),
+        connect_timeout: Duration::from_secs(5),
+        ..Scenario::default()
+    };
+    let r = run(&sc);
+    let ctx = format!("{}\nmaxd log:\n{}", r.table(), m.log());
+    assert_eq!(r.participants.connected, 1, "{ctx}");
+    assert_eq!(r.participants.failed, 0, "{ctx}");
+    assert_eq!(r.join_ms.subscriber_dtls.count, 1, "{ctx}");
+    assert_eq!(r.errors, 0, "{ctx}");
+}
+
+/// Churn against a real server: participants leave every way (`leave`, `leave` and gone
+/// at once, a close frame, a killed client) and new ones take their seats, for a short
+/// soak, and everyone still in quits at once at the end; afterwards the
+/// server holds no participant and no room, every leaver was let go within the resume
+/// window + 1 s as the others in its room heard it, and every track that was there
+/// long enough arrived.
+#[test]
+fn churn_run_ends_with_nothing_left_on_the_server() {
+    let m = quick_maxd();
+    let sc = Scenario {
+        name: "churn e2e".into(),
+        url: m.base_url(),
+        rooms: 2,
+        publishers: 2,
+        subscribers: 2,
+        soak: Some(Duration::from_secs(7)),
+        warmup: Duration::from_secs(1),
+        join_rate: 50.0,
+        churn: 2.0,
+        leave_mix: "leave=1,quit=1,close=1,vanish=1".parse().unwrap(),
+        // With this seed the first departures include every kind of the mix.
+        seed: Some(3),
+        track_timeout: Duration::from_secs(2),
+        room_grace: Duration::from_secs(1),
+        token_secret: Some(SECRET.into()),
+        ..Scenario::default()
+    };
+    let r = run(&sc);
+    let ctx = format!("{}\nmaxd log:\n{}", r.table(), m.log());
+    assert!(r.verdict.passed, "{ctx}");
+    let p = &r.participants;
+    assert_eq!(p.failed, 0, "{ctx}");
+    let c = r.churn.as_ref().expect("churn figures");
+    assert!(c.newcomers >= 10, "{ctx}");
+    assert_eq!(p.started, 8 + c.newcomers, "{ctx}");
+    for kind in ["leave", "quit", "close", "vanish"] {
+        assert!(
+            p.departures.get(kind).copied().unwrap_or(0) >= 1,
+            "no {kind}: {ctx}"
+        );
+    }
+    assert_eq!(p.departures.get("silent"), None, "{ctx}");
+    // Each leaver's participant_left reached the others in time; those that closed
+    // or vanished after the resume window, those that left at once.
+    let rm = &c.removals;
+    assert!(rm.judged >= 5, "{ctx}");
+    assert_eq!((rm.late, rm.unseen), (0, 0), "{ctx}");
+    for kind in ["leave", "quit"] {
+        assert!(rm.after_ms[kind].max < 1000.0, "{kind}: {ctx}");
+    }
+    for kind in ["close", "vanish"] {
+        if let Some(d) = rm.after_ms.get(kind) {
+            assert!(d.p50 >= 1500.0 && d.max <= rm.limit_ms, "{kind}: {ctx}");
+        }
+    }
+    assert!(r.tracks_expected > 0, "{ctx}");
+    assert_eq!(r.tracks_received, r.tracks_expected, "{ctx}");
+    // The end check, and the server's own gauges read here.
+    let e = r.end_check.as_ref().expect("end check");
+    assert!(e.settled && e.left_behind.is_empty(), "{ctx}");
+    let metrics = m.metrics();
+    assert_eq!(
+        support::metric(&metrics, "maxd_sfu_participants"),
+        0.0,
+        "{ctx}"
+    );
+    assert_eq!(support::metric(&metrics, "maxd_sfu_rooms"), 0.0, "{ctx}");
+    // A soak: the server's memory was sampled through the run.
+    let soak = r.soak.as_ref().expect("soak figures");
+    assert!(
+        soak.samples >= 4 && soak.rss_mb_max.unwrap_or(0.0) > 1.0,
+        "{ctx}"
+    );
+    assert!(
+        r.timeline.iter().any(|t| t.joins > 0 && t.ends > 0),
+        "{ctx}"
+    );
+}
+
+/// Every participant fails (tokens signed with the wrong secret): the run fails, and
+/// the `loadtest` binary exits with the code for a failed check (3), not 0.
+#[test]
+fn every_participant_failing_fails_the_run_and_the_exit_code() {
+    let m = quick_maxd();
+    let sc = Scenario {
+        url: m.base_url(),
+        rooms: 1,
+        publishers: 1,
+        subscribers: 1,
+        duration: Duration::from_secs(1),
+        token_secret: Some("not-the-servers-secret-0123456789abcdef".into()),
+        room_grace: Duration::from_secs(1),
+        ..Scenario::default()
+    };
+    let r = run(&sc);
+    let ctx = format!("{}\nmaxd log:\n{}", r.table(), m.log());
+    assert_eq!(r.participants.failed_joins, 2, "{ctx}");
+    assert!(!r.verdict.passed, "{ctx}");
+    assert_eq!(r.verdict.exit_code, EXIT_FAILED, "{ctx}");
+    let checks: Vec<_> = r.verdict.failures.iter().map(|f| f.check).collect();
+    assert!(
+        checks.contains(&"participants") && checks.contains(&"errors"),
+        "{ctx}"
+    );
+
+    // The binary, as CI runs it.
+    let args = |secret: &str| {
+        let mut c = Command::new(loadtest_bin());
+        c.args(["--url", &m.base_url(), "--rooms", "1", "--publishers", "1"])
+            .args(["--subscribers", "1", "--duration", "1s", "--quiet"])
+            .args(["--room-grace", "1s", "--token-secret", secret]);
+        c
+    };
+    let out = args("not-the-servers-secret-0123456789abcdef")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(EXIT_FAILED), "{stdout}");
+    assert!(stdout.contains("verdict: FAIL"), "{stdout}");
+    // And with the right secret it passes: the code tells the two apart.
+    let out = args(SECRET).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(EXIT_PASSED), "{stdout}");
+}
+
+/// A client whose network goes away (its TCP connection stays open but silent, its
+/// media stops) must be let go too. Today the server keeps it: the `/rtc` WebSocket has
+/// no ping or idle timeout, and an ICE disconnect of a WebSocket participant only logs,
+/// so the resume window never starts. Reported to the SFU's owner; run it with
+/// `cargo test --test loadtest -- --ignored silent`.
+#[test]
+#[ignore = "server fault: a silent /rtc client is never let go (no WebSocket ping, ICE loss does not detach)"]
+fn silent_client_is_let_go() {
+    let m = quick_maxd();
+    let sc = Scenario {
+        url: m.base_url(),
+        rooms: 1,
+        publishers: 2,
+        subscribers: 2,
+        duration: Duration::from_secs(10),
+        churn: 0.5,
+        leave_mix: "silent=1".parse().unwrap(),
+        seed: Some(1),
+        room_grace: Duration::from_secs(1),
+        token_secret: Some(SECRET.into()),
+        ..Scenario::default()
+    };
+    let r = run(&sc);
+    let ctx = format!("{}\nmaxd log:\n{}", r.table(), m.log());
+    assert!(r.participants.departures["silent"] >= 2, "{ctx}");
+    assert!(r.verdict.passed, "{ctx}");
+}
+
+/// The `loadtest` binary of this workspace, built now if need be (the README's test
+/// command builds every target first, so this is then a no-op).
+fn loadtest_bin() -> PathBuf {
+    let status = Command::new(env!("CARGO"))
+        .args([
+            "build",
+            "--quiet",
+            "-p",
+            "maxd-loadtest",
+            "--bin",
+            "loadtest",
+        ])
+        .args((!cfg!(debug_assertions)).then_some("--release"))
+        .status()
+        .expect("run cargo build");
+    assert!(status.success(), "cargo build -p maxd-loadtest failed");
+    support::bin().with_file_name("loadtest")
+}
+
 #[test]
 fn chat_mode_delivers_every_message() {
     let m = Maxd::start_with(
@@ -175,6 +401,7 @@ fn chat_mode_delivers_every_message() {
         "{ctx}"
     );
     assert_eq!(r.errors, 0, "{ctx}");
+    assert!(r.verdict.passed, "{ctx}");
 }
 
 #[test]
@@ -213,4 +440,5 @@ fn files_mode_moves_every_file_both_ways() {
         );
     }
     assert_eq!(r.errors, 0, "{ctx}");
+    assert!(r.verdict.passed, "{ctx}");
 }

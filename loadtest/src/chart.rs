@@ -1,5 +1,6 @@
-//! An SVG chart of the run: one-way delay (p50, p99) and loss over time, and the
-//! connected participants.
+//! An SVG chart of the run: one-way delay (p50, p99) and loss over time, the
+//! connected participants, and the server: its memory (RSS) and the participants and
+//! rooms it holds (with churn and in a soak, what to watch).
 
 use std::path::Path;
 
@@ -14,10 +15,10 @@ fn err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
 
 /// Writes the chart to `path` (SVG).
 pub fn write_svg(path: &Path, title: &str, timeline: &[TimePoint]) -> Result<()> {
-    let root = SVGBackend::new(path, (960, 720)).into_drawing_area();
+    let root = SVGBackend::new(path, (960, 960)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
     let root = root.titled(title, ("sans-serif", 20)).map_err(err)?;
-    let parts = root.split_evenly((3, 1));
+    let parts = root.split_evenly((4, 1));
     let tmax = timeline.last().map(|p| p.t).unwrap_or(1.0).max(1.0);
 
     let dmax = timeline
@@ -106,6 +107,47 @@ pub fn write_svg(path: &Path, title: &str, timeline: &[TimePoint]) -> Result<()>
         &BLACK,
     ))
     .map_err(err)?;
+
+    let rss: Vec<(f64, f64)> = timeline
+        .iter()
+        .filter_map(|p| p.server_rss_mb.map(|r| (p.t, r)))
+        .collect();
+    let held: Vec<(f64, f64, f64)> = timeline
+        .iter()
+        .filter_map(|p| Some((p.t, p.server_participants? as f64, p.server_rooms? as f64)))
+        .collect();
+    let rmax = rss.iter().map(|p| p.1).fold(1.0f64, f64::max) * 1.1;
+    let pmax = held
+        .iter()
+        .map(|p| p.1.max(p.2))
+        .fold(1.0f64, f64::max)
+        .max(timeline.iter().map(|p| p.live as f64).fold(1.0, f64::max))
+        * 1.1;
+    let mut c = ChartBuilder::on(&parts[3])
+        .caption(
+            "server: RSS MiB (red), participants (blue), rooms (green); simulated participants (gray)",
+            ("sans-serif", 16),
+        )
+        .margin(8)
+        .x_label_area_size(24)
+        .y_label_area_size(56)
+        .right_y_label_area_size(56)
+        .build_cartesian_2d(0f64..tmax, 0f64..rmax)
+        .map_err(err)?
+        .set_secondary_coord(0f64..tmax, 0f64..pmax);
+    c.configure_mesh().x_desc("s").draw().map_err(err)?;
+    c.configure_secondary_axes().draw().map_err(err)?;
+    c.draw_series(LineSeries::new(rss.iter().copied(), &RED))
+        .map_err(err)?;
+    c.draw_secondary_series(LineSeries::new(
+        timeline.iter().map(|p| (p.t, p.live as f64)),
+        &RGBColor(160, 160, 160),
+    ))
+    .map_err(err)?;
+    c.draw_secondary_series(LineSeries::new(held.iter().map(|p| (p.0, p.1)), &BLUE))
+        .map_err(err)?;
+    c.draw_secondary_series(LineSeries::new(held.iter().map(|p| (p.0, p.2)), &GREEN))
+        .map_err(err)?;
     root.present().map_err(err)?;
     Ok(())
 }

@@ -295,12 +295,9 @@ pub async fn run_chat(sc: &Scenario) -> Result<Report> {
                     bitrate_out_kbps: 0.0,
                     bitrate_in_kbps: 0.0,
                     packets_in: std::mem::take(&mut a.interval_deliveries),
-                    loss_ratio: 0.0,
                     delay_p50_ms: d.p50,
                     delay_p99_ms: d.p99,
-                    server_cpu_percent: None,
-                    media_worker_cpu_percent: None,
-                    server_rss_mb: None,
+                    ..TimePoint::default()
                 });
             }
             // Let what is in flight arrive, then stop.
@@ -357,6 +354,8 @@ pub async fn run_chat(sc: &Scenario) -> Result<Report> {
             started: users.len(),
             connected: a.connected,
             failed: users.len() - a.connected.min(users.len()),
+            failed_joins: users.len() - a.connected.min(users.len()),
+            ..Participants::default()
         },
         packets_sent: a.sent,
         packets_received: a.deliveries,

@@ -185,6 +185,7 @@ pub async fn run_files(sc: &Scenario) -> Result<Report> {
             started: n,
             connected: n,
             failed: n - fig.download.ok.min(n),
+            ..Participants::default()
         },
         tracks_expected: 2 * n,
         tracks_received: ok,

@@ -1,11 +1,15 @@
 //! The load-test simulator: many real WebRTC clients (str0m: ICE, DTLS, SRTP) through
 //! `/rtc`, and a report of what they saw. See `docs/loadtest.md`.
 //!
-//! [`run`] runs a [`Scenario`] and answers a [`Report`]; the `loadtest` binary adds the
+//! [`run`] runs a [`Scenario`] and answers a judged [`Report`] (its `verdict` says
+//! whether the run passed, and the binary's exit code); the `loadtest` binary adds the
 //! command line, the live progress line, the table, the JSON file and the chart.
 
+pub mod availability;
 pub mod chart;
 pub mod chat;
+pub mod churn;
+pub mod depart;
 pub mod files;
 pub mod http;
 pub mod media;
@@ -13,23 +17,29 @@ pub mod participant;
 pub mod report;
 pub mod runner;
 pub mod scenario;
+pub mod settle;
 pub mod stats;
 pub mod token;
+pub mod verdict;
 
 pub use report::Report;
 pub use runner::RunOptions;
-pub use scenario::{Mode, Scenario, Speaking};
+pub use scenario::{Departure, LeaveMix, Mode, Scenario, Speaking};
+pub use verdict::Verdict;
 
 use anyhow::Result;
 
-/// Runs `sc` (media mode; `find_capacity` ramps subscribers step by step).
+/// Runs `sc` (media mode; `find_capacity` ramps subscribers step by step) and judges
+/// the run (`Report::verdict`).
 pub async fn run(sc: &Scenario, opts: &RunOptions) -> Result<Report> {
-    match sc.mode {
-        Mode::Media if sc.find_capacity => find_capacity(sc, opts).await,
-        Mode::Media => runner::run_media(sc, opts).await,
-        Mode::Chat => chat::run_chat(sc).await,
-        Mode::Files => files::run_files(sc).await,
-    }
+    let mut r = match sc.mode {
+        Mode::Media if sc.find_capacity => find_capacity(sc, opts).await?,
+        Mode::Media => runner::run_media(sc, opts).await?,
+        Mode::Chat => chat::run_chat(sc).await?,
+        Mode::Files => files::run_files(sc).await?,
+    };
+    r.verdict = verdict::judge(&r);
+    Ok(r)
 }
 
 /// Raises subscribers per room by `capacity_step` until a step loses more than
@@ -37,6 +47,9 @@ pub async fn run(sc: &Scenario, opts: &RunOptions) -> Result<Report> {
 /// fails. The report is the last passing step's, with every step listed.
 pub async fn find_capacity(sc: &Scenario, opts: &RunOptions) -> Result<Report> {
     let mut steps = Vec::new();
+    // One end check after the last step, against the server before the first.
+    let baseline = runner::server_counts(&sc.url).await;
+    let mut announced = None;
     let mut best: Option<Report> = None;
     let mut last: Option<Report> = None;
     let step = sc.capacity_step.max(1);
@@ -49,6 +62,7 @@ pub async fn find_capacity(sc: &Scenario, opts: &RunOptions) -> Result<Report> {
         let s = Scenario {
             subscribers: subs,
             find_capacity: false,
+            end_check: false,
             room_prefix: String::new(),
             ..sc.clone()
         };
@@ -59,6 +73,7 @@ pub async fn find_capacity(sc: &Scenario, opts: &RunOptions) -> Result<Report> {
             );
         }
         let r = runner::run_media(&s, opts).await?;
+        announced = announced.or(r.server.resume_window_s);
         let mut why = Vec::new();
         // Judged after the warm-up when there is one, else over the whole run.
         let (loss, p99) = if r.steady.delay_ms.count > 0 {
@@ -123,5 +138,11 @@ pub async fn find_capacity(sc: &Scenario, opts: &RunOptions) -> Result<Report> {
         .or(last)
         .ok_or_else(|| anyhow::anyhow!("no capacity step ran"))?;
     r.capacity = Some(capacity);
+    if sc.end_check {
+        if opts.progress {
+            eprintln!("end check: waiting for the server to let go of everything");
+        }
+        r.end_check = Some(runner::end_check(sc, baseline, announced).await);
+    }
     Ok(r)
 }

@@ -6,13 +6,28 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use loadtest::{Mode, RunOptions, Scenario, Speaking};
+use loadtest::verdict::{EXIT_ERROR, EXIT_FAILED, EXIT_PASSED, EXIT_USAGE};
+use loadtest::{LeaveMix, Mode, RunOptions, Scenario, Speaking};
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  every check passed
+  1  the simulator could not run (bad option or scenario, unwritable report)
+  2  the command line could not be parsed
+  3  the run finished and a check failed (the table's verdict and the report's
+     verdict.failures say which): the server still held participants, rooms, tracks or
+     subscriptions after its resume window and room grace (left_behind); with churn, a
+     leaver not let go within the resume window + 1 s (removals); an expected track
+     that never arrived (tracks); more errors than --max-errors (errors; a failed
+     participant is one); loss above --max-loss (loss); no participant connected
+     (participants)";
 
 #[derive(Parser, Debug)]
 #[command(
     name = "loadtest",
     version,
-    about = "Load-test simulator for maxd: real WebRTC clients through /rtc"
+    about = "Load-test simulator for maxd: real WebRTC clients through /rtc",
+    after_help = EXIT_CODES
 )]
 struct Cli {
     /// Scenario file (TOML, see configs/loadtest/); flags override its values.
@@ -62,6 +77,43 @@ struct Cli {
     /// Participants joining per second.
     #[arg(long)]
     join_rate: Option<f64>,
+    /// Churn: once all have joined, RATE participants per second leave (see
+    /// --leave-mix) and as many new ones join in their places.
+    #[arg(long, value_name = "RATE")]
+    churn: Option<f64>,
+    /// How churned participants leave, by weight: leave (polite: waits for left), quit
+    /// (leave and close at once, as a page unloads), close (WebSocket close frame, no
+    /// leave), vanish (a killed client: no close frame), silent (network gone: sockets
+    /// held open, nothing sent). Default leave=1,close=1,vanish=1.
+    #[arg(long, value_name = "KIND=W,...")]
+    leave_mix: Option<LeaveMix>,
+    /// Soak: run this long (e.g. 10m) instead of --duration; the report adds the
+    /// server's memory trend.
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    soak: Option<Duration>,
+    /// Seed of the churn's choices (the report gives the one used).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// With churn, a track counts as expected by a participant once available to it
+    /// this long (default 5s).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    track_timeout: Option<Duration>,
+    /// Fail (exit 3) above this loss ratio after NACK repair (default 0.01).
+    #[arg(long, value_name = "RATIO")]
+    max_loss: Option<f64>,
+    /// Fail (exit 3) with more errors than this (default 0; a failed participant is one).
+    #[arg(long, value_name = "N")]
+    max_errors: Option<u64>,
+    /// Skip the end check (waiting for the server to let go of every participant and
+    /// room after the run).
+    #[arg(long)]
+    no_end_check: bool,
+    /// The server's sfu.resume_window (default: what the server says in `joined`).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    resume_window: Option<Duration>,
+    /// The server's sfu.empty_room_grace (default 20s, the server's default).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    room_grace: Option<Duration>,
     #[arg(long, value_enum)]
     speaking: Option<Speaking>,
     /// Opus DTX while not talking (one packet per 400 ms).
@@ -138,6 +190,8 @@ fn scenario(cli: &Cli) -> Result<Scenario> {
         keyframe_interval <- cli.keyframe_interval, join_rate <- cli.join_rate, speaking <- cli.speaking, dtx <- cli.dtx,
         room_prefix <- cli.room_prefix, threads <- cli.threads, connect_timeout <- cli.connect_timeout,
         capacity_step <- cli.capacity_step, capacity_max <- cli.capacity_max,
+        churn <- cli.churn, leave_mix <- cli.leave_mix, track_timeout <- cli.track_timeout,
+        max_loss <- cli.max_loss, max_errors <- cli.max_errors, room_grace <- cli.room_grace,
         chat_group_size <- cli.group_size, chat_senders <- cli.senders, chat_rate <- cli.rate,
         file_size <- cli.file_size, file_clients <- cli.clients);
     if cli.token_secret.is_some() {
@@ -158,6 +212,18 @@ fn scenario(cli: &Cli) -> Result<Scenario> {
     if cli.relay.is_some() {
         sc.relay_addr = cli.relay.clone();
     }
+    if cli.soak.is_some() {
+        sc.soak = cli.soak;
+    }
+    if cli.seed.is_some() {
+        sc.seed = cli.seed;
+    }
+    if cli.resume_window.is_some() {
+        sc.resume_window = cli.resume_window;
+    }
+    if cli.no_end_check {
+        sc.end_check = false;
+    }
     if cli.video {
         sc.video = true;
     }
@@ -173,7 +239,7 @@ fn scenario(cli: &Cli) -> Result<Scenario> {
     Ok(sc)
 }
 
-fn main() -> Result<()> {
+fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -181,8 +247,30 @@ fn main() -> Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
-    let sc = scenario(&cli)?;
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            std::process::exit(if e.use_stderr() {
+                EXIT_USAGE
+            } else {
+                EXIT_PASSED
+            });
+        }
+    };
+    let code = match run(&cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("loadtest: {e:#}");
+            EXIT_ERROR
+        }
+    };
+    std::process::exit(code);
+}
+
+/// Runs and writes the outputs; answers the exit code of the verdict.
+fn run(cli: &Cli) -> Result<i32> {
+    let sc = scenario(cli)?;
     let opts = RunOptions {
         progress: !cli.quiet,
     };
@@ -191,6 +279,7 @@ fn main() -> Result<()> {
         .build()?;
     let report = rt.block_on(loadtest::run(&sc, &opts))?;
     print!("{}", report.table());
+    debug_assert!(report.verdict.passed || report.verdict.exit_code == EXIT_FAILED);
     if let Some(path) = &cli.report {
         std::fs::write(path, serde_json::to_string_pretty(&report)? + "\n")
             .with_context(|| format!("write {}", path.display()))?;
@@ -210,5 +299,5 @@ fn main() -> Result<()> {
             eprintln!("chart: {}", path.display());
         }
     }
-    Ok(())
+    Ok(report.verdict.exit_code)
 }

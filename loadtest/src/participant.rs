@@ -25,9 +25,12 @@ use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
 use tokio::net::UdpSocket;
 use tokio::time::sleep_until;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
+use crate::availability::Availability;
+use crate::depart::{self, Ws};
 use crate::media::{OPUS_FRAME, OpusLoop, TRAILER_LEN, Trailer, Vp8Source, now_us, vp8_layers};
-use crate::scenario::{Scenario, Speaking};
+use crate::scenario::{Departure, Scenario, Speaking};
 use crate::stats::{Collector, Delta, Final};
 use crate::token::TokenSource;
 
@@ -46,6 +49,18 @@ pub struct Shared {
     pub ports: parking_lot::Mutex<Vec<u16>>,
     /// The server's media address, learnt from its datagrams.
     pub server_media: std::sync::OnceLock<SocketAddr>,
+    /// The server's resume window (seconds), from its `joined`.
+    pub resume_window_secs: std::sync::OnceLock<u64>,
+    /// Identity -> when that participant stopped sending (left, vanished, failed or
+    /// stopped at the end): its tracks carry nothing after that.
+    pub stopped: parking_lot::Mutex<HashMap<String, Instant>>,
+    /// Identity -> when and how a churned participant was told to leave...
+    pub departures: parking_lot::Mutex<HashMap<String, (Instant, Departure)>>,
+    /// ...and identity -> when another participant first heard `participant_left`.
+    pub left_seen: parking_lot::Mutex<HashMap<String, Instant>>,
+    /// Turns true when participants that went `silent` may let go of their sockets
+    /// (after the end check).
+    pub release: tokio::sync::watch::Receiver<bool>,
 }
 
 /// Who this participant is.
@@ -53,6 +68,9 @@ pub struct Shared {
 pub struct Spec {
     pub index: usize,
     pub room: String,
+    /// The place in the plan (`pub-{room}-{slot}`, `sub-{room}-{n}`); churn puts a new
+    /// participant with another identity in the seat of one that left.
+    pub seat: String,
     pub identity: String,
     pub publish: bool,
     /// Position among the room's publishers (speaking turns).
@@ -65,11 +83,14 @@ const FLUSH_EVERY: Duration = Duration::from_millis(250);
 /// A sender this late on its clock skips ahead instead of bursting.
 const MAX_SEND_LAG: Duration = Duration::from_millis(200);
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-/// Runs one participant until `stop` turns true; reports into the collector.
-pub async fn run(spec: Spec, sh: Arc<Shared>, stop: tokio::sync::watch::Receiver<bool>) {
+/// Runs one participant until `stop` turns true or `depart` says how to leave;
+/// reports into the collector.
+pub async fn run(
+    spec: Spec,
+    sh: Arc<Shared>,
+    stop: tokio::sync::watch::Receiver<bool>,
+    depart: tokio::sync::oneshot::Receiver<Departure>,
+) {
     let collector = sh.collector.clone();
     collector.started();
     let role = if spec.publish {
@@ -77,14 +98,35 @@ pub async fn run(spec: Spec, sh: Arc<Shared>, stop: tokio::sync::watch::Receiver
     } else {
         "subscriber"
     };
-    let mut p = Participant::new(spec, sh);
-    let r = p.run(stop).await;
+    let mut p = Participant::new(spec, sh.clone());
+    let (r, held) = p.run(stop, depart).await;
     if let Err(e) = r {
         p.fin.failed = true;
+        p.fin.dropped = p.fin.connected;
         let after = p.t0.elapsed().as_secs();
         collector.error(format!("{role}: {e:#} (after {after} s)"));
     }
     p.finish();
+    if let Some(held) = held {
+        // Silent: the sockets stay open, unread, until the end check is over.
+        let mut release = sh.release.clone();
+        let _ = release.wait_for(|r| *r).await;
+        drop(held);
+    }
+}
+
+/// What made the main loop return.
+enum Exit {
+    /// The run is over.
+    Stop,
+    /// Churn: leave this way.
+    Depart(Departure),
+}
+
+/// The sockets of a participant that went silent.
+struct Held {
+    _ws: Ws,
+    _pcs: Vec<Pc>,
 }
 
 /// A peer connection and its socket.
@@ -219,8 +261,8 @@ struct Participant {
     video: Option<VideoTx>,
     /// Subscriber mid -> track id, from the server's offers.
     mid_track: HashMap<Mid, String>,
-    /// Track id -> when it became available to us (joined, or track_published).
-    available: HashMap<String, Instant>,
+    /// The room's tracks and when they were available to us.
+    avail: Availability,
     rx: HashMap<String, RxTrack>,
     ssrc_track: HashMap<Ssrc, String>,
     delta: Delta,
@@ -229,6 +271,8 @@ struct Participant {
     ingress: HashMap<(Mid, Option<Rid>), (u64, u64, u64)>,
     fin: Final,
     connected: bool,
+    /// When it stopped sending (left, failed, or the run ended).
+    ended: Option<Instant>,
     events: Vec<Event>,
     stalls: u64,
 }
@@ -249,7 +293,7 @@ impl Participant {
             audio: None,
             video: None,
             mid_track: HashMap::new(),
-            available: HashMap::new(),
+            avail: Availability::default(),
             rx: HashMap::new(),
             ssrc_track: HashMap::new(),
             delta: Delta::default(),
@@ -257,6 +301,7 @@ impl Participant {
             ingress: HashMap::new(),
             fin: Final::default(),
             connected: false,
+            ended: None,
             events: Vec::new(),
             stalls: 0,
         }
@@ -290,7 +335,104 @@ impl Participant {
         })
     }
 
-    async fn run(&mut self, mut stop: tokio::sync::watch::Receiver<bool>) -> Result<()> {
+    /// Joins, runs until told to stop or depart, and leaves. A participant that went
+    /// silent answers its sockets, to be held open.
+    async fn run(
+        &mut self,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+        mut depart: tokio::sync::oneshot::Receiver<Departure>,
+    ) -> (Result<()>, Option<Held>) {
+        let mut ws = match self.join().await {
+            Ok(ws) => ws,
+            Err(e) => {
+                self.stopped_now();
+                return (Err(e), None);
+            }
+        };
+        let exit = match self.publish(&mut ws).await {
+            Ok(()) => self.main_loop(&mut ws, &mut stop, &mut depart).await,
+            Err(e) => Err(e),
+        };
+        let now = self.stopped_now();
+        match exit {
+            Ok(exit) => {
+                if !self.connected {
+                    // Told to go before it had connected (within its connect timeout).
+                    self.fin.still_joining = true;
+                }
+                match exit {
+                    // Everyone still in quits at once, as pages unload: the harshest end
+                    // for the server (its `left` and broadcasts race the closes).
+                    Exit::Stop => depart::quit(&mut ws).await,
+                    Exit::Depart(d) => {
+                        self.fin.departure = Some(d);
+                        self.sh
+                            .departures
+                            .lock()
+                            .insert(self.spec.identity.clone(), (now, d));
+                        match d {
+                            Departure::Leave => {
+                                depart::leave(&mut ws).await;
+                                self.close_pcs();
+                                depart::close(&mut ws, CloseCode::Normal).await;
+                            }
+                            Departure::Quit => depart::quit(&mut ws).await,
+                            // The media just stops: the sockets close unannounced.
+                            Departure::Close => depart::close(&mut ws, CloseCode::Away).await,
+                            Departure::Vanish => depart::vanish(ws),
+                            Departure::Silent => {
+                                self.flush(now);
+                                let pcs = [self.publisher.take(), self.subscriber.take()]
+                                    .into_iter()
+                                    .flatten()
+                                    .collect();
+                                return (Ok(()), Some(Held { _ws: ws, _pcs: pcs }));
+                            }
+                        }
+                    }
+                }
+                (Ok(()), None)
+            }
+            Err(e) => {
+                // A polite end where the socket still allows it.
+                depart::leave(&mut ws).await;
+                depart::close(&mut ws, CloseCode::Normal).await;
+                (Err(e), None)
+            }
+        }
+    }
+
+    /// This participant stops sending now (for the others' track expectations).
+    fn stopped_now(&mut self) -> Instant {
+        let now = Instant::now();
+        self.ended = Some(now);
+        self.sh
+            .stopped
+            .lock()
+            .insert(self.spec.identity.clone(), now);
+        now
+    }
+
+    /// Closes both peer connections politely (RTCP BYE, SCTP shutdown, DTLS
+    /// close_notify), as a browser's `RTCPeerConnection.close()` does.
+    fn close_pcs(&mut self) {
+        let now = Instant::now();
+        for is_pub in [true, false] {
+            let pc = if is_pub {
+                self.publisher.as_mut()
+            } else {
+                self.subscriber.as_mut()
+            };
+            if let Some(pc) = pc {
+                if pc.rtc.close().is_ok() {
+                    let _ = self.drain(is_pub, now);
+                }
+            }
+        }
+    }
+
+    /// Token, WebSocket, `join`, until `joined`.
+    async fn join(&mut self) -> Result<Ws> {
         let sc = &self.sh.scenario;
         let grants = if self.spec.publish {
             "publish,subscribe"
@@ -330,12 +472,14 @@ impl Participant {
             match v["type"].as_str() {
                 Some("joined") => {
                     self.fin.join.joined = Some(ms(self.t0, Instant::now()));
+                    if let Some(me) = v["participant"]["id"].as_str() {
+                        self.avail.me(me);
+                    }
+                    if let Some(w) = v["resume_window_secs"].as_u64() {
+                        let _ = self.sh.resume_window_secs.set(w);
+                    }
                     for p in v["participants"].as_array().into_iter().flatten() {
-                        for t in p["tracks"].as_array().into_iter().flatten() {
-                            if let Some(id) = t["id"].as_str() {
-                                self.available.insert(id.to_string(), self.t0);
-                            }
-                        }
+                        self.on_participant(p, self.t0);
                     }
                     break;
                 }
@@ -343,19 +487,26 @@ impl Participant {
                 _ => self.on_message(&mut ws, v).await?,
             }
         }
-        if self.spec.publish {
-            self.publish(&mut ws).await?;
+        Ok(ws)
+    }
+
+    /// Another participant and its tracks, available to us from `at`.
+    fn on_participant(&mut self, p: &Value, at: Instant) {
+        let (Some(id), Some(identity)) = (p["id"].as_str(), p["identity"].as_str()) else {
+            return;
+        };
+        self.avail.participant(id, identity);
+        for t in p["tracks"].as_array().into_iter().flatten() {
+            if let Some(tid) = t["id"].as_str() {
+                self.avail.track(tid, id, at);
+            }
         }
-        let result = self.main_loop(&mut ws, &mut stop).await;
-        let _ = tokio::time::timeout(Duration::from_secs(2), async {
-            let _ = send(&mut ws, json!({"type": "leave"})).await;
-            let _ = ws.close(None).await;
-        })
-        .await;
-        result
     }
 
     async fn publish(&mut self, ws: &mut Ws) -> Result<()> {
+        if !self.spec.publish {
+            return Ok(());
+        }
         let sc = self.sh.scenario.clone();
         let rtc = self.rtc_config().build(Instant::now());
         let mut pc = self.new_pc(rtc).await?;
@@ -460,6 +611,7 @@ impl Participant {
                     .sdp_api()
                     .accept_answer(pending, answer)
                     .map_err(|e| anyhow!("accept answer: {e}"))?;
+                start_clock(pc, now)?;
                 self.drain(true, now)?;
             }
             "offer" => {
@@ -483,6 +635,7 @@ impl Participant {
                         self.mid_track.insert(Mid::from(mid), id.to_string());
                     }
                 }
+                start_clock(pc, now)?;
                 self.drain(false, now)?;
                 send(
                     ws,
@@ -491,15 +644,27 @@ impl Participant {
                 .await?;
             }
             "track_published" => {
-                if let Some(id) = v["track"]["id"].as_str() {
-                    self.available.entry(id.to_string()).or_insert(now);
+                let t = &v["track"];
+                if let (Some(id), Some(owner)) = (t["id"].as_str(), t["participant_id"].as_str()) {
+                    self.avail.track(id, owner, now);
                 }
             }
-            "participant_joined" => {
-                for t in v["participant"]["tracks"].as_array().into_iter().flatten() {
-                    if let Some(id) = t["id"].as_str() {
-                        self.available.entry(id.to_string()).or_insert(now);
-                    }
+            "track_unpublished" => {
+                if let Some(id) = v["track_id"].as_str() {
+                    self.avail.track_gone(id, now);
+                }
+            }
+            "participant_joined" => self.on_participant(&v["participant"], now),
+            "participant_left" => {
+                if let Some(id) = v["participant_id"].as_str() {
+                    self.avail.participant_gone(id, now);
+                }
+                if let Some(identity) = v["identity"].as_str() {
+                    self.sh
+                        .left_seen
+                        .lock()
+                        .entry(identity.to_string())
+                        .or_insert(now);
                 }
             }
             "error" => {
@@ -521,14 +686,17 @@ impl Participant {
         &mut self,
         ws: &mut Ws,
         stop: &mut tokio::sync::watch::Receiver<bool>,
-    ) -> Result<()> {
+        depart: &mut tokio::sync::oneshot::Receiver<Departure>,
+    ) -> Result<Exit> {
         let mut buf_p = vec![0u8; 2048];
         let mut buf_s = vec![0u8; 2048];
         let mut next_flush = Instant::now() + FLUSH_EVERY;
         let connect_deadline = self.t0 + self.sh.scenario.connect_timeout;
         if *stop.borrow() {
-            return Ok(());
+            return Ok(Exit::Stop);
         }
+        // The runner keeps the sender until the end; once it is dropped, never again.
+        let mut may_depart = true;
         loop {
             let now = Instant::now();
             if !self.connected && now >= connect_deadline {
@@ -555,6 +723,7 @@ impl Participant {
             }
             enum Ev {
                 Stop,
+                Depart(std::result::Result<Departure, tokio::sync::oneshot::error::RecvError>),
                 Ws(Option<Result<Message, tokio_tungstenite::tungstenite::Error>>),
                 Udp(bool, std::io::Result<(usize, SocketAddr)>),
                 Timer,
@@ -562,6 +731,7 @@ impl Participant {
             let ev = tokio::select! {
                 biased;
                 _ = stop.changed() => Ev::Stop,
+                d = &mut *depart, if may_depart => Ev::Depart(d),
                 r = recv(self.publisher.as_ref(), &mut buf_p) => Ev::Udp(true, r),
                 r = recv(self.subscriber.as_ref(), &mut buf_s) => Ev::Udp(false, r),
                 m = ws.next() => Ev::Ws(m),
@@ -569,7 +739,9 @@ impl Participant {
             };
             let now = Instant::now();
             match ev {
-                Ev::Stop => return Ok(()),
+                Ev::Stop => return Ok(Exit::Stop),
+                Ev::Depart(Ok(d)) => return Ok(Exit::Depart(d)),
+                Ev::Depart(Err(_)) => may_depart = false,
                 Ev::Ws(m) => {
                     let v = parse(m)?;
                     self.on_message(ws, v).await?;
@@ -628,9 +800,7 @@ impl Participant {
         if self.spec.publish {
             parts.push(step(self.publisher.as_ref(), "publisher"));
         }
-        if self.spec.expected_tracks > 0 {
-            parts.push(step(self.subscriber.as_ref(), "subscriber"));
-        }
+        parts.push(step(self.subscriber.as_ref(), "subscriber"));
         format!(
             "not connected within the connect timeout ({})",
             parts.join(", ")
@@ -777,11 +947,13 @@ impl Participant {
     fn check_connected(&mut self) {
         let pub_ok =
             !self.spec.publish || self.publisher.as_ref().is_some_and(|p| p.dtls_at.is_some());
-        let sub_ok = self.spec.expected_tracks == 0
-            || self
-                .subscriber
-                .as_ref()
-                .is_some_and(|p| p.dtls_at.is_some());
+        // Every participant may subscribe, so the server gives each a subscriber
+        // connection (a data channel while there is nothing to receive) and drops a
+        // participant that never connects it, as it should: a browser connects it.
+        let sub_ok = self
+            .subscriber
+            .as_ref()
+            .is_some_and(|p| p.dtls_at.is_some());
         if pub_ok && sub_ok && !self.connected {
             self.connected = true;
             self.fin.connected = true;
@@ -811,12 +983,7 @@ impl Participant {
                 let Some(id) = self.mid_track.get(&mid).cloned() else {
                     return;
                 };
-                let available = self
-                    .available
-                    .get(&id)
-                    .copied()
-                    .unwrap_or(self.t0)
-                    .max(self.t0);
+                let available = self.avail.since(&id).unwrap_or(self.t0).max(self.t0);
                 self.rx.entry(id.clone()).or_insert_with(|| RxTrack {
                     ssrc,
                     video,
@@ -1051,12 +1218,38 @@ impl Participant {
             self.sh.collector.merge(&mut self.delta);
         }
         if self.stalls > 0 {
-            self.sh.collector.error(format!(
+            self.sh.collector.warning(format!(
                 "simulator fell behind its send clock ({} times)",
                 self.stalls
             ));
         }
         self.fin.tracks_received = self.rx.values().filter(|t| t.valid).count();
+        if self.fin.connected {
+            let end = self.ended.unwrap_or(now);
+            let stopped = self.sh.stopped.lock();
+            let expected: std::collections::HashSet<&str> = self
+                .avail
+                .expected(self.t0, end, self.sh.scenario.track_timeout, |identity| {
+                    stopped.get(identity).copied()
+                })
+                .collect();
+            self.fin.tracks_expected = expected.len();
+            self.fin.tracks_received_expected = self
+                .rx
+                .iter()
+                .filter(|(id, t)| t.valid && expected.contains(id.as_str()))
+                .count();
+            for id in &expected {
+                if !self.rx.get(*id).is_some_and(|t| t.valid) {
+                    tracing::debug!(
+                        participant = %self.spec.identity,
+                        track = id,
+                        "expected track never arrived: {}",
+                        self.avail.describe(id, self.t0)
+                    );
+                }
+            }
+        }
         self.fin.jitter_ms = self
             .rx
             .values()
@@ -1068,6 +1261,17 @@ impl Participant {
         }
         self.sh.collector.finish(std::mem::take(&mut self.fin));
     }
+}
+
+/// Hands str0m the time once after a negotiation. Its ICE agent starts only on its
+/// first `Input::Timeout`, and an `Rtc` with nothing but a data channel (the server's
+/// subscriber offer when there is nothing to receive yet) asks for no timeout before
+/// that, so without this its ICE never started and the server dropped the participant
+/// after its DTLS handshake timeout (~30 s).
+fn start_clock(pc: &mut Pc, now: Instant) -> Result<()> {
+    pc.rtc
+        .handle_input(Input::Timeout(now))
+        .map_err(|e| anyhow!("str0m: {e}"))
 }
 
 /// A non-blocking UDP socket with a 1 MiB receive buffer, so that a busy event loop

@@ -5,16 +5,59 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use crate::scenario::Scenario;
+use crate::scenario::{LeaveMix, Scenario};
+use crate::settle::EndCheck;
 use crate::stats::Dist;
+use crate::verdict::Verdict;
 
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct Participants {
+    /// The population: rooms x (publishers + subscribers).
     pub planned: usize,
+    /// Joins: every participant started, churn's newcomers included.
     pub started: usize,
-    /// Reached DTLS on every peer connection it needed.
+    /// Reached DTLS on both its peer connections.
     pub connected: usize,
+    /// Ended by an error: `failed_joins` + `dropped`.
     pub failed: usize,
+    /// Never connected (refused, or not connected within the connect timeout).
+    pub failed_joins: usize,
+    /// Connected, then ended by the server or an error.
+    pub dropped: usize,
+    /// Told to leave, or stopped with the run, before it had connected (within its
+    /// connect timeout): neither connected nor failed.
+    pub still_joining: usize,
+    /// Churn's leaves by kind (`leave`, `quit`, `close`, `vanish`, `silent`).
+    pub departures: BTreeMap<String, u64>,
+    /// Stopped with the run: they quit at once (`leave` and a close frame, without
+    /// waiting for `left`).
+    pub stopped_at_end: usize,
+}
+
+/// `--churn`: what the churn did (its leaves are in `participants.departures`).
+#[derive(Debug, Clone, Serialize)]
+pub struct ChurnFigures {
+    /// Participants per second leaving, and as many joining.
+    pub rate: f64,
+    pub leave_mix: LeaveMix,
+    /// The seed of its choices: `--seed` repeats them.
+    pub seed: u64,
+    /// Participants that joined in the seat of one that left.
+    pub newcomers: usize,
+    /// Did the server let each leaver go in time (as the others in its room heard)?
+    pub removals: crate::churn::Removals,
+}
+
+/// `--soak`: the server's memory over the run after the warm-up.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct SoakFigures {
+    /// RSS (MiB) at the first sample after the warm-up, at the last, and the highest.
+    pub rss_mb_first: Option<f64>,
+    pub rss_mb_last: Option<f64>,
+    pub rss_mb_max: Option<f64>,
+    /// Least-squares slope of RSS over that time, MiB per hour.
+    pub rss_mb_per_hour: Option<f64>,
+    pub samples: usize,
 }
 
 /// Milliseconds from a participant's start (before the WebSocket opens) to each step.
@@ -51,6 +94,8 @@ pub struct ServerStats {
     pub udp_socket_drops: Option<u64>,
     /// Forwarded RTP packets per second over the run (`maxd_sfu_rtp_forwarded_total`).
     pub rtp_forwarded_per_s: Option<f64>,
+    /// The resume window the server announced in `joined`, seconds.
+    pub resume_window_s: Option<u64>,
 }
 
 /// The run after its warm-up (`warmup` after the last join): what a settled call sees,
@@ -65,7 +110,7 @@ pub struct Steady {
 }
 
 /// One second of the run.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Default)]
 pub struct TimePoint {
     pub t: f64,
     pub connected: usize,
@@ -78,6 +123,16 @@ pub struct TimePoint {
     pub server_cpu_percent: Option<f64>,
     pub media_worker_cpu_percent: Option<f64>,
     pub server_rss_mb: Option<f64>,
+    /// Simulated participants started and not finished (joining, in, or leaving).
+    pub live: usize,
+    /// Participants started and finished in this second.
+    pub joins: u64,
+    pub ends: u64,
+    /// The server's `maxd_sfu_participants` and `maxd_sfu_rooms`.
+    pub server_participants: Option<i64>,
+    pub server_rooms: Option<i64>,
+    /// The simulator's worst event-loop lag in this second (ms).
+    pub simulator_lag_ms: f64,
 }
 
 /// `--find-capacity`: one line per step.
@@ -150,13 +205,30 @@ pub struct Report {
     pub send_errors: u64,
     pub errors: u64,
     pub errors_by_kind: BTreeMap<String, u64>,
+    /// Not errors, but they make the figures less trustworthy (the simulator fell
+    /// behind its send clock: it is the bottleneck).
+    pub warnings_by_kind: BTreeMap<String, u64>,
     pub server: ServerStats,
     /// CPU the simulator itself used, percent of one core.
     pub simulator_cpu_percent: Option<f64>,
+    /// How late the simulator's event loops woke (a 10 ms timer on each thread), ms:
+    /// when this grows, the simulator (or the machine) is the bottleneck and its delay
+    /// figures include its own lateness.
+    pub simulator_loop_lag_ms: Dist,
     /// Datagrams the kernel dropped on the simulator's own sockets (its receive buffers
     /// were full: the simulator, not the server, lost them).
     pub simulator_socket_drops: u64,
     pub timeline: Vec<TimePoint>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub churn: Option<ChurnFigures>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub soak: Option<SoakFigures>,
+    /// After the run: did the server let go of everything? (media mode, unless
+    /// `end_check = false`)
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub end_check: Option<EndCheck>,
+    /// Pass or fail, and why; `exit_code` is the binary's.
+    pub verdict: Verdict,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub capacity: Option<Capacity>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -206,6 +278,7 @@ impl Report {
             for (k, n) in &self.errors_by_kind {
                 let _ = writeln!(o, "    {n:>6} x {k}");
             }
+            self.verdict_lines(&mut o);
             return o;
         }
         if let Some(c) = &self.chat {
@@ -238,6 +311,7 @@ impl Report {
             for (k, n) in &self.errors_by_kind {
                 let _ = writeln!(o, "    {n:>6} x {k}");
             }
+            self.verdict_lines(&mut o);
             return o;
         }
         let sc = &self.scenario;
@@ -261,9 +335,41 @@ impl Report {
         let p = &self.participants;
         let _ = writeln!(
             o,
-            "  participants               {} planned, {} connected, {} failed",
-            p.planned, p.connected, p.failed
+            "  participants               {} planned, {} joined, {} connected, {} failed ({} joins, {} dropped), {} still joining at their end",
+            p.planned, p.started, p.connected, p.failed, p.failed_joins, p.dropped, p.still_joining
         );
+        if let Some(c) = &self.churn {
+            let kinds = p
+                .departures
+                .iter()
+                .map(|(k, n)| format!("{n} {k}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let _ = writeln!(
+                o,
+                "  churn                      {}/s (seed {}): {} newcomers; left by {}; {} stopped at the end",
+                c.rate,
+                c.seed,
+                c.newcomers,
+                if kinds.is_empty() { "-".into() } else { kinds },
+                p.stopped_at_end
+            );
+            let r = &c.removals;
+            let _ = writeln!(
+                o,
+                "  removal (participant_left) {} judged: {} late, {} never heard (limit {:.1} s: resume window + 1 s + 1 s)",
+                r.judged,
+                r.late,
+                r.unseen,
+                r.limit_ms / 1000.0
+            );
+            for (k, d) in &r.after_ms {
+                dist_row(&mut o, &format!("  after {k} (ms)"), d);
+            }
+            for e in &r.examples {
+                let _ = writeln!(o, "    {e}");
+            }
+        }
         let _ = writeln!(
             o,
             "  tracks received            {} / {} expected",
@@ -313,11 +419,13 @@ impl Report {
         );
         let _ = writeln!(
             o,
-            "  simulator                  out {:.2} Mbit/s, in {:.2} Mbit/s, CPU {}, socket drops {}",
+            "  simulator                  out {:.2} Mbit/s, in {:.2} Mbit/s, CPU {}, socket drops {}, event-loop lag p99 {:.1} ms max {:.1} ms",
             self.bitrate_out_kbps / 1000.0,
             self.bitrate_in_kbps / 1000.0,
             opt(self.simulator_cpu_percent, " %"),
-            self.simulator_socket_drops
+            self.simulator_socket_drops,
+            self.simulator_loop_lag_ms.p99,
+            self.simulator_loop_lag_ms.max
         );
         let s = &self.server;
         let _ = writeln!(
@@ -332,9 +440,59 @@ impl Report {
                 .map(|d| d.to_string())
                 .unwrap_or_else(|| "-".into())
         );
+        if let Some(sk) = &self.soak {
+            let _ = writeln!(
+                o,
+                "  soak                       server RSS {} -> {} (max {}), trend {} over {} samples",
+                opt(sk.rss_mb_first, " MiB"),
+                opt(sk.rss_mb_last, " MiB"),
+                opt(sk.rss_mb_max, " MiB"),
+                opt(sk.rss_mb_per_hour, " MiB/h"),
+                sk.samples
+            );
+        }
         let _ = writeln!(o, "  errors                     {}", self.errors);
         for (k, n) in &self.errors_by_kind {
             let _ = writeln!(o, "    {n:>6} x {k}");
+        }
+        for (k, n) in &self.warnings_by_kind {
+            let _ = writeln!(o, "  warning {n:>6} x {k}");
+        }
+        if let Some(e) = &self.end_check {
+            let counts = |c: &Option<crate::settle::ServerCounts>| {
+                c.as_ref()
+                    .map(|c| {
+                        format!(
+                            "{} participants, {} rooms, {} tracks, {} subscriptions{}, RSS {}",
+                            c.participants,
+                            c.rooms,
+                            c.tracks,
+                            c.subscriptions,
+                            c.peers.map(|p| format!(", {p} peers")).unwrap_or_default(),
+                            opt(c.rss_mb, " MiB")
+                        )
+                    })
+                    .unwrap_or_else(|| "-".into())
+            };
+            let _ = writeln!(
+                o,
+                "  end check                  {} after {:.1} s (limit {:.0} s: resume window {:.0} s from {}, room grace {:.0} s)",
+                if e.settled {
+                    "nothing left"
+                } else {
+                    "LEFT BEHIND"
+                },
+                e.waited_s,
+                e.limit_s,
+                e.resume_window_s,
+                e.resume_window_from,
+                e.room_grace_s
+            );
+            let _ = writeln!(o, "    before                   {}", counts(&e.baseline));
+            let _ = writeln!(o, "    after                    {}", counts(&e.end));
+            if let Some(err) = &e.error {
+                let _ = writeln!(o, "    error                    {err}");
+            }
         }
         if let Some(c) = &self.capacity {
             let _ = writeln!(
@@ -366,6 +524,19 @@ impl Report {
                 );
             }
         }
+        self.verdict_lines(&mut o);
         o
+    }
+
+    fn verdict_lines(&self, o: &mut String) {
+        let v = &self.verdict;
+        if v.passed {
+            let _ = writeln!(o, "verdict: PASS");
+        } else {
+            let _ = writeln!(o, "verdict: FAIL (exit code {})", v.exit_code);
+            for f in &v.failures {
+                let _ = writeln!(o, "  {:<12} {}", f.check, f.detail);
+            }
+        }
     }
 }

@@ -32,6 +32,154 @@ pub enum Speaking {
     Random,
 }
 
+/// How a participant leaves during churn (`--leave-mix`).
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Departure {
+    /// Sends `leave`, waits for `left`, closes its peer connections (DTLS close) and the
+    /// WebSocket (close handshake): what a polite client does.
+    Leave,
+    /// Sends `leave` and closes the WebSocket at once (close frame 1000) without waiting
+    /// for `left`, its media just stopping: a page that unloads. Everyone still in does
+    /// this at the end of a run. Not in the default mix.
+    Quit,
+    /// Closes the WebSocket with a close frame (1001, going away) without `leave`; its
+    /// media just stops. The server keeps the session for its resume window.
+    Close,
+    /// A killed client: no `leave`, no close frame, no DTLS close. The TCP socket is
+    /// dropped as the kernel drops a killed process's (FIN, or RST with unread data) and
+    /// its media stops. The server only learns it from the socket's end.
+    Vanish,
+    /// The network went away: nothing more is sent or read, but the TCP connection and
+    /// the UDP sockets stay open (held until the end check is over), so the server sees
+    /// no end at all and can only notice by its own timeouts. Not in the default mix.
+    Silent,
+}
+
+impl Departure {
+    pub const ALL: [Departure; 5] = [
+        Departure::Leave,
+        Departure::Quit,
+        Departure::Close,
+        Departure::Vanish,
+        Departure::Silent,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Departure::Leave => "leave",
+            Departure::Quit => "quit",
+            Departure::Close => "close",
+            Departure::Vanish => "vanish",
+            Departure::Silent => "silent",
+        }
+    }
+}
+
+/// Relative weights of the ways churned participants leave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LeaveMix {
+    pub leave: u32,
+    pub quit: u32,
+    pub close: u32,
+    pub vanish: u32,
+    pub silent: u32,
+}
+
+impl Default for LeaveMix {
+    /// A third each of `leave`, `close` and `vanish`.
+    fn default() -> Self {
+        LeaveMix {
+            leave: 1,
+            quit: 0,
+            close: 1,
+            vanish: 1,
+            silent: 0,
+        }
+    }
+}
+
+impl LeaveMix {
+    pub fn weight(&self, d: Departure) -> u32 {
+        match d {
+            Departure::Leave => self.leave,
+            Departure::Quit => self.quit,
+            Departure::Close => self.close,
+            Departure::Vanish => self.vanish,
+            Departure::Silent => self.silent,
+        }
+    }
+
+    pub fn total(&self) -> u32 {
+        Departure::ALL.iter().map(|&d| self.weight(d)).sum()
+    }
+
+    /// The kind for `r` in `0..total()`.
+    pub fn pick(&self, mut r: u32) -> Departure {
+        for d in Departure::ALL {
+            let w = self.weight(d);
+            if r < w {
+                return d;
+            }
+            r -= w;
+        }
+        Departure::Leave
+    }
+}
+
+impl std::str::FromStr for LeaveMix {
+    type Err = String;
+
+    /// `leave=1,quit=0,close=1,vanish=1,silent=0`; kinds not named weigh 0.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut m = LeaveMix {
+            leave: 0,
+            quit: 0,
+            close: 0,
+            vanish: 0,
+            silent: 0,
+        };
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (k, v) = part
+                .split_once('=')
+                .ok_or_else(|| format!("{part:?}: expected KIND=WEIGHT"))?;
+            let v: u32 = v
+                .trim()
+                .parse()
+                .map_err(|_| format!("{part:?}: the weight must be a whole number"))?;
+            match k.trim() {
+                "leave" => m.leave = v,
+                "quit" => m.quit = v,
+                "close" => m.close = v,
+                "vanish" => m.vanish = v,
+                "silent" => m.silent = v,
+                other => {
+                    return Err(format!(
+                        "unknown kind {other:?}: leave, quit, close, vanish or silent"
+                    ));
+                }
+            }
+        }
+        if m.total() == 0 {
+            return Err("every weight is 0".into());
+        }
+        Ok(m)
+    }
+}
+
 /// A media scenario (and the options of the other modes).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -71,6 +219,35 @@ pub struct Scenario {
     pub keyframe_interval: Duration,
     /// Participants joining per second (all of them, across rooms).
     pub join_rate: f64,
+    /// Churn: once everyone has joined, this many participants per second leave (in
+    /// the ways of `leave_mix`) and as many new ones join in their places. 0: none.
+    pub churn: f64,
+    /// How churned participants leave.
+    pub leave_mix: LeaveMix,
+    /// A soak: run this long (instead of `duration`) after the last initial join; the
+    /// report adds the server's memory trend.
+    #[serde(with = "humantime_serde")]
+    pub soak: Option<Duration>,
+    /// With churn, a track counts as expected by a participant when it was available
+    /// to it (both in the room, its publisher not gone) at least this long.
+    #[serde(with = "humantime_serde")]
+    pub track_timeout: Duration,
+    /// Seed of the churn's choices (who leaves, how); random when unset (the report
+    /// says which was used).
+    pub seed: Option<u64>,
+    /// After the run, wait for the server to let go of everything (participants,
+    /// rooms, tracks, subscriptions back to what `/metrics` said before the run).
+    pub end_check: bool,
+    /// The server's `sfu.resume_window`; unset: what the server says in `joined`.
+    #[serde(with = "humantime_serde")]
+    pub resume_window: Option<Duration>,
+    /// The server's `sfu.empty_room_grace` (it does not say it; 20s is its default).
+    #[serde(with = "humantime_serde")]
+    pub room_grace: Duration,
+    /// The run fails above this loss ratio (after NACK repair)...
+    pub max_loss: f64,
+    /// ...or with more errors than this (a participant that fails is one).
+    pub max_errors: u64,
     pub speaking: Speaking,
     /// Opus DTX: while not talking, send one silence packet every 400 ms instead of 50/s.
     pub dtx: bool,
@@ -144,6 +321,16 @@ impl Default for Scenario {
             pacing: true,
             keyframe_interval: Duration::from_secs(3),
             join_rate: 20.0,
+            churn: 0.0,
+            leave_mix: LeaveMix::default(),
+            soak: None,
+            track_timeout: Duration::from_secs(5),
+            seed: None,
+            end_check: true,
+            resume_window: None,
+            room_grace: Duration::from_secs(20),
+            max_loss: 0.01,
+            max_errors: 0,
             speaking: Speaking::All,
             dtx: false,
             turn: Duration::from_secs(3),
@@ -176,7 +363,12 @@ impl Scenario {
         Ok(toml::from_str(text)?)
     }
 
-    /// Participants in all rooms.
+    /// How long the run lasts after the last initial join.
+    pub fn run_for(&self) -> Duration {
+        self.soak.unwrap_or(self.duration)
+    }
+
+    /// Participants in all rooms (at any moment: churn replaces those who leave).
     pub fn participants(&self) -> usize {
         self.rooms * (self.publishers + self.subscribers)
     }
@@ -197,6 +389,18 @@ impl Scenario {
         anyhow::ensure!(self.publishers + self.subscribers > 0, "no participants");
         anyhow::ensure!(self.join_rate > 0.0, "join_rate must be positive");
         anyhow::ensure!(self.threads > 0, "threads must be at least 1");
+        anyhow::ensure!(
+            self.churn >= 0.0 && self.churn.is_finite(),
+            "churn must be 0 or more participants per second"
+        );
+        anyhow::ensure!(
+            self.churn == 0.0 || self.leave_mix.total() > 0,
+            "leave_mix: every weight is 0"
+        );
+        anyhow::ensure!(
+            (0.0..=1.0).contains(&self.max_loss),
+            "max_loss is a ratio between 0 and 1"
+        );
         anyhow::ensure!(
             self.url.starts_with("http://"),
             "url must be http://HOST:PORT (wss/https is not supported by the simulator)"
@@ -222,6 +426,56 @@ mod tests {
             }
         }
         assert!(n >= 3);
+    }
+
+    #[test]
+    fn leave_mix_parses_and_picks_by_weight() {
+        let m: LeaveMix = "leave=1, vanish=2".parse().unwrap();
+        assert_eq!(
+            (m.leave, m.quit, m.close, m.vanish, m.silent),
+            (1, 0, 0, 2, 0)
+        );
+        let q: LeaveMix = "quit=1".parse().unwrap();
+        assert_eq!(q.pick(0), Departure::Quit);
+        assert_eq!(m.total(), 3);
+        let picks: Vec<_> = (0..3).map(|r| m.pick(r)).collect();
+        assert_eq!(
+            picks,
+            [Departure::Leave, Departure::Vanish, Departure::Vanish]
+        );
+        assert!("leave=x".parse::<LeaveMix>().is_err());
+        assert!("jump=1".parse::<LeaveMix>().is_err());
+        assert!("leave=0".parse::<LeaveMix>().is_err());
+        // The default: a third each of leave, close, vanish.
+        let d = LeaveMix::default();
+        assert_eq!(
+            (0..3).map(|r| d.pick(r)).collect::<Vec<_>>(),
+            [Departure::Leave, Departure::Close, Departure::Vanish]
+        );
+    }
+
+    #[test]
+    fn churn_keys_in_toml() {
+        let s = Scenario::from_toml(
+            "churn = 2.0\nsoak = \"10m\"\nleave_mix = { leave = 2, silent = 1 }\nresume_window = \"2s\"\n",
+        )
+        .unwrap();
+        assert_eq!(s.churn, 2.0);
+        assert_eq!(s.run_for(), Duration::from_secs(600));
+        assert_eq!(s.leave_mix.weight(Departure::Leave), 2);
+        assert_eq!(
+            s.leave_mix.weight(Departure::Close),
+            1,
+            "unnamed keys keep defaults"
+        );
+        assert_eq!(s.leave_mix.weight(Departure::Silent), 1);
+        assert_eq!(s.resume_window, Some(Duration::from_secs(2)));
+        assert!(
+            Scenario::from_toml("churn = -1.0")
+                .unwrap()
+                .validate()
+                .is_err()
+        );
     }
 
     #[test]

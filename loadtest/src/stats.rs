@@ -6,6 +6,8 @@
 
 use std::collections::BTreeMap;
 
+use crate::scenario::Departure;
+
 use hdrhistogram::Histogram;
 use parking_lot::Mutex;
 use serde::Serialize;
@@ -86,8 +88,20 @@ pub struct Final {
     pub first_video_ms: Vec<f64>,
     /// Per track: RFC 3550 interarrival jitter at the end, ms.
     pub jitter_ms: Vec<f64>,
+    /// Reached DTLS on both its peer connections.
     pub connected: bool,
+    /// Ended by an error...
     pub failed: bool,
+    /// ...after it had connected (the server or the network ended it).
+    pub dropped: bool,
+    /// Told to stop or leave before it had connected (within its connect timeout).
+    pub still_joining: bool,
+    /// Churn: how it was told to leave.
+    pub departure: Option<Departure>,
+    /// Tracks that were available to it long enough (`track_timeout`) while it was
+    /// connected, and how many of those delivered media.
+    pub tracks_expected: usize,
+    pub tracks_received_expected: usize,
 }
 
 /// Everything merged so far.
@@ -97,22 +111,48 @@ pub struct Totals {
     /// Since the runner last took the interval.
     pub interval: Delta,
     pub interval_delay: Histogram<u64>,
+    /// How late the simulator's event loops woke (microseconds), and the worst since
+    /// the runner last took the interval.
+    pub loop_lag: Histogram<u64>,
+    pub interval_lag_us: u64,
     pub joins: Vec<JoinTimes>,
     pub first_audio_ms: Vec<f64>,
     pub first_video_ms: Vec<f64>,
     pub jitter_ms: Vec<f64>,
     pub tracks_received: usize,
+    /// Churn's count: see [`Final::tracks_expected`].
+    pub tracks_expected_available: usize,
+    pub tracks_received_available: usize,
     pub started: usize,
     pub connected_now: usize,
     pub ever_connected: usize,
     pub failed: usize,
+    pub failed_joins: usize,
+    pub dropped: usize,
+    pub still_joining: usize,
+    /// Ended without a departure and without an error: stopped with the run (quit).
+    pub stopped_at_end: usize,
+    pub departures: BTreeMap<Departure, u64>,
     pub finished: usize,
+    /// Joins (starts) and ends since the runner last took the interval.
+    pub interval_joins: u64,
+    pub interval_ends: u64,
     pub errors: BTreeMap<String, u64>,
+    /// Things that make the figures less trustworthy but are not the server's fault
+    /// (the simulator falling behind its send clock).
+    pub warnings: BTreeMap<String, u64>,
 }
 
-#[derive(Default)]
 pub struct Collector {
     inner: Mutex<Option<Totals>>,
+    /// Participants finished so far (the runner waits for all of them).
+    finished: tokio::sync::watch::Sender<usize>,
+}
+
+impl Default for Collector {
+    fn default() -> Self {
+        Collector::new()
+    }
 }
 
 impl Collector {
@@ -123,18 +163,31 @@ impl Collector {
                 delay: histogram(),
                 interval: Delta::default(),
                 interval_delay: histogram(),
+                loop_lag: histogram(),
+                interval_lag_us: 0,
                 joins: Vec::new(),
                 first_audio_ms: Vec::new(),
                 first_video_ms: Vec::new(),
                 jitter_ms: Vec::new(),
                 tracks_received: 0,
+                tracks_expected_available: 0,
+                tracks_received_available: 0,
                 started: 0,
                 connected_now: 0,
                 ever_connected: 0,
                 failed: 0,
+                failed_joins: 0,
+                dropped: 0,
+                still_joining: 0,
+                stopped_at_end: 0,
+                departures: BTreeMap::new(),
                 finished: 0,
+                interval_joins: 0,
+                interval_ends: 0,
                 errors: BTreeMap::new(),
+                warnings: BTreeMap::new(),
             })),
+            finished: tokio::sync::watch::channel(0).0,
         }
     }
 
@@ -163,7 +216,15 @@ impl Collector {
     }
 
     pub fn started(&self) {
-        self.with(|t| t.started += 1);
+        self.with(|t| {
+            t.started += 1;
+            t.interval_joins += 1;
+        });
+    }
+
+    /// Participants finished so far, as a watch to wait on.
+    pub fn finished_count(&self) -> tokio::sync::watch::Receiver<usize> {
+        self.finished.subscribe()
     }
 
     pub fn connected(&self, now: bool) {
@@ -183,24 +244,53 @@ impl Collector {
         self.with(|t| *t.errors.entry(e).or_default() += 1);
     }
 
+    /// An event loop woke `us` microseconds after it asked to.
+    pub fn loop_lag(&self, us: u64) {
+        self.with(|t| {
+            let _ = t.loop_lag.record(us.clamp(1, 60_000_000));
+            t.interval_lag_us = t.interval_lag_us.max(us);
+        });
+    }
+
+    pub fn warning(&self, w: impl Into<String>) {
+        let w = w.into();
+        self.with(|t| *t.warnings.entry(w).or_default() += 1);
+    }
+
     pub fn finish(&self, f: Final) {
         self.with(|t| {
             t.finished += 1;
+            t.interval_ends += 1;
             t.failed += f.failed as usize;
+            t.dropped += f.dropped as usize;
+            t.failed_joins += (f.failed && !f.dropped) as usize;
+            t.still_joining += f.still_joining as usize;
+            match f.departure {
+                Some(d) => *t.departures.entry(d).or_default() += 1,
+                None if !f.failed => t.stopped_at_end += 1,
+                None => {}
+            }
+            t.tracks_expected_available += f.tracks_expected;
+            t.tracks_received_available += f.tracks_received_expected;
             t.tracks_received += f.tracks_received;
             t.joins.push(f.join);
             t.first_audio_ms.extend(f.first_audio_ms);
             t.first_video_ms.extend(f.first_video_ms);
             t.jitter_ms.extend(f.jitter_ms);
         });
+        self.finished.send_modify(|n| *n += 1);
     }
 
     /// The counts since the last call, and the delays recorded meanwhile.
-    pub fn take_interval(&self) -> (Delta, Histogram<u64>, usize) {
-        self.with(|t| {
-            let d = std::mem::take(&mut t.interval);
-            let h = std::mem::replace(&mut t.interval_delay, histogram());
-            (d, h, t.connected_now)
+    pub fn take_interval(&self) -> Interval {
+        self.with(|t| Interval {
+            delta: std::mem::take(&mut t.interval),
+            delay: std::mem::replace(&mut t.interval_delay, histogram()),
+            connected: t.connected_now,
+            live: t.started - t.finished,
+            joins: std::mem::take(&mut t.interval_joins),
+            ends: std::mem::take(&mut t.interval_ends),
+            lag_max_us: std::mem::take(&mut t.interval_lag_us),
         })
     }
 
@@ -208,6 +298,22 @@ impl Collector {
     pub fn read<R>(&self, f: impl FnOnce(&Totals) -> R) -> R {
         self.with(|t| f(t))
     }
+}
+
+/// One interval of the run (a second, for the timeline).
+pub struct Interval {
+    pub delta: Delta,
+    /// Delays recorded in it (microseconds).
+    pub delay: Histogram<u64>,
+    /// Participants connected now...
+    pub connected: usize,
+    /// ...and started but not finished (joining, connected or leaving).
+    pub live: usize,
+    /// Participants started and finished in it.
+    pub joins: u64,
+    pub ends: u64,
+    /// The simulator's worst event-loop lag in it, microseconds.
+    pub lag_max_us: u64,
 }
 
 /// p50/p95/p99/max/mean of a set of samples (ms).
@@ -275,6 +381,54 @@ mod tests {
     }
 
     #[test]
+    fn ends_are_told_apart() {
+        let c = Collector::new();
+        let ends = [
+            // Never connected: a failed join.
+            Final {
+                failed: true,
+                ..Final::default()
+            },
+            // Connected, then ended by an error: dropped.
+            Final {
+                connected: true,
+                failed: true,
+                dropped: true,
+                ..Final::default()
+            },
+            Final {
+                connected: true,
+                departure: Some(Departure::Vanish),
+                ..Final::default()
+            },
+            Final {
+                still_joining: true,
+                departure: Some(Departure::Leave),
+                ..Final::default()
+            },
+            // Stopped with the run.
+            Final {
+                connected: true,
+                ..Final::default()
+            },
+        ];
+        let mut done = c.finished_count();
+        for f in ends {
+            c.started();
+            c.finish(f);
+        }
+        assert_eq!(*done.borrow_and_update(), 5);
+        c.read(|t| {
+            assert_eq!((t.failed, t.failed_joins, t.dropped), (2, 1, 1));
+            assert_eq!((t.still_joining, t.stopped_at_end), (1, 1));
+            assert_eq!(t.departures[&Departure::Vanish], 1);
+            assert_eq!(t.departures[&Departure::Leave], 1);
+        });
+        let i = c.take_interval();
+        assert_eq!((i.joins, i.ends, i.live), (5, 5, 0));
+    }
+
+    #[test]
     fn merge_moves_counts_and_delays() {
         let c = Collector::new();
         let mut d = Delta {
@@ -285,10 +439,10 @@ mod tests {
         c.merge(&mut d);
         assert_eq!(d.packets_recv, 0);
         assert!(d.delays_us.is_empty());
-        let (i, h, _) = c.take_interval();
-        assert_eq!(i.packets_recv, 3);
-        assert_eq!(h.len(), 3);
-        assert_eq!(c.take_interval().0.packets_recv, 0);
+        let i = c.take_interval();
+        assert_eq!(i.delta.packets_recv, 3);
+        assert_eq!(i.delay.len(), 3);
+        assert_eq!(c.take_interval().delta.packets_recv, 0);
         c.read(|t| assert_eq!(t.delay.len(), 3));
     }
 }
