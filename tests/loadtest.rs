@@ -315,14 +315,22 @@ fn every_participant_failing_fails_the_run_and_the_exit_code() {
 }
 
 /// A client whose network goes away (its TCP connection stays open but silent, its
-/// media stops) must be let go too. Today the server keeps it: the `/rtc` WebSocket has
-/// no ping or idle timeout, and an ICE disconnect of a WebSocket participant only logs,
-/// so the resume window never starts. Reported to the SFU's owner; run it with
-/// `cargo test --test loadtest -- --ignored silent`.
+/// media stops) must be let go too. The server used to keep it: the `/rtc` WebSocket
+/// had no ping or idle timeout, and an ICE disconnect of a WebSocket participant only
+/// logged, so the resume window never started. Now the server pings and closes a socket
+/// silent for its idle timeout, and the session ends after the resume window.
 #[test]
-#[ignore = "server fault: a silent /rtc client is never let go (no WebSocket ping, ICE loss does not detach)"]
 fn silent_client_is_let_go() {
-    let m = quick_maxd();
+    let m = Maxd::start_with(
+        r#"["sfu"]"#,
+        &[
+            ("MAXD_AUTH__SECRET", SECRET),
+            ("MAXD_SFU__RESUME_WINDOW", "2s"),
+            ("MAXD_SFU__EMPTY_ROOM_GRACE", "1s"),
+            ("MAXD_SFU__WS_PING_INTERVAL", "1s"),
+            ("MAXD_SFU__WS_IDLE_TIMEOUT", "2s"),
+        ],
+    );
     let sc = Scenario {
         url: m.base_url(),
         rooms: 1,
@@ -333,6 +341,7 @@ fn silent_client_is_let_go() {
         leave_mix: "silent=1".parse().unwrap(),
         seed: Some(1),
         room_grace: Duration::from_secs(1),
+        ws_idle: Duration::from_secs(3),
         token_secret: Some(SECRET.into()),
         ..Scenario::default()
     };

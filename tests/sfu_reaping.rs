@@ -143,3 +143,63 @@ fn a_vanished_rtc_client_is_closed_by_ping_and_leaves_after_the_window() {
     assert!(text.contains("maxd_sfu_participants_left_total{reason=\"resume_window_expired\"} 1"), "{text}");
     drop(ws);
 }
+
+/// A media socket that never runs dry (a flood of datagrams from nobody it knows) must
+/// not keep joins, leaves and timers waiting: the worker serves media first, but hands
+/// the other work its turn after every batch.
+#[test]
+fn joins_and_leaves_are_served_while_the_media_socket_is_flooded() {
+    let m = Maxd::start_with(r#"["sfu"]"#, &[("MAXD_SFU__RESUME_WINDOW", "1s"), ("MAXD_SFU__EMPTY_ROOM_GRACE", "1s")]);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flooders: Vec<_> = (0..2)
+        .map(|_| {
+            let stop = stop.clone();
+            let to = m.media;
+            std::thread::spawn(move || {
+                let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+                let junk = [0x80u8; 40];
+                let mut sent = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    if s.send_to(&junk, to).is_ok() {
+                        sent += 1;
+                    }
+                }
+                sent
+            })
+        })
+        .collect();
+    // Wait until the flood has reached the server.
+    let start = Instant::now();
+    while metric(&m.metrics(), "maxd_sfu_dropped_packets_total") < 10_000.0 {
+        // (The drop counter moves to /metrics on the engine's one-second timer: a worker
+        // that starves its timers never shows it.)
+        assert!(start.elapsed() < Duration::from_secs(10), "the flood never showed in /metrics");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let token = m.room_token("flood", "alice");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let url = format!("ws://{}/rtc?access_token={token}", m.http);
+    let joined_in = rt.block_on(async {
+        let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+        let t = Instant::now();
+        ws.send(Message::Text(r#"{"type":"join"}"#.into())).await.unwrap();
+        loop {
+            match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+                Ok(Some(Ok(Message::Text(txt)))) if txt.contains("\"joined\"") => break,
+                Ok(Some(Ok(_))) => continue,
+                other => panic!("no joined within 10 s under the flood: {other:?}"),
+            }
+        }
+        let joined_in = t.elapsed();
+        ws.close(None).await.unwrap();
+        joined_in
+    });
+    // The closed session ends after the resume window (1 s), the room after its grace.
+    let gone = wait_metric(&m, "maxd_sfu_participants_left_total", 1.0, Duration::from_secs(10));
+    wait_metric(&m, "maxd_sfu_rooms", 0.0, Duration::from_secs(10));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let sent: u64 = flooders.into_iter().map(|f| f.join().unwrap()).sum();
+    eprintln!("joined in {joined_in:?}, left {gone:?} after closing, under {sent} junk datagrams");
+    assert!(gone < Duration::from_secs(4), "the closed session took {gone:?} to end (resume window 1 s)");
+    assert!(joined_in < Duration::from_secs(2), "joined took {joined_in:?} under the flood");
+}

@@ -59,8 +59,11 @@ impl Churn {
 pub struct Removals {
     /// Milliseconds from the departure to the first `participant_left`, by kind.
     pub after_ms: BTreeMap<String, Dist>,
-    /// Resume window + 1 s + [`REMOVAL_SLACK`], ms.
+    /// Resume window + 1 s + [`REMOVAL_SLACK`], ms...
     pub limit_ms: f64,
+    /// ...plus, for `silent` leavers, the time the server takes to notice their socket
+    /// went silent (its WebSocket idle timeout and ping interval), ms.
+    pub silent_extra_ms: f64,
     /// Departures early enough for the limit to pass while the run was on (the others
     /// would have heard it); later ones are not judged.
     pub judged: usize,
@@ -72,22 +75,26 @@ pub struct Removals {
     pub examples: Vec<String>,
 }
 
-/// Judges each departure against `limit`; `observed_until` is when the others stopped
-/// listening (the end of the run).
+/// Judges each departure against `limit` (`silent` ones against `limit + silent_extra`:
+/// the server learns only by its own timeouts that their socket went silent);
+/// `observed_until` is when the others stopped listening (the end of the run).
 pub fn removals(
     departures: &HashMap<String, (Instant, Departure)>,
     seen: &HashMap<String, Instant>,
     limit: Duration,
+    silent_extra: Duration,
     observed_until: Instant,
 ) -> Removals {
     let mut after: BTreeMap<Departure, Vec<f64>> = BTreeMap::new();
     let mut r = Removals {
         limit_ms: limit.as_secs_f64() * 1000.0,
+        silent_extra_ms: silent_extra.as_secs_f64() * 1000.0,
         ..Removals::default()
     };
     let mut sorted: Vec<_> = departures.iter().collect();
     sorted.sort_by_key(|(_, (t, _))| *t);
     for (identity, &(t, kind)) in sorted {
+        let limit = if kind == Departure::Silent { limit + silent_extra } else { limit };
         let heard = seen.get(identity).map(|s| s.saturating_duration_since(t));
         if let Some(h) = heard {
             after
@@ -146,7 +153,7 @@ mod tests {
             .into_iter()
             .map(|(k, v)| (k.to_string(), v))
             .collect();
-        let r = removals(&deps, &seen, Duration::from_secs(4), s(10_000));
+        let r = removals(&deps, &seen, Duration::from_secs(4), Duration::ZERO, s(10_000));
         assert_eq!((r.judged, r.late, r.unseen), (4, 1, 1));
         assert_eq!(r.limit_ms, 4000.0);
         assert_eq!(r.after_ms["leave"].max, 5.0);
@@ -156,6 +163,18 @@ mod tests {
             r.examples,
             ["c (close): heard after 5.0 s", "d (silent): never heard"]
         );
+    }
+
+    #[test]
+    fn silent_leavers_get_the_servers_idle_timeout_too() {
+        let t0 = Instant::now();
+        let s = |ms: u64| t0 + Duration::from_millis(ms);
+        let deps: HashMap<String, (Instant, Departure)> =
+            [("a".to_string(), (s(0), Departure::Silent)), ("b".to_string(), (s(0), Departure::Vanish))].into();
+        let seen: HashMap<String, Instant> = [("a".to_string(), s(7000)), ("b".to_string(), s(7000))].into();
+        let r = removals(&deps, &seen, Duration::from_secs(4), Duration::from_secs(5), s(20_000));
+        assert_eq!((r.judged, r.late, r.unseen), (2, 1, 0));
+        assert_eq!(r.examples, ["b (vanish): heard after 7.0 s"]);
     }
 
     fn spec() -> Spec {

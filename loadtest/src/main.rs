@@ -114,6 +114,11 @@ struct Cli {
     /// The server's sfu.empty_room_grace (default 20s, the server's default).
     #[arg(long, value_parser = humantime::parse_duration)]
     room_grace: Option<Duration>,
+    /// How long the server takes to notice a silent /rtc socket: its sfu.ws_idle_timeout
+    /// plus sfu.ws_ping_interval (default 55s, the server's defaults). `silent` leavers
+    /// are judged against the resume window + 1 s + this.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    ws_idle: Option<Duration>,
     #[arg(long, value_enum)]
     speaking: Option<Speaking>,
     /// Opus DTX while not talking (one packet per 400 ms).
@@ -191,7 +196,7 @@ fn scenario(cli: &Cli) -> Result<Scenario> {
         room_prefix <- cli.room_prefix, threads <- cli.threads, connect_timeout <- cli.connect_timeout,
         capacity_step <- cli.capacity_step, capacity_max <- cli.capacity_max,
         churn <- cli.churn, leave_mix <- cli.leave_mix, track_timeout <- cli.track_timeout,
-        max_loss <- cli.max_loss, max_errors <- cli.max_errors, room_grace <- cli.room_grace,
+        max_loss <- cli.max_loss, max_errors <- cli.max_errors, room_grace <- cli.room_grace, ws_idle <- cli.ws_idle,
         chat_group_size <- cli.group_size, chat_senders <- cli.senders, chat_rate <- cli.rate,
         file_size <- cli.file_size, file_clients <- cli.clients);
     if cli.token_secret.is_some() {

@@ -522,6 +522,7 @@ pub async fn run_media(sc: &Scenario, opts: &RunOptions) -> Result<Report> {
         &shared.departures.lock(),
         &shared.left_seen.lock(),
         resume_window(sc, announced).0 + Duration::from_secs(1) + crate::churn::REMOVAL_SLACK,
+        sc.ws_idle,
         run_end,
     );
     let end_check = if sc.end_check {

@@ -244,6 +244,11 @@ pub struct Scenario {
     /// The server's `sfu.empty_room_grace` (it does not say it; 20s is its default).
     #[serde(with = "humantime_serde")]
     pub room_grace: Duration,
+    /// How long the server takes to notice a `/rtc` socket that went silent: its
+    /// `sfu.ws_idle_timeout` + `sfu.ws_ping_interval` (40s + 15s by default). A `silent`
+    /// leaver is judged against the resume window + 1 s + this.
+    #[serde(with = "humantime_serde")]
+    pub ws_idle: Duration,
     /// The run fails above this loss ratio (after NACK repair)...
     pub max_loss: f64,
     /// ...or with more errors than this (a participant that fails is one).
@@ -329,6 +334,7 @@ impl Default for Scenario {
             end_check: true,
             resume_window: None,
             room_grace: Duration::from_secs(20),
+            ws_idle: Duration::from_secs(55),
             max_loss: 0.01,
             max_errors: 0,
             speaking: Speaking::All,

@@ -95,6 +95,7 @@ impl LeaveReason {
 pub struct Metrics {
     pub rooms: IntGauge,
     pub participants: IntGauge,
+    pub peers: IntGauge,
     pub tracks: IntGauge,
     pub subscriptions: IntGauge,
     pub tcp_connections: IntGauge,
@@ -173,6 +174,7 @@ impl Metrics {
         Metrics {
             rooms: gauge(r, "rooms", "Open rooms"),
             participants: gauge(r, "participants", "Participants in all rooms"),
+            peers: gauge(r, "peers", "WebRTC peer connections (up to two per participant)"),
             tracks: gauge(r, "tracks", "Published tracks"),
             subscriptions: gauge(r, "subscriptions", "Track subscriptions (downtracks)"),
             tcp_connections: gauge(r, "tcp_connections", "Open ICE-TCP connections"),

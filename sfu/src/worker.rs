@@ -180,25 +180,29 @@ async fn run(
                         }
                     }
                 }
-            }
-            Some(cmd) = commands.recv() => engine.handle_command(Instant::now(), cmd, &mut io),
-            Some(ev) = tcp_rx.recv() => match ev {
-                TcpEvent::Opened(a, tx) => { io.tcp.insert(a, tx); }
-                TcpEvent::Data(a, d) => {
-                    if let Some(l) = tcp_local {
-                        let at = Instant::now();
-                        if engine.handle_datagram(at, Protocol::Tcp, a, l, &d, &mut io) {
-                            io.udp.flush();
-                            engine.record_latency(at);
-                        }
+                // Media first, but not media only: while the socket stays readable the
+                // branches below would never be chosen, so joins, leaves and the
+                // engine's timers (resume windows, room grace, ICE) get their turn after
+                // every batch.
+                let now = Instant::now();
+                if engine.poll_timeout() <= now {
+                    engine.handle_timeout(now, &mut io);
+                }
+                for _ in 0..BATCH {
+                    match commands.try_recv() {
+                        Ok(cmd) => engine.handle_command(Instant::now(), cmd, &mut io),
+                        Err(_) => break,
                     }
                 }
-                TcpEvent::Closed(a) => {
-                    io.tcp.remove(&a);
-                    admission.closed(a);
-                    metrics.tcp_connections.set(admission.open() as i64);
+                for _ in 0..BATCH {
+                    match tcp_rx.try_recv() {
+                        Ok(ev) => on_tcp(ev, &mut engine, &mut io, tcp_local, &mut admission, &metrics),
+                        Err(_) => break,
+                    }
                 }
-            },
+            }
+            Some(cmd) = commands.recv() => engine.handle_command(Instant::now(), cmd, &mut io),
+            Some(ev) = tcp_rx.recv() => on_tcp(ev, &mut engine, &mut io, tcp_local, &mut admission, &metrics),
             acc = async {
                 if let Some(t) = accept_paused {
                     tokio::time::sleep_until(t).await;
@@ -239,6 +243,36 @@ async fn run(
         }
     }
     tracing::info!("media worker stopped");
+}
+
+/// An event of an ICE-TCP connection task.
+fn on_tcp(
+    ev: TcpEvent,
+    engine: &mut Engine,
+    io: &mut WorkerIo,
+    local: Option<SocketAddr>,
+    admission: &mut Admission,
+    metrics: &Metrics,
+) {
+    match ev {
+        TcpEvent::Opened(a, tx) => {
+            io.tcp.insert(a, tx);
+        }
+        TcpEvent::Data(a, d) => {
+            if let Some(l) = local {
+                let at = Instant::now();
+                if engine.handle_datagram(at, Protocol::Tcp, a, l, &d, io) {
+                    io.udp.flush();
+                    engine.record_latency(at);
+                }
+            }
+        }
+        TcpEvent::Closed(a) => {
+            io.tcp.remove(&a);
+            admission.closed(a);
+            metrics.tcp_connections.set(admission.open() as i64);
+        }
+    }
 }
 
 /// Socket buffer size asked for: the 208 KiB default overflows (and drops datagrams)

@@ -578,6 +578,7 @@ impl Engine {
         if let Some(m) = &self.metrics {
             m.rooms.set(self.rooms.len() as i64);
             m.participants.set(self.participants.len() as i64);
+            m.peers.set(self.peers.len() as i64);
             m.tracks.set(self.tracks.len() as i64);
             m.subscriptions.set(self.subs.len() as i64);
             m.flush(&mut self.counters);
