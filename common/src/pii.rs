@@ -47,6 +47,9 @@ pub fn scrub(text: &str) -> String {
         let start = rest.find(|c: char| c.is_ascii_hexdigit() || c == '[' || c == ':').unwrap_or(rest.len());
         out.push_str(&rest[..start]);
         rest = &rest[start..];
+        if rest.is_empty() {
+            break;
+        }
         let end = rest
             .find(|c: char| !(c.is_ascii_hexdigit() || matches!(c, '.' | ':' | '[' | ']' | '%')))
             .unwrap_or(rest.len());
