@@ -20,6 +20,8 @@ fn ip() -> impl Strategy<Value = IpAddr> {
         any::<[u8; 16]>().prop_map(|b| IpAddr::V6(Ipv6Addr::from(b))),
         any::<[u8; 4]>().prop_map(|b| IpAddr::V6(Ipv4Addr::from(b).to_ipv6_mapped())),
         any::<u64>().prop_map(|lo| IpAddr::V6(Ipv6Addr::from((0xfe80u128 << 112) | lo as u128))),
+        // A /64 (or shorter) prefix as an address: written with a trailing `::`.
+        (1..=u64::MAX).prop_map(|hi| IpAddr::V6(Ipv6Addr::from((hi as u128) << 64))),
     ]
 }
 
@@ -134,4 +136,17 @@ fn scrub_of_text_ending_in_no_address_character() {
     assert_eq!(scrub("ICE timeout"), "ICE timeout");
     let s = scrub("no reply from 192.0.2.7:5000 ");
     assert!(s.starts_with("no reply from <redacted:") && s.ends_with("> "), "{s}");
+}
+
+/// Found by `scrub_hides_every_address_set_apart` (and the `scrub_addr` fuzz target):
+/// an IPv6 address written with a trailing `::` (a /64 prefix, `2001:db8:1:2::`) lost
+/// its `::` to the trimming of sentence punctuation, no longer parsed, and stayed in
+/// the log in clear. So did a link-local address with its zone.
+#[test]
+fn scrub_hides_addresses_ending_in_double_colon_or_zone() {
+    for leak in ["2001:db8:1:2::", "0:0:0:1::", "fe80::1%eth0", "[2001:db8::]:443"] {
+        let s = scrub(&format!("bind {leak} failed"));
+        assert!(!s.contains(leak.trim_end_matches("%eth0")), "{leak}: {s}");
+    }
+    assert_eq!(scrub("in 12:30 at ::"), "in 12:30 at ::", "no address, nothing hidden");
 }
