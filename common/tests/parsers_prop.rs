@@ -135,7 +135,10 @@ fn scrub_of_text_ending_in_no_address_character() {
     assert_eq!(scrub("x"), "x");
     assert_eq!(scrub("ICE timeout"), "ICE timeout");
     let s = scrub("no reply from 192.0.2.7:5000 ");
-    assert!(s.starts_with("no reply from <redacted:") && s.ends_with("> "), "{s}");
+    assert!(
+        s.starts_with("no reply from <redacted:") && s.ends_with("> "),
+        "{s}"
+    );
 }
 
 /// Found by `scrub_hides_every_address_set_apart` (and the `scrub_addr` fuzz target):
@@ -144,9 +147,18 @@ fn scrub_of_text_ending_in_no_address_character() {
 /// the log in clear. So did a link-local address with its zone.
 #[test]
 fn scrub_hides_addresses_ending_in_double_colon_or_zone() {
-    for leak in ["2001:db8:1:2::", "0:0:0:1::", "fe80::1%eth0", "[2001:db8::]:443"] {
+    for leak in [
+        "2001:db8:1:2::",
+        "0:0:0:1::",
+        "fe80::1%eth0",
+        "[2001:db8::]:443",
+    ] {
         let s = scrub(&format!("bind {leak} failed"));
         assert!(!s.contains(leak.trim_end_matches("%eth0")), "{leak}: {s}");
     }
-    assert_eq!(scrub("in 12:30 at ::"), "in 12:30 at ::", "no address, nothing hidden");
+    assert_eq!(
+        scrub("in 12:30 at ::"),
+        "in 12:30 at ::",
+        "no address, nothing hidden"
+    );
 }

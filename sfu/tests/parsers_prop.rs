@@ -231,7 +231,9 @@ mod regressions {
     /// A send-only audio offer from an independent str0m client, and its mid.
     fn offer(now: Instant) -> (String, String) {
         let mut client = str0m::Rtc::builder().build(now);
-        client.add_local_candidate(str0m::Candidate::host("10.0.0.2:5000".parse().unwrap(), "udp").unwrap());
+        client.add_local_candidate(
+            str0m::Candidate::host("10.0.0.2:5000".parse().unwrap(), "udp").unwrap(),
+        );
         let mut api = client.sdp_api();
         let mid = api.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None);
         let (offer, _) = api.apply().unwrap();
@@ -241,7 +243,9 @@ mod regressions {
     /// Candidates whose parse error quotes non-ASCII text past the 200 bytes a client
     /// is shown: one of them puts a character across the cut.
     fn candidates() -> Vec<String> {
-        (0..4).map(|pad| format!("candidate:{} {}", "x".repeat(pad), "é".repeat(150))).collect()
+        (0..4)
+            .map(|pad| format!("candidate:{} {}", "x".repeat(pad), "é".repeat(150)))
+            .collect()
     }
 
     /// Found by the `whip_patch` and `engine` fuzz targets: `client_text` cut an error
@@ -255,25 +259,71 @@ mod regressions {
         let (tx, mut rx) = mpsc::channel(1024);
         let (tx_b, mut rx_b) = mpsc::channel(1024);
         let (a, b) = (ConnId(1), ConnId(2));
-        e.handle_command(now, Command::Join { conn: a, claims: claims("a"), tx, auto_subscribe: true }, &mut NoIo);
-        e.handle_command(now, Command::Join { conn: b, claims: claims("b"), tx: tx_b, auto_subscribe: true }, &mut NoIo);
+        e.handle_command(
+            now,
+            Command::Join {
+                conn: a,
+                claims: claims("a"),
+                tx,
+                auto_subscribe: true,
+            },
+            &mut NoIo,
+        );
+        e.handle_command(
+            now,
+            Command::Join {
+                conn: b,
+                claims: claims("b"),
+                tx: tx_b,
+                auto_subscribe: true,
+            },
+            &mut NoIo,
+        );
         let (sdp, mid) = offer(now);
-        let tracks = vec![PublishTrack { mid, source: Source::Microphone, name: None }];
-        e.handle_command(now, Command::Client { conn: a, msg: ClientMsg::Offer { sdp, tracks } }, &mut NoIo);
+        let tracks = vec![PublishTrack {
+            mid,
+            source: Source::Microphone,
+            name: None,
+        }];
+        e.handle_command(
+            now,
+            Command::Client {
+                conn: a,
+                msg: ClientMsg::Offer { sdp, tracks },
+            },
+            &mut NoIo,
+        );
         for candidate in candidates() {
-            let msg = ClientMsg::Trickle { pc: PcKind::Publisher, candidate };
+            let msg = ClientMsg::Trickle {
+                pc: PcKind::Publisher,
+                candidate,
+            };
             e.handle_command(now, Command::Client { conn: a, msg }, &mut NoIo);
         }
         let mut refused = 0;
         while let Ok(m) = rx.try_recv() {
-            if let ServerMsg::Error { code: ErrorCode::BadMessage, message } = m {
-                assert!(message.starts_with("candidate does not parse") && message.len() <= 240, "{message}");
+            if let ServerMsg::Error {
+                code: ErrorCode::BadMessage,
+                message,
+            } = m
+            {
+                assert!(
+                    message.starts_with("candidate does not parse") && message.len() <= 240,
+                    "{message}"
+                );
                 refused += 1;
             }
         }
         assert_eq!(refused, 4);
         // The other participant is still served.
-        e.handle_command(now, Command::Client { conn: b, msg: ClientMsg::Ping }, &mut NoIo);
+        e.handle_command(
+            now,
+            Command::Client {
+                conn: b,
+                msg: ClientMsg::Ping,
+            },
+            &mut NoIo,
+        );
         assert!(std::iter::from_fn(|| rx_b.try_recv().ok()).any(|m| m == ServerMsg::Pong));
     }
 
@@ -284,16 +334,35 @@ mod regressions {
         let mut e = engine(now);
         let (sdp, _) = offer(now);
         let (reply, mut rx) = oneshot::channel();
-        e.handle_command(now, Command::HttpOffer { claims: claims("w"), kind: HttpKind::Whip, offer: sdp, reply }, &mut NoIo);
+        e.handle_command(
+            now,
+            Command::HttpOffer {
+                claims: claims("w"),
+                kind: HttpKind::Whip,
+                offer: sdp,
+                reply,
+            },
+            &mut NoIo,
+        );
         let created = rx.try_recv().unwrap().unwrap();
         for c in candidates() {
             let frag = SdpFrag::parse(&format!("a={c}\r\n")).unwrap();
             let (reply, mut rx) = oneshot::channel();
-            let cmd = Command::HttpPatch { resource: created.resource.clone(), identity: "w".into(), if_match: None, frag, reply };
+            let cmd = Command::HttpPatch {
+                resource: created.resource.clone(),
+                identity: "w".into(),
+                if_match: None,
+                frag,
+                reply,
+            };
             e.handle_command(now, cmd, &mut NoIo);
             let err = rx.try_recv().unwrap().unwrap_err();
             assert_eq!(err.status, 422, "{}", err.message);
-            assert!(err.message.starts_with("candidate does not parse"), "{}", err.message);
+            assert!(
+                err.message.starts_with("candidate does not parse"),
+                "{}",
+                err.message
+            );
         }
     }
 }
