@@ -47,7 +47,10 @@ fuzz_target!(|data: &[u8]| {
         0 | 1 => ip.to_string(),
         _ => SocketAddr::new(ip, port).to_string(),
     };
-    let mid = (0..=text.len() / 2).rev().find(|&i| text.is_char_boundary(i)).unwrap();
+    let mid = (0..=text.len() / 2)
+        .rev()
+        .find(|&i| text.is_char_boundary(i))
+        .unwrap();
     let (before, after) = text.split_at(mid);
     let (l, r) = (
         APART[addr[5] as usize % APART.len()],
