@@ -47,6 +47,9 @@ pub fn scrub(text: &str) -> String {
         let start = rest.find(|c: char| c.is_ascii_hexdigit() || c == '[' || c == ':').unwrap_or(rest.len());
         out.push_str(&rest[..start]);
         rest = &rest[start..];
+        if rest.is_empty() {
+            break;
+        }
         let end = rest
             .find(|c: char| !(c.is_ascii_hexdigit() || matches!(c, '.' | ':' | '[' | ']' | '%')))
             .unwrap_or(rest.len());
@@ -58,14 +61,21 @@ pub fn scrub(text: &str) -> String {
             continue;
         }
         let word = &rest[..end];
-        let trimmed = word.trim_end_matches(['.', ':']);
-        let is_addr = trimmed.parse::<SocketAddr>().is_ok()
-            || trimmed.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>().is_ok();
-        if is_addr && trimmed.contains(['.', ':']) && trimmed.len() > 2 {
-            out.push_str(&Pii(trimmed).to_string());
-            out.push_str(&word[trimmed.len()..]);
-        } else {
-            out.push_str(word);
+        // The word as it is (an IPv6 address may end in `::`), or without the `.` or `:`
+        // of the sentence around it; a zone (`fe80::1%eth0`) does not save an address.
+        let is_addr = |w: &str| {
+            let ip = w.trim_start_matches('[').trim_end_matches(']');
+            w.parse::<SocketAddr>().is_ok() || ip.split('%').next().is_some_and(|ip| ip.parse::<IpAddr>().is_ok())
+        };
+        let addr = [word, word.trim_end_matches('.'), word.trim_end_matches(['.', ':'])]
+            .into_iter()
+            .find(|w| w.len() > 2 && w.contains(['.', ':']) && is_addr(w));
+        match addr {
+            Some(a) => {
+                out.push_str(&Pii(a).to_string());
+                out.push_str(&word[a.len()..]);
+            }
+            None => out.push_str(word),
         }
         rest = &rest[end..];
     }

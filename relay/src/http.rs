@@ -212,20 +212,17 @@ fn parse_range(headers: &HeaderMap, size: u64) -> Result<Option<(u64, u64)>, Htt
     }
     let (a, b) = spec.split_once('-').ok_or_else(bad)?;
     let (start, end) = if a.is_empty() {
-        let n: u64 = b.parse().map_err(|_| bad())?;
+        let n = digits(b).ok_or_else(bad)?;
         if n == 0 {
             return Err(bad());
         }
         (size.saturating_sub(n), size)
     } else {
-        let s: u64 = a.parse().map_err(|_| bad())?;
+        let s = digits(a).ok_or_else(bad)?;
         let e = if b.is_empty() {
             size
         } else {
-            b.parse::<u64>()
-                .map_err(|_| bad())?
-                .saturating_add(1)
-                .min(size)
+            digits(b).ok_or_else(bad)?.saturating_add(1).min(size)
         };
         (s, e)
     };
@@ -398,6 +395,54 @@ fn check_tus_version(headers: &HeaderMap) -> Result<(), HttpError> {
     }
 }
 
+/// A number of bytes as HTTP writes it (`1*DIGIT`): no sign, no space. (`u64`'s
+/// `FromStr` also takes a leading `+`.)
+fn digits(v: &str) -> Option<u64> {
+    if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    v.parse().ok()
+}
+
+/// A header holding a number of bytes.
+fn header_u64(headers: &HeaderMap, name: &str) -> Option<u64> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .and_then(digits)
+}
+
+/// `Upload-Length` of a tus creation.
+fn upload_length(headers: &HeaderMap) -> Result<u64, HttpError> {
+    header_u64(headers, "upload-length").ok_or_else(|| {
+        HttpError::bad_request(
+            "Upload-Length (bytes) is required; deferred length is not supported",
+        )
+    })
+}
+
+/// `Upload-Offset` of a tus `PATCH`.
+fn upload_offset(headers: &HeaderMap) -> Result<u64, HttpError> {
+    header_u64(headers, "upload-offset")
+        .ok_or_else(|| HttpError::bad_request("Upload-Offset is required"))
+}
+
+/// The `Content-Type` a tus `PATCH` must have.
+fn check_patch_type(headers: &HeaderMap) -> Result<(), HttpError> {
+    if headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        != Some("application/offset+octet-stream")
+    {
+        return Err(HttpError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "Content-Type must be application/offset+octet-stream",
+        ));
+    }
+    Ok(())
+}
+
 /// `Upload-Metadata: key base64,key base64`.
 fn metadata(headers: &HeaderMap) -> Result<(String, String), HttpError> {
     let mut name = String::new();
@@ -442,15 +487,7 @@ async fn tus_create(
 ) -> Result<Response, HttpError> {
     check_tus_version(&headers)?;
     let claims = auth(&sh, &headers, &q)?;
-    let size: u64 = headers
-        .get("upload-length")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| {
-            HttpError::bad_request(
-                "Upload-Length (bytes) is required; deferred length is not supported",
-            )
-        })?;
+    let size = upload_length(&headers)?;
     let (name, mime) = metadata(&headers)?;
     sh.store.check_new_upload(&claims.sub, size)?;
     let store = sh.store.clone();
@@ -503,26 +540,12 @@ async fn tus_patch(
     debug_assert_eq!(method, Method::PATCH);
     check_tus_version(&headers)?;
     let claims = auth(&sh, &headers, &q)?;
-    if headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        != Some("application/offset+octet-stream")
-    {
-        return Err(HttpError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            "Content-Type must be application/offset+octet-stream",
-        ));
-    }
+    check_patch_type(&headers)?;
     let entry = sh.store.get(&id)?;
     if entry.owner != claims.sub {
         return Err(StoreError::NotFound.into());
     }
-    let offset: u64 = headers
-        .get("upload-offset")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| HttpError::bad_request("Upload-Offset is required"))?;
+    let offset = upload_offset(&headers)?;
     let Some(appending) = entry.try_append() else {
         return Err(HttpError::new(
             StatusCode::LOCKED,
@@ -600,4 +623,44 @@ async fn tus_patch(
             .body(Body::empty())
             .unwrap(),
     )
+}
+
+/// This module's parsers of request headers, for the fuzz targets (`fuzz/`) and property
+/// tests; not an API. A refusal is `(status, error code, message)` as the client gets it.
+#[doc(hidden)]
+pub mod fuzzing {
+    use axum::http::HeaderMap;
+
+    pub type Refusal = (u16, String, String);
+
+    fn refusal(e: super::HttpError) -> Refusal {
+        (e.status.as_u16(), e.code, e.message)
+    }
+
+    /// `Range` of a download of a `size`-byte file: `[start, end)`, `None` without one.
+    pub fn range(headers: &HeaderMap, size: u64) -> Result<Option<(u64, u64)>, Refusal> {
+        super::parse_range(headers, size).map_err(refusal)
+    }
+
+    /// `Tus-Resumable` must name the version we speak.
+    pub fn tus_version(headers: &HeaderMap) -> Result<(), Refusal> {
+        super::check_tus_version(headers).map_err(refusal)
+    }
+
+    /// `Upload-Metadata`: the file's name and type.
+    pub fn tus_metadata(headers: &HeaderMap) -> Result<(String, String), Refusal> {
+        super::metadata(headers).map_err(refusal)
+    }
+
+    pub fn upload_length(headers: &HeaderMap) -> Result<u64, Refusal> {
+        super::upload_length(headers).map_err(refusal)
+    }
+
+    pub fn upload_offset(headers: &HeaderMap) -> Result<u64, Refusal> {
+        super::upload_offset(headers).map_err(refusal)
+    }
+
+    pub fn patch_type(headers: &HeaderMap) -> Result<(), Refusal> {
+        super::check_patch_type(headers).map_err(refusal)
+    }
 }

@@ -34,6 +34,11 @@ use tracing::{info, warn};
 pub use clock::Clock;
 pub use server::transport;
 
+/// The HTTP fallback's header parsers (`Range`, tus), for the fuzz targets and property
+/// tests; not an API.
+#[doc(hidden)]
+pub use http::fuzzing as http_fuzzing;
+
 /// Log filter directives that cap the libraries the relay runs on where they write peer
 /// IP addresses: quinn-proto at `debug` (stateless resets) and `trace` (every packet),
 /// quinn-udp at `warn` (send errors), axum's server at `trace` (every accepted HTTP

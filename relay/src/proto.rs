@@ -178,11 +178,8 @@ pub enum FrameError {
     Write(#[from] quinn::WriteError),
 }
 
-/// Writes one frame.
-pub async fn write_frame<T: Serialize>(
-    send: &mut quinn::SendStream,
-    msg: &T,
-) -> Result<(), FrameError> {
+/// One frame's bytes: the length, then the JSON body.
+pub fn encode_frame<T: Serialize>(msg: &T) -> Result<Vec<u8>, FrameError> {
     let body = serde_json::to_vec(msg)?;
     if body.len() > MAX_FRAME {
         return Err(FrameError::TooLarge(body.len()));
@@ -190,6 +187,25 @@ pub async fn write_frame<T: Serialize>(
     let mut buf = Vec::with_capacity(4 + body.len());
     buf.extend_from_slice(&(body.len() as u32).to_be_bytes());
     buf.extend_from_slice(&body);
+    Ok(buf)
+}
+
+/// The body length a frame's 4-byte header announces, refused over [`MAX_FRAME`]
+/// before anything is allocated for it.
+pub fn frame_len(header: [u8; 4]) -> Result<usize, FrameError> {
+    let len = u32::from_be_bytes(header) as usize;
+    if len > MAX_FRAME {
+        return Err(FrameError::TooLarge(len));
+    }
+    Ok(len)
+}
+
+/// Writes one frame.
+pub async fn write_frame<T: Serialize>(
+    send: &mut quinn::SendStream,
+    msg: &T,
+) -> Result<(), FrameError> {
+    let buf = encode_frame(msg)?;
     send.write_all(&buf).await?;
     Ok(())
 }
@@ -204,10 +220,7 @@ pub async fn read_frame<T: for<'de> Deserialize<'de>>(
         Err(quinn::ReadExactError::FinishedEarly(0)) => return Err(FrameError::Closed),
         Err(e) => return Err(e.into()),
     }
-    let len = u32::from_be_bytes(len) as usize;
-    if len > MAX_FRAME {
-        return Err(FrameError::TooLarge(len));
-    }
+    let len = frame_len(len)?;
     let mut body = vec![0u8; len];
     recv.read_exact(&mut body).await?;
     Ok(serde_json::from_slice(&body)?)

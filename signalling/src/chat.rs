@@ -604,61 +604,9 @@ impl App {
         })
     }
 
-    fn validate_content(&self, m: &NewMessage) -> ApiResult<()> {
-        if m.client_id.is_empty() || m.client_id.len() > 64 {
-            return Err(ApiError::BadRequest(
-                "client_id must be 1 to 64 characters".into(),
-            ));
-        }
-        if let Some(t) = &m.text {
-            let n = t.chars().count();
-            if n > self.cfg.max_text_chars {
-                return Err(ApiError::TooLarge(format!(
-                    "text is {n} characters; at most {} are allowed",
-                    self.cfg.max_text_chars
-                )));
-            }
-        }
-        if m.attachments.len() > 10 {
-            return Err(ApiError::TooLarge(
-                "at most 10 attachments per message".into(),
-            ));
-        }
-        for a in &m.attachments {
-            if a.file_id.is_empty()
-                || a.file_id.len() > 128
-                || a.name.len() > 256
-                || a.mime.len() > 128
-            {
-                return Err(ApiError::BadRequest(
-                    "attachment needs a file_id (up to 128), a name (up to 256) and a mime type"
-                        .into(),
-                ));
-            }
-            if a.waveform.as_ref().is_some_and(|w| w.len() > 128) {
-                return Err(ApiError::TooLarge(
-                    "waveform has at most 128 samples".into(),
-                ));
-            }
-            if a.waveform.is_some() && a.duration_ms.is_none() {
-                return Err(ApiError::BadRequest(
-                    "a voice message needs duration_ms".into(),
-                ));
-            }
-        }
-        let empty_text = m.text.as_deref().is_none_or(|t| t.trim().is_empty());
-        if empty_text && m.sticker.is_none() && m.attachments.is_empty() && m.forward_from.is_none()
-        {
-            return Err(ApiError::BadRequest(
-                "a message needs text, a sticker, an attachment or forward_from".into(),
-            ));
-        }
-        Ok(())
-    }
-
     /// Sends a message. Answers only once it is committed.
     pub async fn send_message(&self, c: &Caller, chat_id: i64, m: NewMessage) -> ApiResult<Ack> {
-        self.validate_content(&m)?;
+        validate_content(&m, self.cfg.max_text_chars)?;
         let (kind, role, _) = self.membership(chat_id, c.user_id).await?;
         if kind == ChatKind::Channel && role < Role::Admin {
             return Err(ApiError::Forbidden("only admins post in a channel".into()));
@@ -1044,4 +992,54 @@ impl App {
             .fetch_all(&self.db.pool)
             .await?)
     }
+}
+
+/// Checks what a message to send may carry, before any storage is read. Bounds every
+/// field a client sets; `max_text_chars` is `chat.max_text_chars`.
+#[doc(hidden)]
+pub fn validate_content(m: &NewMessage, max_text_chars: usize) -> ApiResult<()> {
+    if m.client_id.is_empty() || m.client_id.len() > 64 {
+        return Err(ApiError::BadRequest(
+            "client_id must be 1 to 64 characters".into(),
+        ));
+    }
+    if let Some(t) = &m.text {
+        let n = t.chars().count();
+        if n > max_text_chars {
+            return Err(ApiError::TooLarge(format!(
+                "text is {n} characters; at most {} are allowed",
+                max_text_chars
+            )));
+        }
+    }
+    if m.attachments.len() > 10 {
+        return Err(ApiError::TooLarge(
+            "at most 10 attachments per message".into(),
+        ));
+    }
+    for a in &m.attachments {
+        if a.file_id.is_empty() || a.file_id.len() > 128 || a.name.len() > 256 || a.mime.len() > 128
+        {
+            return Err(ApiError::BadRequest(
+                "attachment needs a file_id (up to 128), a name (up to 256) and a mime type".into(),
+            ));
+        }
+        if a.waveform.as_ref().is_some_and(|w| w.len() > 128) {
+            return Err(ApiError::TooLarge(
+                "waveform has at most 128 samples".into(),
+            ));
+        }
+        if a.waveform.is_some() && a.duration_ms.is_none() {
+            return Err(ApiError::BadRequest(
+                "a voice message needs duration_ms".into(),
+            ));
+        }
+    }
+    let empty_text = m.text.as_deref().is_none_or(|t| t.trim().is_empty());
+    if empty_text && m.sticker.is_none() && m.attachments.is_empty() && m.forward_from.is_none() {
+        return Err(ApiError::BadRequest(
+            "a message needs text, a sticker, an attachment or forward_from".into(),
+        ));
+    }
+    Ok(())
 }

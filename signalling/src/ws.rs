@@ -83,6 +83,46 @@ fn error_event(e: &ApiError, req_id: &Value) -> String {
     v.to_string()
 }
 
+/// Reads one text frame of an authenticated connection: the message and its `req_id`
+/// (`Null` when absent), or the `error` event that answers it. Any text is refused with
+/// an event, never a panic.
+#[doc(hidden)]
+pub fn parse_frame(text: &str, max_frame_bytes: usize) -> Result<(ClientMsg, Value), String> {
+    if text.len() > max_frame_bytes {
+        let e = ApiError::TooLarge(format!(
+            "frame is {} bytes; at most {max_frame_bytes} are allowed",
+            text.len()
+        ));
+        return Err(error_event(&e, &Value::Null));
+    }
+    let v: Value = serde_json::from_str(text).map_err(|e| {
+        error_event(
+            &ApiError::BadRequest(format!("invalid JSON: {e}")),
+            &Value::Null,
+        )
+    })?;
+    let req_id = v.get("req_id").cloned().unwrap_or(Value::Null);
+    match serde_json::from_value(v) {
+        Ok(m) => Ok((m, req_id)),
+        Err(e) => Err(error_event(
+            &ApiError::BadRequest(format!("invalid request: {e}")),
+            &req_id,
+        )),
+    }
+}
+
+/// Reads the first frame of a connection opened without a token: the access token it
+/// carries (`None` when it is no `auth` frame) and its `req_id` (`Null` when absent).
+#[doc(hidden)]
+pub fn parse_auth_frame(text: &str) -> (Option<String>, Value) {
+    let v: Value = serde_json::from_str(text).unwrap_or(Value::Null);
+    let req_id = v.get("req_id").cloned().unwrap_or(Value::Null);
+    match serde_json::from_value::<AuthMsg>(v) {
+        Ok(AuthMsg::Auth { access_token }) => (Some(access_token), req_id),
+        Err(_) => (None, req_id),
+    }
+}
+
 struct Conn {
     app: Arc<App>,
     caller: Caller,
@@ -186,11 +226,10 @@ async fn authenticate_first(app: &App, sink: &mut Sink, stream: &mut Stream) -> 
             Ok(Some(Ok(WsMessage::Binary(_)))) => Utf8Bytes::from_static(""),
             Ok(Some(Ok(_))) => continue,
         };
-        let v: Value = serde_json::from_str(msg.as_str()).unwrap_or(Value::Null);
-        let req_id = v.get("req_id").cloned().unwrap_or(Value::Null);
-        let r = match serde_json::from_value::<AuthMsg>(v) {
-            Ok(AuthMsg::Auth { access_token }) => app.authenticate(&access_token),
-            Err(_) => Err(ApiError::Token(common::TokenError::Missing)),
+        let (token, req_id) = parse_auth_frame(msg.as_str());
+        let r = match token {
+            Some(access_token) => app.authenticate(&access_token),
+            None => Err(ApiError::Token(common::TokenError::Missing)),
         };
         return match r {
             Ok(c) => {
@@ -339,33 +378,10 @@ pub async fn run(app: Arc<App>, socket: WebSocket, caller: Option<Caller>) {
 
 impl Conn {
     async fn handle(&mut self, text: &str, out: &mut Vec<String>) {
-        if text.len() > self.app.cfg.max_frame_bytes {
-            let e = ApiError::TooLarge(format!(
-                "frame is {} bytes; at most {} are allowed",
-                text.len(),
-                self.app.cfg.max_frame_bytes
-            ));
-            out.push(error_event(&e, &Value::Null));
-            return;
-        }
-        let v: Value = match serde_json::from_str(text) {
-            Ok(v) => v,
-            Err(e) => {
-                out.push(error_event(
-                    &ApiError::BadRequest(format!("invalid JSON: {e}")),
-                    &Value::Null,
-                ));
-                return;
-            }
-        };
-        let req_id = v.get("req_id").cloned().unwrap_or(Value::Null);
-        let msg: ClientMsg = match serde_json::from_value(v) {
+        let (msg, req_id) = match parse_frame(text, self.app.cfg.max_frame_bytes) {
             Ok(m) => m,
-            Err(e) => {
-                out.push(error_event(
-                    &ApiError::BadRequest(format!("invalid request: {e}")),
-                    &req_id,
-                ));
+            Err(event) => {
+                out.push(event);
                 return;
             }
         };

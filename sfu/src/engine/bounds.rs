@@ -57,7 +57,9 @@ pub fn client_text(e: impl std::fmt::Display) -> String {
         }
         out.push_str(word);
         if out.len() > 200 {
-            out.truncate(200);
+            // At a character boundary: the text may quote the client's own non-ASCII input.
+            let cut = (0..=200).rev().find(|&i| out.is_char_boundary(i)).unwrap_or(0);
+            out.truncate(cut);
             out.push('…');
             break;
         }

@@ -32,6 +32,15 @@ pub use http::{HttpCreated, HttpError, HttpKind, PatchOutcome, Reply, SdpFrag};
 pub use ids::{ConnId, PartKey, PeerKey};
 pub use state::SignalTx;
 pub use stun::is_stun;
+
+/// The engine's parsers of network input, for the fuzz targets (`fuzz/`) and property
+/// tests; not an API.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use super::bounds::{MAX_MLINES, MAX_SDP_CANDIDATES, check_sdp, client_text};
+    pub use super::stun::local_ufrag;
+}
+
 use state::{Participant, Peer, Room, Sub, Track};
 
 use crate::metrics::{Counters, LeaveReason, Metrics};
