@@ -27,6 +27,9 @@ pub enum OutError {
     Timeout,
 }
 
+/// Most bytes of an answer kept (the rest is read and dropped).
+const MAX_ANSWER: usize = 64 * 1024;
+
 /// POSTs `body` as JSON to `url` with extra `headers`, reads the whole answer, and
 /// returns its status; all within `timeout`.
 pub async fn post_json(
@@ -35,6 +38,19 @@ pub async fn post_json(
     body: Bytes,
     timeout: Duration,
 ) -> Result<StatusCode, OutError> {
+    let mut h = vec![("content-type", "application/json")];
+    h.extend_from_slice(headers);
+    post(url, &h, body, timeout).await.map(|(s, _)| s)
+}
+
+/// POSTs `body` to `url` with `headers` (content type included), and returns the
+/// status and the first 64 KiB of the answer; all within `timeout`.
+pub async fn post(
+    url: &Uri,
+    headers: &[(&str, &str)],
+    body: Bytes,
+    timeout: Duration,
+) -> Result<(StatusCode, Bytes), OutError> {
     tokio::time::timeout(timeout, post_inner(url, headers, body))
         .await
         .map_err(|_| OutError::Timeout)?
@@ -44,7 +60,7 @@ async fn post_inner(
     url: &Uri,
     headers: &[(&str, &str)],
     body: Bytes,
-) -> Result<StatusCode, OutError> {
+) -> Result<(StatusCode, Bytes), OutError> {
     if url.scheme_str() != Some("http") {
         return Err(OutError::BadUrl);
     }
@@ -60,9 +76,7 @@ async fn post_inner(
         Some(p) => format!("{host}:{p}"),
         None => host.to_string(),
     };
-    let mut req = hyper::Request::post(path)
-        .header(hyper::header::HOST, host_header)
-        .header(hyper::header::CONTENT_TYPE, "application/json");
+    let mut req = hyper::Request::post(path).header(hyper::header::HOST, host_header);
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
@@ -71,9 +85,16 @@ async fn post_inner(
     let exchange = async move {
         let resp = send.send_request(req).await?;
         let status = resp.status();
-        resp.into_body().collect().await?;
+        let mut body = resp.into_body();
+        let mut kept = bytes::BytesMut::new();
+        while let Some(frame) = body.frame().await {
+            if let Ok(data) = frame?.into_data() {
+                let room = MAX_ANSWER.saturating_sub(kept.len());
+                kept.extend_from_slice(&data[..data.len().min(room)]);
+            }
+        }
         drop(send);
-        Ok::<_, OutError>(status)
+        Ok::<_, OutError>((status, kept.freeze()))
     };
     let (status, _closed) = tokio::join!(exchange, conn);
     status
