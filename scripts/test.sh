@@ -15,8 +15,11 @@ ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
 [ -x /usr/bin/chromium ] || need_apt+=(chromium)
 command -v node >/dev/null || need_apt+=(nodejs)
 command -v npm >/dev/null || need_apt+=(npm)
-# nft cuts the media port off in the web client's outage test (run as root only).
+# nft cuts the media port off in the web client's outage test and in the TURN call
+# test (run as root only).
 command -v nft >/dev/null || need_apt+=(nftables)
+# coturn: the TURN server the TURN-only call test starts (tests/calls_turn.rs).
+command -v turnserver >/dev/null || need_apt+=(coturn)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing: ${need_apt[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo

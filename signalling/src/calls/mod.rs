@@ -594,6 +594,8 @@ impl App {
 
     /// Carries out a machine's effects (call lock held): storage, fan-out, push, timer.
     async fn apply(&self, c: &mut Call, e: &Entry, fx: Vec<Effect>) {
+        // The index first: whoever is told of a change (an end) may act on it at once.
+        self.calls.reindex(c);
         for f in fx {
             match f {
                 Effect::Ring(users) => {
@@ -679,16 +681,8 @@ impl App {
                     by,
                     duration_ms,
                 } => {
-                    let mut j = json!({"type": "call_ended", "call_id": c.id, "chat_id": c.chat_id, "reason": reason});
-                    if let Some(b) = by {
-                        j["by"] = json!(b);
-                    }
-                    if let Some(d) = duration_ms {
-                        j["duration_ms"] = json!(d);
-                    }
-                    let users: Vec<i64> = c.involved.iter().copied().collect();
-                    self.hub.send_ephemeral(&users, j.to_string(), None);
-                    self.metrics.calls_ended.inc();
+                    // Committed before anyone is told: a client that hears of the end
+                    // finds it in the history.
                     let stored = self
                         .store_call_ended(
                             c.id,
@@ -704,6 +698,22 @@ impl App {
                     if let Err(err) = stored {
                         tracing::warn!(error = %err, "storing a call's end");
                     }
+                    let mut j = json!({"type": "call_ended", "call_id": c.id, "chat_id": c.chat_id, "reason": reason});
+                    if let Some(b) = by {
+                        j["by"] = json!(b);
+                    }
+                    if let Some(d) = duration_ms {
+                        j["duration_ms"] = json!(d);
+                    }
+                    // A group call's end clears its banner for every member of the chat.
+                    let mut users: Vec<i64> = c.involved.iter().copied().collect();
+                    if c.kind == Kind::Group {
+                        if let Ok(m) = self.members(c.chat_id).await {
+                            users.extend(m.users.iter().filter(|u| !c.involved.contains(u)));
+                        }
+                    }
+                    self.hub.send_ephemeral(&users, j.to_string(), None);
+                    self.metrics.calls_ended.inc();
                 }
             }
         }
