@@ -1114,3 +1114,50 @@ async fn call_invites_are_rate_limited_per_user() {
     a.ws.send(json!({"type": "call_accept"})).await;
     assert_eq!(a.ws.next_of("error").await["code"], "bad_request");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callee_rung_by_too_many_calls_is_busy_and_a_logged_out_device_leaves() {
+    let s = support::start(signalling::Config {
+        max_ringing_per_user: 2,
+        ..cfg()
+    })
+    .await;
+    let mut b = dev(&s, "+79160001100", "bob").await;
+    let mut callers = Vec::new();
+    for i in 1..=3 {
+        let d = dev(&s, &format!("+7916000110{i}"), "caller").await;
+        let chat = dialog(&s, &d.u, &b.u).await;
+        callers.push((d, chat));
+    }
+    let mut calls = Vec::new();
+    for (d, chat) in callers.iter_mut() {
+        let v = start(&s, d, *chat, false).await;
+        calls.push((
+            v["call"]["id"].as_i64().unwrap(),
+            v["call"]["state"].as_str().unwrap().to_string(),
+        ));
+    }
+    assert_eq!(calls[0].1, "ringing");
+    assert_eq!(
+        calls[1].1, "ringing",
+        "call waiting: a second call rings too"
+    );
+    assert_eq!(calls[2].1, "ended", "a third is busy: {calls:?}");
+    assert_eq!(
+        callers[2].0.ws.next_of("call_ended").await["reason"],
+        "busy"
+    );
+    // Bob answers the first; logging that device out closes its socket: after the grace
+    // the call ends with `disconnect`.
+    b.ws.send(json!({"type": "call_accept", "call_id": calls[0].0}))
+        .await;
+    b.ws.next_of("call").await;
+    let (st, _) = http(s.addr, "POST", "/api/auth/logout", Some(&b.u.token), None).await;
+    assert_eq!(st, 200);
+    let e = callers[0].0.ws.next_of("call_ended").await;
+    assert_eq!(
+        (e["reason"].as_str(), e["by"].as_i64()),
+        (Some("disconnect"), Some(b.u.id)),
+        "{e}"
+    );
+}

@@ -229,6 +229,7 @@ pub struct Call {
 
 impl Call {
     /// A 1:1 call from `caller` to `callee`. A busy callee ends it at once (`busy`).
+    #[allow(clippy::too_many_arguments)]
     pub fn direct(
         id: i64,
         chat_id: i64,
