@@ -99,9 +99,13 @@ pub struct Config {
     /// Lifetime of TURN credentials.
     #[serde(with = "humantime_serde")]
     pub turn_ttl: Duration,
-    /// URL of the push gateway (APNs VoIP / FCM relay with a sygnal-style API), plain
-    /// `http://`. Empty: `gateway` push targets are refused.
+    /// URL of the push gateway (APNs VoIP / FCM relay with a sygnal-style API),
+    /// `https://` (or `http://` on a trusted network). Empty: `gateway` push targets are
+    /// refused.
     pub push_gateway_url: String,
+    /// PEM file of CA certificates trusted for push over HTTPS besides Mozilla's roots
+    /// (a gateway with a private CA). Empty: none.
+    pub push_ca_file: String,
     /// VAPID private key for Web Push (base64url of the 32-byte P-256 scalar). Empty:
     /// `webpush` targets are refused.
     pub push_vapid_private_key: String,
@@ -156,6 +160,7 @@ impl Default for Config {
             turn_secret: String::new(),
             turn_ttl: Duration::from_secs(6 * 3600),
             push_gateway_url: String::new(),
+            push_ca_file: String::new(),
             push_vapid_private_key: String::new(),
             push_vapid_subject: "mailto:admin@localhost".into(),
             push_webpush_hosts: vec![

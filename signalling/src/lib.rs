@@ -51,6 +51,8 @@ pub const LOG_CAPS: &[&str] = &[
     "hyper_util=info",
     "axum::serve=debug",
     "axum::rejection=debug",
+    // rustls (push over HTTPS) names the servers it connects to at debug.
+    "rustls=info",
 ];
 
 pub(crate) fn now_ms() -> i64 {

@@ -59,6 +59,7 @@ pub struct Pusher {
     vapid: Option<ES256KeyPair>,
     vapid_public: Option<String>,
     gateway: Option<hyper::Uri>,
+    tls: crate::outbound::Tls,
     slots: tokio::sync::Semaphore,
 }
 
@@ -86,16 +87,21 @@ impl Pusher {
                 let uri: hyper::Uri = u
                     .parse()
                     .map_err(|_| anyhow::anyhow!("signalling.push_gateway_url is not a URL"))?;
-                if uri.scheme_str() != Some("http") || uri.host().is_none() {
-                    anyhow::bail!("signalling.push_gateway_url must be an http:// URL");
+                if !matches!(uri.scheme_str(), Some("https" | "http")) || uri.host().is_none() {
+                    anyhow::bail!("signalling.push_gateway_url must be an https:// or http:// URL");
                 }
                 Some(uri)
             }
         };
+        let roots = cfg.push_ca_file.trim();
+        let tls =
+            crate::outbound::Tls::new((!roots.is_empty()).then(|| std::path::Path::new(roots)))
+                .map_err(|e| anyhow::anyhow!("signalling.push_ca_file: {e}"))?;
         Ok(Pusher {
             vapid,
             vapid_public,
             gateway,
+            tls,
             slots: tokio::sync::Semaphore::new(IN_FLIGHT),
         })
     }
@@ -372,7 +378,15 @@ impl App {
             .collect();
         let uri = req.uri().clone();
         let body = Bytes::from(req.into_body());
-        match crate::outbound::post(&uri, &h, body, self.cfg.push_timeout).await {
+        match crate::outbound::post(
+            &uri,
+            &h,
+            body,
+            self.cfg.push_timeout,
+            Some(&self.pusher.tls),
+        )
+        .await
+        {
             Ok((s, _)) if s.is_success() => false,
             Ok((s, _)) if s.as_u16() == 404 || s.as_u16() == 410 => true,
             Ok((s, _)) => {
@@ -402,6 +416,7 @@ impl App {
             &[("content-type", "application/json")],
             body,
             self.cfg.push_timeout,
+            Some(&self.pusher.tls),
         )
         .await
         {

@@ -1161,3 +1161,153 @@ async fn a_callee_rung_by_too_many_calls_is_busy_and_a_logged_out_device_leaves(
         "{e}"
     );
 }
+
+/// A push gateway on HTTPS with a certificate from a private CA (written to a PEM file
+/// `maxd` is told to trust); each request's body goes to the channel.
+async fn tls_gateway(
+    dir: &std::path::Path,
+) -> (
+    u16,
+    std::path::PathBuf,
+    tokio::sync::mpsc::UnboundedReceiver<Value>,
+) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&leaf_key, &issuer)
+        .unwrap();
+    let ca_file = dir.join("gateway-ca.pem");
+    std::fs::write(&ca_file, ca_cert.pem()).unwrap();
+    let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![leaf.der().clone()],
+        rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
+    )
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = l.accept().await {
+            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            tokio::spawn(async move {
+                let Ok(mut s) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                // Read the head, then Content-Length bytes of body.
+                let body = loop {
+                    let n = s.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buf).to_string();
+                    if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                        let len: usize = head
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length: ")
+                                    .map(|v| v.trim().parse().unwrap())
+                            })
+                            .unwrap_or(0);
+                        if body.len() >= len {
+                            break body.to_string();
+                        }
+                    }
+                };
+                let answer = r#"{"rejected":[]}"#;
+                let _ = s
+                    .write_all(format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}", answer.len()).as_bytes())
+                    .await;
+                let _ = s.shutdown().await;
+                let _ = tx.send(serde_json::from_str(&body).unwrap_or(Value::Null));
+            });
+        }
+    });
+    (port, ca_file, rx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rings_are_pushed_over_https_and_an_unknown_ca_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (port, ca_file, mut got) = tls_gateway(dir.path()).await;
+    let url = format!("https://localhost:{port}/_matrix/push/v1/notify");
+    // Without the private CA the gateway's certificate is not trusted.
+    let bare = signalling::outbound::Tls::new(None).unwrap();
+    let r = signalling::outbound::post(
+        &url.parse().unwrap(),
+        &[],
+        bytes::Bytes::from_static(b"{}"),
+        WAIT,
+        Some(&bare),
+    )
+    .await;
+    assert!(
+        matches!(r, Err(signalling::outbound::OutError::Tls(_))),
+        "{r:?}"
+    );
+    let s = support::start(signalling::Config {
+        push_gateway_url: url,
+        push_ca_file: ca_file.display().to_string(),
+        ..cfg()
+    })
+    .await;
+    let mut a = dev(&s, "+79160001111", "a").await;
+    let b = login(s.addr, &s.data_dir, "+79160001112", "bob app").await;
+    let (st, v) = post(
+        &s,
+        &b,
+        "/api/push",
+        json!({"kind": "gateway", "app_id": "ru.max.voip", "pushkey": "pk-tls"}),
+    )
+    .await;
+    assert_eq!(st, 200, "{v}");
+    let chat = dialog(&s, &a.u, &b).await;
+    let call = start(&s, &mut a, chat, true).await["call"]["id"]
+        .as_i64()
+        .unwrap();
+    let n = tokio::time::timeout(WAIT, got.recv())
+        .await
+        .expect("a push over HTTPS")
+        .unwrap();
+    assert_eq!(
+        (
+            n["notification"]["type"].as_str(),
+            n["notification"]["call_id"].as_i64()
+        ),
+        (Some("call_incoming"), Some(call)),
+        "{n}"
+    );
+    assert_eq!(n["notification"]["devices"][0]["pushkey"], "pk-tls");
+    // Cancelled: the stop follows on the same path.
+    a.ws.send(json!({"type": "call_hangup", "call_id": call}))
+        .await;
+    let n = tokio::time::timeout(WAIT, got.recv())
+        .await
+        .expect("a stop over HTTPS")
+        .unwrap();
+    assert_eq!(
+        (
+            n["notification"]["type"].as_str(),
+            n["notification"]["reason"].as_str()
+        ),
+        (Some("call_stop"), Some("ended")),
+        "{n}"
+    );
+}
