@@ -1311,3 +1311,50 @@ async fn rings_are_pushed_over_https_and_an_unknown_ca_is_refused() {
         "{n}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_starts_and_answers_of_one_user_get_one_call() {
+    let s = support::start(cfg()).await;
+    let a = login(s.addr, &s.data_dir, "+79160001121", "a").await;
+    let mut chats = Vec::new();
+    for i in 0..8 {
+        let b = login(s.addr, &s.data_dir, &format!("+7916000113{i}"), "b").await;
+        chats.push(dialog(&s, &a, &b).await);
+    }
+    // Eight calls at once from one device: one starts, the others are refused.
+    let results = futures_util::future::join_all(
+        chats
+            .iter()
+            .map(|c| post(&s, &a, "/api/calls", json!({"chat_id": c}))),
+    )
+    .await;
+    let ok = results.iter().filter(|r| r.0 == 200).count();
+    let refused = results
+        .iter()
+        .filter(|r| r.0 == 409 && r.1["error"] == "already_in_call")
+        .count();
+    assert_eq!((ok, refused), (1, 7), "{results:?}");
+    // Two callers ring Carol; her two devices answer both calls at once: one gets in.
+    let c1 = login(s.addr, &s.data_dir, "+79160001141", "carol phone").await;
+    let c2 = login(s.addr, &s.data_dir, "+79160001141", "carol laptop").await;
+    let mut calls = Vec::new();
+    for i in 0..2 {
+        let x = login(s.addr, &s.data_dir, &format!("+7916000115{i}"), "x").await;
+        let chat = dialog(&s, &x, &c1).await;
+        let (st, v) = post(&s, &x, "/api/calls", json!({"chat_id": chat})).await;
+        assert_eq!(st, 200, "{v}");
+        calls.push(v["call"]["id"].as_i64().unwrap());
+    }
+    let (p1, p2) = (
+        format!("/api/calls/{}/accept", calls[0]),
+        format!("/api/calls/{}/accept", calls[1]),
+    );
+    let (r1, r2) = tokio::join!(post(&s, &c1, &p1, json!({})), post(&s, &c2, &p2, json!({})));
+    let mut st = [(r1.0, r1.1["error"].clone()), (r2.0, r2.1["error"].clone())];
+    st.sort_by_key(|x| x.0);
+    assert_eq!(
+        st,
+        [(200, Value::Null), (409, json!("already_in_call"))],
+        "{r1:?} {r2:?}"
+    );
+}

@@ -143,6 +143,9 @@ pub enum CallError {
     NotInCall,
     #[error("not possible in the call's current state")]
     BadState,
+    /// (From the shell.) The user is in another call.
+    #[error("you are in another call: hang up first")]
+    AlreadyInCall,
 }
 
 impl CallError {
@@ -154,6 +157,7 @@ impl CallError {
             CallError::NotInvited => "not_invited",
             CallError::NotInCall => "not_in_call",
             CallError::BadState => "call_state",
+            CallError::AlreadyInCall => "already_in_call",
         }
     }
 }

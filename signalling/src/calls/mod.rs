@@ -302,7 +302,9 @@ impl App {
                 Some(other) if kind == ChatKind::Group => Some(other),
                 _ if ix.user_in.contains_key(&c.user_id) => return Err(ApiError::AlreadyInCall),
                 _ => {
+                    // The caller is claimed with the check: two starts at once, one call.
                     ix.live.insert(id, entry.clone());
+                    ix.user_in.insert(c.user_id, id);
                     None
                 }
             }
@@ -416,20 +418,23 @@ impl App {
 
     async fn enter_call(&self, c: &Caller, id: i64, join: bool) -> ApiResult<Value> {
         let d = device(c);
-        {
-            let ix = self.calls.index.lock();
-            if ix.user_in.get(&c.user_id).is_some_and(|other| *other != id) {
-                return Err(ApiError::AlreadyInCall);
-            }
-        }
         let d2 = d.clone();
+        let calls = &self.calls;
         let v = self
             .with_call(c, id, move |call, now| {
-                if join {
+                // Checked and claimed under one lock: two answers of one user to two
+                // calls at once cannot both get in.
+                let mut ix = calls.index.lock();
+                if ix.user_in.get(&d2.user).is_some_and(|other| *other != id) {
+                    return Err(CallError::AlreadyInCall);
+                }
+                let fx = if join {
                     call.join(&d2, now)
                 } else {
                     call.accept(&d2, now)
-                }
+                }?;
+                ix.user_in.insert(d2.user, id);
+                Ok(fx)
             })
             .await?;
         if !self.hub.session_online(d.user, &d.session) {
