@@ -15,7 +15,7 @@ use support::{Maxd, metric};
 use testkit::peer::{LocalAv, MidMap, Peer, spawn_receiver};
 use testkit::proto::MidTrack;
 use testkit::stats::Observed;
-use testkit::{Client, RemoteTrackStats, SendStats};
+use testkit::{Client, RemoteTrackStats, SendStats, ServerMsg};
 use tokio_tungstenite::tungstenite::Message;
 use webrtc::peer_connection::{RTCIceCandidateInit, RTCSessionDescription};
 
@@ -172,6 +172,16 @@ async fn alice_calls_bob_on_two_devices_one_answers_and_they_talk_through_the_sf
     assert_eq!(e["reason"], "hangup");
     let d = e["duration_ms"].as_u64().unwrap();
     assert!(d >= talked.as_millis() as u64, "duration {d} ms covers the {talked:?} of media");
+    // The end takes both out of the call's room.
+    for c in [&a, &b] {
+        c.wait_for(T, |msg| matches!(msg, ServerMsg::Left { .. })).await.expect("left the room at the call's end");
+    }
+    // The gauge is refreshed each second: poll it (there is no event to wait on).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while metric(&m.metrics(), "maxd_sfu_participants") != 0.0 {
+        assert!(Instant::now() < deadline, "participants left in the room:\n{}", m.metrics());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert_eq!(wb1.next_of("call_ended").await["call_id"], call);
     // The history shows it, with its duration.
     let (_, h) = http(m.http, "GET", &format!("/api/chats/{chat}/messages?limit=1"), Some(&bob1.token), None).await;

@@ -277,6 +277,9 @@ impl Signalling {
         app.ctx.keys.revocations().on_revoke(move |sid| {
             if let Some(app) = weak.upgrade() {
                 app.hub.kick_session(sid);
+                // ... and takes it out of its calls' SFU rooms.
+                app.calls
+                    .session_revoked(sid, &app.ctx.keys, app.cfg.call_token_ttl);
             }
         });
         // Calls a previous run left ringing or active end as `failed`.

@@ -714,10 +714,15 @@ async fn a_group_call_is_announced_joined_late_left_and_ended_by_the_last() {
             && !claims.grants.chat
             && !claims.grants.files
     );
+    // Its session is the device's, scoped to this call: revoked when the device leaves.
     assert_eq!(
-        (claims.sub, claims.sid.as_deref()),
-        (a.u.id.to_string(), Some(a.u.session.as_str()))
+        (claims.sub, claims.sid),
+        (
+            a.u.id.to_string(),
+            Some(format!("{}:call:{call}", a.u.session))
+        )
     );
+    let alice_token = v["join"]["token"].as_str().unwrap().to_string();
     assert!(claims.exp - claims.iat <= 120);
     assert_eq!(
         s.keys
@@ -803,6 +808,11 @@ async fn a_group_call_is_announced_joined_late_left_and_ended_by_the_last() {
     )
     .await;
     assert_eq!(cur["call"], Value::Null);
+    // Tokens of a device that left are refused (the sfu also evicts it at once).
+    assert_eq!(
+        s.keys.verify(&alice_token).unwrap_err(),
+        common::TokenError::Revoked
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

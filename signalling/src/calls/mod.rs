@@ -36,6 +36,8 @@ pub(crate) struct Entry {
     started_at: i64,
     /// Users whose devices got a ring push (they get a stop push when the ring ends).
     pushed: Mutex<HashSet<UserId>>,
+    /// Device sessions that were given an SFU token for this call.
+    minted: Mutex<HashSet<Arc<str>>>,
 }
 
 #[derive(Default)]
@@ -47,6 +49,9 @@ struct Index {
     ringing: HashMap<UserId, BTreeSet<i64>>,
     /// The ongoing group call of each chat.
     chat_call: HashMap<i64, i64>,
+    /// Calls whose SFU tokens each device session holds (to take a logged-out device
+    /// out of their rooms).
+    minted: HashMap<Arc<str>, HashSet<i64>>,
 }
 
 /// Live calls of this process.
@@ -141,6 +146,35 @@ pub fn room_of(call_id: i64) -> String {
     format!("call-{call_id}")
 }
 
+/// The `sid` of the SFU tokens of one device in one call: revoking it takes that device
+/// out of the call's room (the sfu evicts by `sid`) and refuses its tokens.
+pub fn call_sid(session: &str, call_id: i64) -> String {
+    format!("{session}:call:{call_id}")
+}
+
+impl Calls {
+    /// A device session was revoked (logged out): its calls' SFU tokens are too, so it
+    /// leaves their rooms at once.
+    pub fn session_revoked(&self, session: &str, keys: &common::Keys, ttl: Duration) {
+        let ids: Vec<i64> = self
+            .index
+            .lock()
+            .minted
+            .get(session)
+            .map(|s| s.iter().copied().collect())
+            .unwrap_or_default();
+        for id in ids {
+            keys.revocations()
+                .revoke(&call_sid(session, id), token_dead_after(ttl));
+        }
+    }
+}
+
+/// When every SFU token minted now has expired (plus `Keys::verify`'s leeway).
+fn token_dead_after(ttl: Duration) -> u64 {
+    now_ms() as u64 / 1000 + ttl.as_secs().max(1) + 10
+}
+
 fn device(c: &Caller) -> Device {
     Device::new(c.user_id, &c.session_id)
 }
@@ -177,9 +211,17 @@ impl App {
 
     /// What a device needs to join the call's SFU room: a token for that room only
     /// (publish and subscribe, `call_token_ttl`), and ICE servers.
-    fn join_info(&self, call_id: i64, d: &Device) -> Value {
+    fn join_info(&self, call_id: i64, e: &Entry, d: &Device) -> Value {
         let iat = now_ms() as u64 / 1000;
         let room = room_of(call_id);
+        e.minted.lock().insert(d.session.clone());
+        self.calls
+            .index
+            .lock()
+            .minted
+            .entry(d.session.clone())
+            .or_default()
+            .insert(call_id);
         let token = self.ctx.keys.mint(&common::Claims {
             sub: d.user.to_string(),
             name: None,
@@ -189,7 +231,7 @@ impl App {
                 subscribe: true,
                 ..Default::default()
             },
-            sid: Some(d.session.to_string()),
+            sid: Some(call_sid(&d.session, call_id)),
             iat,
             exp: iat + self.cfg.call_token_ttl.as_secs().max(1),
         });
@@ -203,7 +245,7 @@ impl App {
         let mut v = json!({"call": view(c, e), "ice_servers": self.ice_servers(d.user)});
         if c.phase != Phase::Ended && c.is_member_device(d) {
             match c.mode {
-                Mode::Sfu => v["join"] = self.join_info(c.id, d),
+                Mode::Sfu => v["join"] = self.join_info(c.id, e, d),
                 Mode::P2p => {
                     v["p2p"] =
                         json!({"role": if d.user == c.caller { "offerer" } else { "answerer" }})
@@ -292,6 +334,7 @@ impl App {
             wake: tokio::sync::Notify::new(),
             started_at: now_ms(),
             pushed: Mutex::default(),
+            minted: Mutex::default(),
         });
         let mut guard = entry.call.lock().await;
         let raced = {
@@ -673,7 +716,7 @@ impl App {
                             session: m.device.clone(),
                         };
                         let j = json!({"type": "call_mode", "call_id": c.id, "mode": "sfu",
-                            "join": self.join_info(c.id, &d), "ice_servers": self.ice_servers(*u)})
+                            "join": self.join_info(c.id, e, &d), "ice_servers": self.ice_servers(*u)})
                         .to_string();
                         self.hub.send_session(*u, &m.device, &j);
                     }
@@ -723,7 +766,51 @@ impl App {
             }
         }
         self.calls.reindex(c);
+        self.evict_departed(c, e);
         e.wake.notify_one();
+    }
+
+    /// Devices that hold SFU tokens for the call but are no longer in it (left, moved,
+    /// or the call ended): their call `sid` is revoked, so the sfu takes them out of the
+    /// room and refuses their tokens.
+    fn evict_departed(&self, c: &Call, e: &Entry) {
+        let live: HashSet<&str> = if c.phase == Phase::Ended {
+            HashSet::new()
+        } else {
+            c.members.values().map(|m| &*m.device).collect()
+        };
+        let gone: Vec<Arc<str>> = {
+            let mut minted = e.minted.lock();
+            let gone = minted
+                .iter()
+                .filter(|s| !live.contains(&***s))
+                .cloned()
+                .collect::<Vec<_>>();
+            for g in &gone {
+                minted.remove(g);
+            }
+            gone
+        };
+        if gone.is_empty() {
+            return;
+        }
+        {
+            let mut ix = self.calls.index.lock();
+            for g in &gone {
+                if let Some(set) = ix.minted.get_mut(g) {
+                    set.remove(&c.id);
+                    if set.is_empty() {
+                        ix.minted.remove(g);
+                    }
+                }
+            }
+        }
+        for g in gone {
+            self.ctx.keys.revocations().revoke(
+                &call_sid(&g, c.id),
+                token_dead_after(self.cfg.call_token_ttl),
+            );
+        }
     }
 }
 
