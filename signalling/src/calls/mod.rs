@@ -504,6 +504,7 @@ impl App {
         let entry = self.calls.get(id).ok_or(ApiError::NotFound("call"))?;
         let (kind, chat_id) = {
             let call = entry.call.lock().await;
+            self.may_see(c.user_id, &call).await?;
             (call.kind, call.chat_id)
         };
         let allowed = match kind {
@@ -617,7 +618,6 @@ impl App {
                 let mut call = entry.call.lock().await;
                 call.device_back(&d);
                 entry.wake.notify_one();
-                drop(call);
             }
         }
     }
