@@ -136,23 +136,34 @@ async fn alice_calls_bob_on_two_devices_one_answers_and_they_talk_through_the_sf
     // A chat token opens no call: /rtc refuses it.
     assert_eq!(rtc_status(&m, &alice.token, None).await, 403);
 
+    let dialled = Instant::now();
     wa.send(json!({"type": "call_start", "chat_id": chat, "video": true})).await;
     let started = wa.next_of("call").await;
     let call = started["call"]["id"].as_i64().unwrap();
     let room = format!("call-{call}");
     assert_eq!(started["join"]["room"], room.as_str(), "{started}");
     let alice_token = started["join"]["token"].as_str().unwrap().to_string();
+    let mut rang = Vec::new();
     for ws in [&mut wb1, &mut wb2] {
         assert_eq!(ws.next_of("call_incoming").await["call_id"], call);
+        rang.push(dialled.elapsed());
         ws.send(json!({"type": "call_received", "call_id": call})).await;
         ws.next_of("call").await;
     }
     wa.next_of("call_ringing").await;
+    let ringing = dialled.elapsed();
+    let answered = Instant::now();
     wb2.send(json!({"type": "call_accept", "call_id": call})).await;
     let accepted = wb2.next_of("call").await;
     let bob_token = accepted["join"]["token"].as_str().unwrap().to_string();
     assert_eq!(wb1.next_of("call_ring_stopped").await["reason"], "answered_elsewhere");
     wa.next_of("call_accepted").await;
+    println!(
+        "call set-up on loopback: dial to ring on Bob's 2 devices {:?} / {:?}, to 'ringing' at Alice {ringing:?}, answer to 'accepted' at Alice {:?}",
+        rang[0],
+        rang[1],
+        answered.elapsed()
+    );
 
     // The minted tokens open the call's room, and only it.
     assert_eq!(rtc_status(&m, &bob_token, Some("call-1")).await, 403);
