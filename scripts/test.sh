@@ -19,8 +19,11 @@ command -v npm >/dev/null || need_apt+=(npm)
 # tests/pion_consent.rs.
 command -v go >/dev/null || need_apt+=(golang-go)
 [ -f /usr/share/gocode/src/github.com/pion/webrtc/go.mod ] || need_apt+=(golang-github-pion-webrtc.v3-dev)
-# nft cuts the media port off in the web client's outage test (run as root only).
+# nft cuts the media port off in the web client's outage test and in the TURN call
+# test (run as root only).
 command -v nft >/dev/null || need_apt+=(nftables)
+# coturn: the TURN server the TURN-only call test starts (tests/calls_turn.rs).
+command -v turnserver >/dev/null || need_apt+=(coturn)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing: ${need_apt[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo

@@ -77,6 +77,20 @@ pub fn router(app: Arc<App>) -> axum::Router {
         .route("/api/chats/{id}/read", post(read))
         .route("/api/chats/{id}/delivered", post(delivered))
         .route("/api/chats/{id}/typing", post(typing))
+        .route("/api/calls", post(start_call))
+        .route("/api/calls/{id}", get(get_call))
+        .route("/api/calls/{id}/received", post(call_received))
+        .route("/api/calls/{id}/accept", post(accept_call))
+        .route("/api/calls/{id}/decline", post(decline_call))
+        .route("/api/calls/{id}/hangup", post(hangup_call))
+        .route("/api/calls/{id}/join", post(join_call))
+        .route("/api/calls/{id}/invite", post(invite_to_call))
+        .route("/api/calls/{id}/video", post(call_video))
+        .route("/api/calls/{id}/sfu", post(call_sfu))
+        .route("/api/calls/{id}/signal", post(call_signal))
+        .route("/api/chats/{id}/call", get(chat_call))
+        .route("/api/push", post(register_push).delete(unregister_push))
+        .route("/api/push/vapid", get(vapid))
         .route("/api/bots", post(create_bot))
         .route("/api/bot/{token}/getMe", get(bot_me).post(bot_me))
         .route(
@@ -424,6 +438,132 @@ async fn delivered(
 async fn typing(State(app): S, c: Caller, Path(id): Path<i64>) -> ApiResult<Json<Value>> {
     app.typing(&c, id).await?;
     Ok(Json(json!({})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StartCall {
+    chat_id: i64,
+    #[serde(default)]
+    video: bool,
+}
+
+async fn start_call(State(app): S, c: Caller, Body(r): Body<StartCall>) -> ApiResult<Json<Value>> {
+    Ok(Json(app.start_call(&c, r.chat_id, r.video).await?))
+}
+
+async fn get_call(State(app): S, c: Caller, Path(id): Path<i64>) -> ApiResult<Json<Value>> {
+    Ok(Json(app.get_call(&c, id).await?))
+}
+
+async fn chat_call(State(app): S, c: Caller, Path(id): Path<i64>) -> ApiResult<Json<Value>> {
+    Ok(Json(app.chat_call(&c, id).await?))
+}
+
+async fn call_received(State(app): S, c: Caller, Path(id): Path<i64>) -> ApiResult<Json<Value>> {
+    Ok(Json(app.call_received(&c, id).await?))
+}
+
+async fn accept_call(State(app): S, c: Caller, Path(id): Path<i64>) -> ApiResult<Json<Value>> {
+    Ok(Json(app.accept_call(&c, id).await?))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct DeclineReq {
+    #[serde(default)]
+    busy: bool,
+}
+
+async fn decline_call(
+    State(app): S,
+    c: Caller,
+    Path(id): Path<i64>,
+    body: axum::body::Bytes,
+) -> ApiResult<Json<Value>> {
+    // The body is optional: none (or `{}`) declines, `{"busy": true}` says busy.
+    let busy = if body.iter().all(u8::is_ascii_whitespace) {
+        false
+    } else {
+        serde_json::from_slice::<DeclineReq>(&body)
+            .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?
+            .busy
+    };
+    Ok(Json(app.decline_call(&c, id, busy).await?))
+}
+
+async fn hangup_call(State(app): S, c: Caller, Path(id): Path<i64>) -> ApiResult<Json<Value>> {
+    Ok(Json(app.hangup_call(&c, id).await?))
+}
+
+async fn join_call(State(app): S, c: Caller, Path(id): Path<i64>) -> ApiResult<Json<Value>> {
+    Ok(Json(app.join_call(&c, id).await?))
+}
+
+async fn invite_to_call(
+    State(app): S,
+    c: Caller,
+    Path(id): Path<i64>,
+    Body(r): Body<DialogReq>,
+) -> ApiResult<Json<Value>> {
+    Ok(Json(app.invite_to_call(&c, id, r.user_id).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VideoReq {
+    video: bool,
+}
+
+async fn call_video(
+    State(app): S,
+    c: Caller,
+    Path(id): Path<i64>,
+    Body(r): Body<VideoReq>,
+) -> ApiResult<Json<Value>> {
+    Ok(Json(app.set_call_video(&c, id, r.video).await?))
+}
+
+async fn call_sfu(State(app): S, c: Caller, Path(id): Path<i64>) -> ApiResult<Json<Value>> {
+    Ok(Json(app.call_to_sfu(&c, id).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SignalReq {
+    data: Value,
+}
+
+async fn call_signal(
+    State(app): S,
+    c: Caller,
+    Path(id): Path<i64>,
+    Body(r): Body<SignalReq>,
+) -> ApiResult<Json<Value>> {
+    app.call_signal(&c, id, r.data).await?;
+    Ok(Json(json!({})))
+}
+
+async fn register_push(
+    State(app): S,
+    c: Caller,
+    Body(r): Body<crate::push::TargetReq>,
+) -> ApiResult<Json<Value>> {
+    Ok(Json(app.register_push(&c, r).await?))
+}
+
+async fn unregister_push(State(app): S, c: Caller) -> ApiResult<Json<Value>> {
+    app.unregister_push(&c).await?;
+    Ok(Json(json!({})))
+}
+
+async fn vapid(State(app): S) -> ApiResult<Json<Value>> {
+    match app.vapid_public_key() {
+        Some(k) => Ok(Json(json!({"public_key": k}))),
+        None => Err(ApiError::NotFound(
+            "Web Push key (Web Push is not configured)",
+        )),
+    }
 }
 
 #[derive(Deserialize)]

@@ -244,6 +244,8 @@ impl App {
                 .execute(&self.db.pool)
                 .await?;
         }
+        // A revoked device is woken for no call.
+        self.forget_push_targets(sids).await?;
         Ok(())
     }
 

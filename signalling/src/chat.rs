@@ -44,7 +44,7 @@ fn row_to_message(r: Row) -> Message {
 }
 
 impl App {
-    fn chat_lock(&self, chat_id: i64) -> &tokio::sync::Mutex<()> {
+    pub(crate) fn chat_lock(&self, chat_id: i64) -> &tokio::sync::Mutex<()> {
         &self.locks[(chat_id as u64 % self.locks.len() as u64) as usize]
     }
 
@@ -91,7 +91,10 @@ impl App {
         }
     }
 
-    async fn begin_event(&self, chat_id: i64) -> ApiResult<(Transaction<'static, Any>, i64)> {
+    pub(crate) async fn begin_event(
+        &self,
+        chat_id: i64,
+    ) -> ApiResult<(Transaction<'static, Any>, i64)> {
         let mut tx = self.db.pool.begin().await?;
         let seq: Option<i64> = sqlx::query_scalar(
             "UPDATE chats SET last_seq = last_seq + 1 WHERE id = $1 RETURNING last_seq",
@@ -104,7 +107,7 @@ impl App {
 
     /// Stores the event, commits, then fans it out (caller holds the chat lock).
     #[allow(clippy::too_many_arguments)]
-    async fn finish_event(
+    pub(crate) async fn finish_event(
         &self,
         mut tx: Transaction<'static, Any>,
         chat_id: i64,
@@ -621,12 +624,16 @@ impl App {
             attachments: m.attachments,
             reply_to: m.reply_to,
             forwarded: None,
+            call: None,
         };
         if let Some(f) = &m.forward_from {
             self.membership(f.chat_id, c.user_id).await?;
             let src = self.get_message(f.chat_id, f.seq).await?;
             if src.deleted {
                 return Err(ApiError::NotFound("message"));
+            }
+            if src.content.call.is_some() {
+                return Err(ApiError::BadRequest("a call cannot be forwarded".into()));
             }
             let fwd = src.content.forwarded.clone().unwrap_or(Forwarded {
                 chat_id: f.chat_id,
@@ -749,6 +756,11 @@ impl App {
         }
         if msg.deleted {
             return Err(ApiError::NotFound("message"));
+        }
+        if msg.content.call.is_some() {
+            return Err(ApiError::Forbidden(
+                "a call in the history cannot be edited".into(),
+            ));
         }
         msg.content.text = Some(text);
         let now = now_ms();

@@ -71,6 +71,53 @@ pub struct Config {
     pub ws_frames_per_second: u32,
     /// Open `/ws` connections one account may have at once; one more is closed (4005).
     pub ws_connections_per_user: u32,
+    /// How long an invite rings before the call is `missed` (a group call stops ringing).
+    #[serde(with = "humantime_serde")]
+    pub ring_timeout: Duration,
+    /// How long a party's device may have no `/ws` connection before it counts as gone
+    /// (the call ends with `disconnect`, or the member leaves a group call).
+    #[serde(with = "humantime_serde")]
+    pub call_disconnect_grace: Duration,
+    /// Lifetime of the SFU access tokens minted for a call (ask again to rejoin).
+    #[serde(with = "humantime_serde")]
+    pub call_token_ttl: Duration,
+    /// Group calls ring members in groups of at most this many members; in larger
+    /// groups a call is only announced.
+    pub group_ring_max_members: u32,
+    /// 1:1 calls start peer-to-peer (offer/answer relayed over `/ws`) and move to the
+    /// SFU when a third person joins or P2P fails; false: every call uses the SFU.
+    pub p2p_direct_calls: bool,
+    /// Calls one user may start or invite to per minute (bursts of as many).
+    pub call_invites_per_minute: u32,
+    /// Calls that may ring one user at once; one more ends at once as `busy`.
+    pub max_ringing_per_user: u32,
+    /// TURN server URLs handed to call clients (`turn:host:3478?transport=udp`,
+    /// `turns:host:5349?transport=tcp`). Empty: no TURN.
+    pub turn_urls: Vec<String>,
+    /// Secret shared with the TURN server (coturn `static-auth-secret`).
+    pub turn_secret: String,
+    /// Lifetime of TURN credentials.
+    #[serde(with = "humantime_serde")]
+    pub turn_ttl: Duration,
+    /// URL of the push gateway (APNs VoIP / FCM relay with a sygnal-style API),
+    /// `https://` (or `http://` on a trusted network). Empty: `gateway` push targets are
+    /// refused.
+    pub push_gateway_url: String,
+    /// PEM file of CA certificates trusted for push over HTTPS besides Mozilla's roots
+    /// (a gateway with a private CA). Empty: none.
+    pub push_ca_file: String,
+    /// VAPID private key for Web Push (base64url of the 32-byte P-256 scalar). Empty:
+    /// `webpush` targets are refused.
+    pub push_vapid_private_key: String,
+    /// VAPID `sub` claim: how the push service reaches the operator.
+    pub push_vapid_subject: String,
+    /// Hosts a Web Push endpoint may be on (the browsers' push services); any other
+    /// endpoint is refused at registration, so the server posts to no address a client
+    /// chooses. `*.example.com` takes every subdomain of example.com.
+    pub push_webpush_hosts: Vec<String>,
+    /// Time one push request may take.
+    #[serde(with = "humantime_serde")]
+    pub push_timeout: Duration,
 }
 
 impl Default for Config {
@@ -102,6 +149,27 @@ impl Default for Config {
             ws_idle_timeout: Duration::from_secs(60),
             ws_frames_per_second: 100,
             ws_connections_per_user: 32,
+            ring_timeout: Duration::from_secs(45),
+            call_disconnect_grace: Duration::from_secs(10),
+            call_token_ttl: Duration::from_secs(120),
+            group_ring_max_members: 16,
+            p2p_direct_calls: true,
+            call_invites_per_minute: 20,
+            max_ringing_per_user: 3,
+            turn_urls: Vec::new(),
+            turn_secret: String::new(),
+            turn_ttl: Duration::from_secs(6 * 3600),
+            push_gateway_url: String::new(),
+            push_ca_file: String::new(),
+            push_vapid_private_key: String::new(),
+            push_vapid_subject: "mailto:admin@localhost".into(),
+            push_webpush_hosts: vec![
+                "fcm.googleapis.com".into(),
+                "updates.push.services.mozilla.com".into(),
+                "web.push.apple.com".into(),
+                "*.notify.windows.com".into(),
+            ],
+            push_timeout: Duration::from_secs(10),
         }
     }
 }

@@ -138,6 +138,38 @@ CREATE INDEX refresh_rotated_session ON refresh_rotated (session_id);
 CREATE INDEX refresh_rotated_at ON refresh_rotated (rotated_at)
 "#,
     ),
+    (
+        3,
+        r#"
+CREATE TABLE calls (
+    id BIGINT PRIMARY KEY,
+    chat_id BIGINT NOT NULL,
+    kind TEXT NOT NULL,
+    video BIGINT NOT NULL,
+    caller_id BIGINT NOT NULL,
+    state TEXT NOT NULL,
+    mode TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    answered_at BIGINT,
+    ended_at BIGINT,
+    end_reason TEXT,
+    duration_ms BIGINT
+);
+CREATE INDEX calls_chat ON calls (chat_id);
+CREATE INDEX calls_state ON calls (state);
+CREATE TABLE push_targets (
+    session_id TEXT PRIMARY KEY,
+    user_id BIGINT NOT NULL,
+    kind TEXT NOT NULL,
+    endpoint TEXT NOT NULL,
+    p256dh TEXT NOT NULL DEFAULT '',
+    auth TEXT NOT NULL DEFAULT '',
+    app_id TEXT NOT NULL DEFAULT '',
+    created_at BIGINT NOT NULL
+);
+CREATE INDEX push_targets_user ON push_targets (user_id)
+"#,
+    ),
 ];
 
 /// Which engine is behind the pool.

@@ -48,6 +48,10 @@ pub enum ApiError {
     TooLarge(String),
     #[error("{0}")]
     Conflict(String),
+    #[error("{0}")]
+    Call(#[from] crate::calls::machine::CallError),
+    #[error("you are in another call: hang up first")]
+    AlreadyInCall,
     #[error("SMS could not be sent: try again later")]
     SmsUnavailable,
     #[error("internal error")]
@@ -85,6 +89,8 @@ impl ApiError {
             ApiError::Forbidden(_) => "forbidden",
             ApiError::TooLarge(_) => "too_large",
             ApiError::Conflict(_) => "conflict",
+            ApiError::Call(e) => e.code(),
+            ApiError::AlreadyInCall => "already_in_call",
             ApiError::SmsUnavailable => "sms_unavailable",
             ApiError::Internal(_) => "internal",
         }
@@ -109,7 +115,9 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::NotMember | ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Conflict(_) | ApiError::AlreadyInCall => StatusCode::CONFLICT,
+            ApiError::Call(crate::calls::machine::CallError::NotInvited) => StatusCode::FORBIDDEN,
+            ApiError::Call(_) => StatusCode::CONFLICT,
             ApiError::SmsUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }

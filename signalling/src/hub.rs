@@ -98,6 +98,38 @@ impl Hub {
         self.conns.read().contains_key(&user_id)
     }
 
+    /// Whether device session `session_id` of `user_id` has an open connection.
+    pub fn session_online(&self, user_id: i64, session_id: &str) -> bool {
+        self.conns
+            .read()
+            .get(&user_id)
+            .is_some_and(|v| v.iter().any(|c| *c.session_id == *session_id))
+    }
+
+    /// Device sessions of `user_id` with an open connection.
+    pub fn online_sessions(&self, user_id: i64) -> Vec<Arc<str>> {
+        let c = self.conns.read();
+        let mut v: Vec<Arc<str>> = c
+            .get(&user_id)
+            .map(|v| v.iter().map(|c| c.session_id.clone()).collect())
+            .unwrap_or_default();
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    /// Sends an ephemeral event to the connections of one device session only.
+    pub fn send_session(&self, user_id: i64, session_id: &str, json: &str) {
+        let out = Out::Ephemeral(json.into());
+        let c = self.conns.read();
+        if let Some(v) = c.get(&user_id) {
+            for conn in v.iter().filter(|c| *c.session_id == *session_id) {
+                // A full queue: that connection is lagging and will be told to resume.
+                let _ = conn.tx.try_send(out.clone());
+            }
+        }
+    }
+
     pub fn connection_count(&self) -> usize {
         self.conns.read().values().map(Vec::len).sum()
     }

@@ -12,6 +12,7 @@
 pub mod api;
 pub mod auth;
 pub mod bots;
+pub mod calls;
 pub mod chat;
 pub mod config;
 pub mod db;
@@ -22,6 +23,7 @@ pub mod model;
 pub mod otp;
 pub mod outbound;
 pub mod phone;
+pub mod push;
 pub mod sms;
 pub mod users;
 pub mod ws;
@@ -49,6 +51,8 @@ pub const LOG_CAPS: &[&str] = &[
     "hyper_util=info",
     "axum::serve=debug",
     "axum::rejection=debug",
+    // rustls (push over HTTPS) names the servers it connects to at debug.
+    "rustls=info",
 ];
 
 pub(crate) fn now_ms() -> i64 {
@@ -80,6 +84,16 @@ pub struct Metrics {
     pub logins: IntCounter,
     /// Requests refused by the message rate limit.
     pub rate_limited: IntCounter,
+    /// Calls started.
+    pub calls: IntCounter,
+    /// Calls ended (any reason).
+    pub calls_ended: IntCounter,
+    /// Calls moved from peer-to-peer to the SFU.
+    pub calls_to_sfu: IntCounter,
+    /// Push requests made (ring and stop).
+    pub pushes: IntCounter,
+    /// Push targets dropped because the push service called them dead.
+    pub push_targets_dropped: IntCounter,
 }
 
 impl Metrics {
@@ -116,6 +130,17 @@ impl Metrics {
                 "rate_limited_total",
                 "Messages refused by the per-user rate limit",
             )?,
+            calls: c("calls_total", "Calls started")?,
+            calls_ended: c("calls_ended_total", "Calls ended")?,
+            calls_to_sfu: c(
+                "calls_to_sfu_total",
+                "Calls moved from peer-to-peer to the SFU",
+            )?,
+            pushes: c("pushes_total", "Push requests made for ringing")?,
+            push_targets_dropped: c(
+                "push_targets_dropped_total",
+                "Push targets dropped as dead by the push service",
+            )?,
         })
     }
 }
@@ -128,6 +153,9 @@ pub struct App {
     pub hub: hub::Hub,
     pub sms: Box<dyn sms::SmsSender>,
     pub metrics: Metrics,
+    /// Live calls.
+    pub calls: calls::Calls,
+    pub(crate) pusher: push::Pusher,
     pub(crate) limits: Limits,
     pub(crate) members_cache: RwLock<HashMap<i64, Arc<chat::Members>>>,
     pub(crate) locks: Vec<tokio::sync::Mutex<()>>,
@@ -143,6 +171,8 @@ pub(crate) struct Limits {
     pub verifies_per_ip: limits::Keyed<IpAddr>,
     /// Messages per user.
     pub messages: limits::Keyed<i64>,
+    /// Calls started or invited to, per user.
+    pub call_invites: limits::Keyed<i64>,
 }
 
 impl Limits {
@@ -151,6 +181,7 @@ impl Limits {
             codes_per_ip: limits::Keyed::new(limits::per_hour(cfg.codes_per_ip_per_hour)),
             verifies_per_ip: limits::Keyed::new(limits::per_hour(cfg.verifies_per_ip_per_hour)),
             messages: limits::Keyed::new(limits::per_second_burst_2x(cfg.messages_per_second)),
+            call_invites: limits::Keyed::new(limits::per_minute(cfg.call_invites_per_minute)),
         }
     }
 
@@ -158,6 +189,7 @@ impl Limits {
         self.codes_per_ip.forget_idle();
         self.verifies_per_ip.forget_idle();
         self.messages.forget_idle();
+        self.call_invites.forget_idle();
     }
 }
 
@@ -199,6 +231,12 @@ impl Signalling {
         if config.allowed_country_codes.is_empty() {
             anyhow::bail!("signalling.allowed_country_codes is empty: nobody could register");
         }
+        if !config.turn_urls.is_empty() && config.turn_secret.len() < 16 {
+            anyhow::bail!(
+                "signalling.turn_urls is set: signalling.turn_secret must be the TURN server's static-auth-secret (at least 16 characters)"
+            );
+        }
+        let pusher = push::Pusher::new(&config)?;
         let db = db::Db::open(&config.database_url, &ctx.data_dir)
             .await
             .context("opening the chat database")?;
@@ -211,6 +249,8 @@ impl Signalling {
             hub: hub::Hub::default(),
             sms,
             metrics,
+            calls: calls::Calls::default(),
+            pusher,
             members_cache: RwLock::default(),
             locks: (0..1024).map(|_| tokio::sync::Mutex::new(())).collect(),
             webhooks_running: Mutex::default(),
@@ -237,8 +277,16 @@ impl Signalling {
         app.ctx.keys.revocations().on_revoke(move |sid| {
             if let Some(app) = weak.upgrade() {
                 app.hub.kick_session(sid);
+                // ... and takes it out of its calls' SFU rooms.
+                app.calls
+                    .session_revoked(sid, &app.ctx.keys, app.cfg.call_token_ttl);
             }
         });
+        // Calls a previous run left ringing or active end as `failed`.
+        let failed = app.fail_unfinished_calls().await?;
+        if failed > 0 {
+            tracing::info!(calls = failed, "calls of the previous run ended as failed");
+        }
         let maintenance = tokio::spawn(maintain(Arc::downgrade(&app))).abort_handle();
         // Resume webhook deliveries left pending by a previous run.
         let pending: Vec<i64> = sqlx::query_scalar("SELECT DISTINCT bot_id FROM bot_updates")

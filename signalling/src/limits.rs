@@ -17,6 +17,11 @@ pub fn per_hour(n: u32) -> Quota {
     Quota::per_hour(nz(n))
 }
 
+/// `n` per minute, all of them usable at once.
+pub fn per_minute(n: u32) -> Quota {
+    Quota::per_minute(nz(n))
+}
+
 /// `n` per second with bursts of twice as many.
 pub fn per_second_burst_2x(n: u32) -> Quota {
     Quota::per_second(nz(n)).allow_burst(nz(n.saturating_mul(2)))

@@ -95,6 +95,10 @@ pub struct Content {
     pub reply_to: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub forwarded: Option<Forwarded>,
+    /// A call in the history (set by the server only): `{"call_id", "kind", "video",
+    /// "reason", "duration_ms", "by"}`; see `docs/calls.md`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub call: Option<serde_json::Value>,
 }
 
 /// Source of a forward: a message the sender can read.

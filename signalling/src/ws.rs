@@ -68,6 +68,47 @@ pub enum ClientMsg {
         seq: i64,
     },
     Ping,
+    /// Starts a call from a chat (see `docs/calls.md`).
+    CallStart {
+        chat_id: i64,
+        #[serde(default)]
+        video: bool,
+    },
+    /// This device rings (the caller is told `call_ringing`).
+    CallReceived {
+        call_id: i64,
+    },
+    CallAccept {
+        call_id: i64,
+    },
+    CallDecline {
+        call_id: i64,
+        #[serde(default)]
+        busy: bool,
+    },
+    CallHangup {
+        call_id: i64,
+    },
+    CallJoin {
+        call_id: i64,
+    },
+    CallInvite {
+        call_id: i64,
+        user_id: i64,
+    },
+    CallVideo {
+        call_id: i64,
+        video: bool,
+    },
+    /// Peer-to-peer failed: move the call to the SFU.
+    CallSfu {
+        call_id: i64,
+    },
+    /// A P2P signal for the other party (`{"sdp": ...}`, `{"candidate": ...}`).
+    CallSignal {
+        call_id: i64,
+        data: Value,
+    },
 }
 
 fn error_event(e: &ApiError, req_id: &Value) -> String {
@@ -121,6 +162,12 @@ pub fn parse_auth_frame(text: &str) -> (Option<String>, Value) {
         Ok(AuthMsg::Auth { access_token }) => (Some(access_token), req_id),
         Err(_) => (None, req_id),
     }
+}
+
+/// The answer to a call request on the socket: `{"type": "call", ...}`.
+fn call_answer(mut v: Value) -> Value {
+    v["type"] = json!("call");
+    v
 }
 
 struct Conn {
@@ -284,6 +331,8 @@ pub async fn run(app: Arc<App>, socket: WebSocket, caller: Option<Caller>) {
     if reg.first {
         let _ = app.presence_changed(caller.user_id, true).await;
     }
+    app.calls_device_back(caller.user_id, &caller.session_id)
+        .await;
     let mut c = Conn {
         app: app.clone(),
         caller,
@@ -374,6 +423,13 @@ pub async fn run(app: Arc<App>, socket: WebSocket, caller: Option<Caller>) {
     if app.hub.disconnect(c.caller.user_id, conn_id) {
         let _ = app.presence_changed(c.caller.user_id, false).await;
     }
+    if !app
+        .hub
+        .session_online(c.caller.user_id, &c.caller.session_id)
+    {
+        app.calls_device_gone(c.caller.user_id, &c.caller.session_id)
+            .await;
+    }
 }
 
 impl Conn {
@@ -439,6 +495,8 @@ impl Conn {
                     }
                 }
                 self.synced = true;
+                // Calls ringing this user now: a device woken by a push rings.
+                out.extend(app.pending_rings(c.user_id).await);
                 Some(json!({"type": "synced", "chats": list}))
             }
             ClientMsg::Send { chat_id, message } => {
@@ -481,6 +539,33 @@ impl Conn {
                 None
             }
             ClientMsg::Ping => Some(json!({"type": "pong"})),
+            ClientMsg::CallStart { chat_id, video } => {
+                Some(call_answer(app.start_call(c, chat_id, video).await?))
+            }
+            ClientMsg::CallReceived { call_id } => {
+                Some(call_answer(app.call_received(c, call_id).await?))
+            }
+            ClientMsg::CallAccept { call_id } => {
+                Some(call_answer(app.accept_call(c, call_id).await?))
+            }
+            ClientMsg::CallDecline { call_id, busy } => {
+                Some(call_answer(app.decline_call(c, call_id, busy).await?))
+            }
+            ClientMsg::CallHangup { call_id } => {
+                Some(call_answer(app.hangup_call(c, call_id).await?))
+            }
+            ClientMsg::CallJoin { call_id } => Some(call_answer(app.join_call(c, call_id).await?)),
+            ClientMsg::CallInvite { call_id, user_id } => {
+                Some(call_answer(app.invite_to_call(c, call_id, user_id).await?))
+            }
+            ClientMsg::CallVideo { call_id, video } => {
+                Some(call_answer(app.set_call_video(c, call_id, video).await?))
+            }
+            ClientMsg::CallSfu { call_id } => Some(call_answer(app.call_to_sfu(c, call_id).await?)),
+            ClientMsg::CallSignal { call_id, data } => {
+                app.call_signal(c, call_id, data).await?;
+                None
+            }
         })
     }
 }

@@ -50,7 +50,12 @@ async fn message_with(ws: &mut Ws, text: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chat_session_logged_at_trace_shows_no_personal_data() {
     let cap = install();
-    let s = start(config(None)).await;
+    let s = start(signalling::Config {
+        turn_urls: vec!["turn:turn.example.com:3478".into()],
+        turn_secret: "turn-secret-for-the-log-test".into(),
+        ..config(None)
+    })
+    .await;
     let a = s.addr;
     let (alice_phone, bob_phone) = ("+79160000081", "+79160000082");
 
@@ -180,6 +185,42 @@ async fn a_chat_session_logged_at_trace_shows_no_personal_data() {
     assert_eq!(st, 200, "{v}");
     message_with(&mut wa, "bot-says-private").await;
 
+    // A call: TURN credentials, an SFU token, P2P signals with an address and SDP.
+    let (_, d) = http(
+        a,
+        "POST",
+        "/api/dialogs",
+        Some(&alice_token),
+        Some(json!({"user_id": bob.id})),
+    )
+    .await;
+    wa.send(json!({"type": "call_start", "chat_id": d["id"], "video": true}))
+        .await;
+    let started = wa.next_of("call").await;
+    let call = started["call"]["id"].as_i64().unwrap();
+    let turn_password = started["ice_servers"][0]["credential"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    wb.next_of("call_incoming").await;
+    wb.send(json!({"type": "call_accept", "call_id": call}))
+        .await;
+    wb.next_of("call").await;
+    wa.send(
+        json!({"type": "call_signal", "call_id": call, "data": {"sdp": "v=0 sdp-body-private",
+        "candidate": "candidate:1 1 udp 2122260223 198.51.100.23 50000 typ host"}}),
+    )
+    .await;
+    wb.next_of("call_signal").await;
+    wb.send(json!({"type": "call_sfu", "call_id": call})).await;
+    let sfu_token = wb.next_of("call_mode").await["join"]["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    wa.send(json!({"type": "call_hangup", "call_id": call}))
+        .await;
+    wb.next_of("call_ended").await;
+
     // Refresh, reuse (revokes), log out.
     let (_, v) = http(
         a,
@@ -228,6 +269,10 @@ async fn a_chat_session_logged_at_trace_shows_no_personal_data() {
         "whisper-over-rest".into(),
         "bot-says-private".into(),
         hex("whisper-over-socket"),
+        turn_password,
+        sfu_token,
+        "198.51.100.23".into(),
+        "sdp-body-private".into(),
     ];
     for secret in &secrets {
         if let Some(at) = logs.find(secret.as_str()) {
