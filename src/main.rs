@@ -5,6 +5,7 @@
 mod config;
 mod files_cli;
 mod listener;
+mod memory;
 mod rlimit;
 mod server;
 mod web;
@@ -145,6 +146,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .thread_name("maxd-http")
                 .build()
                 .context("starting the async runtime")?;
+            memory::start_trimming();
             rt.block_on(server::run(cfg))
         }
         Command::Token {
