@@ -305,7 +305,12 @@ async fn a_p2p_call_sends_media_directly_and_moves_to_the_sfu_for_a_third_person
     assert!(p2p_packets >= 50, "P2P carried the call until the SFU did");
     pa.pc.close().await.unwrap();
     pb.pc.close().await.unwrap();
-    assert!(metric(&m.metrics(), "maxd_sfu_packets_received_total") > through_sfu + 100.0);
+    // The media worker adds its counters to the registry in batches: wait for them.
+    let deadline = tokio::time::Instant::now() + T;
+    while metric(&m.metrics(), "maxd_sfu_packets_received_total") <= through_sfu + 100.0 {
+        assert!(tokio::time::Instant::now() < deadline, "the SFU carried no media after the move");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     for c in clients {
         c.close().await;
     }
