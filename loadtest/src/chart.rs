@@ -13,6 +13,25 @@ fn err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
     anyhow!("chart: {e:?}")
 }
 
+/// Room right of each plot for the half of the last time tick's label that lies past
+/// the axis's end.
+const RIGHT_MARGIN: u32 = 24;
+
+/// Counts are whole: ticks between them are not labelled.
+fn count_label(v: &f64) -> String {
+    if v.fract().abs() < 1e-9 {
+        format!("{v:.0}")
+    } else {
+        String::new()
+    }
+}
+
+/// The loss axis starts a little below 0 so that a run without loss draws its line
+/// above the axis, not under it.
+fn loss_range(max: f64) -> std::ops::Range<f64> {
+    -max * 0.04..max
+}
+
 /// Writes the chart to `path` (SVG).
 pub fn write_svg(path: &Path, title: &str, timeline: &[TimePoint]) -> Result<()> {
     let root = SVGBackend::new(path, (960, 960)).into_drawing_area();
@@ -29,11 +48,13 @@ pub fn write_svg(path: &Path, title: &str, timeline: &[TimePoint]) -> Result<()>
     let mut c = ChartBuilder::on(&parts[0])
         .caption("one-way delay (ms)", ("sans-serif", 16))
         .margin(8)
+        .margin_right(RIGHT_MARGIN)
         .x_label_area_size(24)
         .y_label_area_size(56)
         .build_cartesian_2d(0f64..tmax, 0f64..dmax)
         .map_err(err)?;
-    c.configure_mesh().x_desc("s").draw().map_err(err)?;
+    c.configure_mesh().x_desc("s")
+        .x_label_formatter(&|v| format!("{v:.0}")).y_desc("ms").draw().map_err(err)?;
     c.draw_series(LineSeries::new(
         timeline.iter().map(|p| (p.t, p.delay_p50_ms)),
         &BLUE,
@@ -62,11 +83,18 @@ pub fn write_svg(path: &Path, title: &str, timeline: &[TimePoint]) -> Result<()>
     let mut c = ChartBuilder::on(&parts[1])
         .caption("loss (%)", ("sans-serif", 16))
         .margin(8)
+        .margin_right(RIGHT_MARGIN)
         .x_label_area_size(24)
         .y_label_area_size(56)
-        .build_cartesian_2d(0f64..tmax, 0f64..lmax)
+        .build_cartesian_2d(0f64..tmax, loss_range(lmax))
         .map_err(err)?;
-    c.configure_mesh().x_desc("s").draw().map_err(err)?;
+    c.configure_mesh()
+        .x_desc("s")
+        .x_label_formatter(&|v| format!("{v:.0}"))
+        .y_desc("%")
+        .y_label_formatter(&|v| if *v < 0.0 { String::new() } else { format!("{v:.2}") })
+        .draw()
+        .map_err(err)?;
     c.draw_series(LineSeries::new(
         timeline.iter().map(|p| (p.t, p.loss_ratio * 100.0)),
         &MAGENTA,
@@ -95,8 +123,14 @@ pub fn write_svg(path: &Path, title: &str, timeline: &[TimePoint]) -> Result<()>
         .build_cartesian_2d(0f64..tmax, 0f64..cmax)
         .map_err(err)?
         .set_secondary_coord(0f64..tmax, 0f64..bmax);
-    c.configure_mesh().x_desc("s").draw().map_err(err)?;
-    c.configure_secondary_axes().draw().map_err(err)?;
+    c.configure_mesh()
+        .x_desc("s")
+        .x_label_formatter(&|v| format!("{v:.0}"))
+        .y_desc("participants")
+        .y_label_formatter(&count_label)
+        .draw()
+        .map_err(err)?;
+    c.configure_secondary_axes().y_desc("Mbit/s").draw().map_err(err)?;
     c.draw_series(LineSeries::new(
         timeline.iter().map(|p| (p.t, p.connected as f64)),
         &GREEN,
@@ -135,8 +169,13 @@ pub fn write_svg(path: &Path, title: &str, timeline: &[TimePoint]) -> Result<()>
         .build_cartesian_2d(0f64..tmax, 0f64..rmax)
         .map_err(err)?
         .set_secondary_coord(0f64..tmax, 0f64..pmax);
-    c.configure_mesh().x_desc("s").draw().map_err(err)?;
-    c.configure_secondary_axes().draw().map_err(err)?;
+    c.configure_mesh().x_desc("s")
+        .x_label_formatter(&|v| format!("{v:.0}")).y_desc("RSS MiB").draw().map_err(err)?;
+    c.configure_secondary_axes()
+        .y_desc("participants, rooms")
+        .y_label_formatter(&count_label)
+        .draw()
+        .map_err(err)?;
     c.draw_series(LineSeries::new(rss.iter().copied(), &RED))
         .map_err(err)?;
     c.draw_secondary_series(LineSeries::new(
@@ -150,4 +189,55 @@ pub fn write_svg(path: &Path, title: &str, timeline: &[TimePoint]) -> Result<()>
         .map_err(err)?;
     root.present().map_err(err)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn point(t: f64) -> TimePoint {
+        TimePoint {
+            t,
+            connected: 8,
+            bitrate_out_kbps: 500.0,
+            bitrate_in_kbps: 1500.0,
+            packets_in: 1000,
+            loss_ratio: 0.0,
+            delay_p50_ms: 1.0,
+            delay_p99_ms: 5.0,
+            server_cpu_percent: None,
+            media_worker_cpu_percent: None,
+            server_rss_mb: Some(40.0 + t / 100.0),
+            live: 8,
+            joins: 0,
+            ends: 0,
+            server_participants: Some(8),
+            server_rooms: Some(3),
+            simulator_lag_ms: 0.0,
+        }
+    }
+
+    /// Counts are labelled as whole numbers, every panel's axes say what they measure,
+    /// and a loss of 0 is drawn above the x axis.
+    #[test]
+    fn labels_are_whole_counts_with_titles_and_zero_loss_shows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.svg");
+        let timeline: Vec<TimePoint> = (0..=600).map(|t| point(t as f64)).collect();
+        write_svg(&path, "test", &timeline).unwrap();
+        let svg = std::fs::read_to_string(&path).unwrap();
+        let texts: Vec<&str> = svg
+            .split("<text")
+            .skip(1)
+            .filter_map(|t| t.split_once('>').map(|(_, rest)| rest.split('<').next().unwrap_or("").trim()))
+            .collect();
+        for want in ["ms", "%", "participants", "Mbit/s", "RSS MiB", "participants, rooms"] {
+            assert!(texts.contains(&want), "no axis title {want:?} in {texts:?}");
+        }
+        assert!(!texts.contains(&"8.0"), "a count labelled as a fraction: {texts:?}");
+        assert!(texts.contains(&"8"), "the participant count 8 is labelled: {texts:?}");
+        assert!(texts.contains(&"600"), "the last time tick is drawn: {texts:?}");
+        let r = loss_range(0.5);
+        assert!(r.start < 0.0 && r.end == 0.5);
+    }
 }

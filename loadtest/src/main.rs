@@ -33,52 +33,56 @@ struct Cli {
     /// Scenario file (TOML, see configs/loadtest/); flags override its values.
     #[arg(long, short = 'c')]
     config: Option<PathBuf>,
+    /// What to load (default media).
     #[arg(long, value_enum)]
     mode: Option<Mode>,
-    /// Base URL of the node's HTTP port.
+    /// Base URL of the node's HTTP port (default http://127.0.0.1:8080).
     #[arg(long)]
     url: Option<String>,
+    /// Rooms, filled one after the other (default 1).
     #[arg(long)]
     rooms: Option<usize>,
-    /// Publishers per room (they also receive each other).
+    /// Publishers per room; they also receive each other (default 2).
     #[arg(long)]
     publishers: Option<usize>,
-    /// Receive-only participants per room.
+    /// Receive-only participants per room (default 2).
     #[arg(long)]
     subscribers: Option<usize>,
-    /// How long to run after the last participant joined (e.g. 15s, 2m).
+    /// How long to run after the last participant joined, e.g. 15s, 2m (default 15s).
     #[arg(long, value_parser = humantime::parse_duration)]
     duration: Option<Duration>,
     /// Steady-state figures start this long after the last join (default 5s).
     #[arg(long, value_parser = humantime::parse_duration)]
     warmup: Option<Duration>,
-    /// Publish a camera track too.
+    /// Publish a camera track too (default: microphone only).
     #[arg(long, conflicts_with = "audio_only")]
     video: bool,
-    /// Publish the microphone only.
+    /// Publish the microphone only, overriding a scenario file's `video = true`.
     #[arg(long)]
     audio_only: bool,
-    /// Three simulcast layers for video (true/false).
+    /// Three simulcast layers for video, true/false (default true).
     #[arg(long)]
     simulcast: Option<bool>,
-    /// Opus bitrate, bits/s.
+    /// Opus bitrate, bits/s (default 32000).
     #[arg(long)]
     audio_bitrate: Option<u32>,
-    /// Top video layer bitrate, bits/s.
+    /// Top video layer bitrate, bits/s (default 1200000).
     #[arg(long)]
     video_bitrate: Option<u32>,
+    /// Video frames per second (default 30).
     #[arg(long)]
     fps: Option<u32>,
-    /// Pace video at 2.5 x its bitrate like a browser (true/false).
+    /// Pace video at 2.5 x its bitrate like a browser, true/false (default true).
     #[arg(long)]
     pacing: Option<bool>,
+    /// A video keyframe this often, besides those the server asks for (default 3s).
     #[arg(long, value_parser = humantime::parse_duration)]
     keyframe_interval: Option<Duration>,
-    /// Participants joining per second.
+    /// Participants joining per second (default 20).
     #[arg(long)]
     join_rate: Option<f64>,
     /// Churn: once all have joined, RATE participants per second leave (see
-    /// --leave-mix) and as many new ones join in their places.
+    /// --leave-mix) and as many new ones join in their places (default 0: no churn).
     #[arg(long, value_name = "RATE")]
     churn: Option<f64>,
     /// How churned participants leave, by weight: leave (polite: waits for left), quit
@@ -91,7 +95,7 @@ struct Cli {
     /// server's memory trend.
     #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
     soak: Option<Duration>,
-    /// Seed of the churn's choices (the report gives the one used).
+    /// Seed of the churn's choices (default: a random one, which the report gives).
     #[arg(long)]
     seed: Option<u64>,
     /// With churn, a track counts as expected by a participant once available to it
@@ -119,32 +123,41 @@ struct Cli {
     /// are judged against the resume window + 1 s + this.
     #[arg(long, value_parser = humantime::parse_duration)]
     ws_idle: Option<Duration>,
+    /// Who talks when (default all).
     #[arg(long, value_enum)]
     speaking: Option<Speaking>,
-    /// Opus DTX while not talking (one packet per 400 ms).
+    /// Opus DTX while not talking: one packet per 400 ms (default false).
     #[arg(long)]
     dtx: Option<bool>,
+    /// Prefix of the room names (default: `lt` and four random hex digits, so that two
+    /// runs against one server do not meet).
     #[arg(long)]
     room_prefix: Option<String>,
-    /// Threads driving participants.
+    /// Threads driving participants (default 1).
     #[arg(long)]
     threads: Option<usize>,
-    /// The server's auth secret (signs tokens here, HS256).
+    /// The server's auth secret: tokens are signed here, HS256 (or use --token-command).
     #[arg(long, env = "LOADTEST_TOKEN_SECRET", hide_env_values = true)]
     token_secret: Option<String>,
-    /// Command printing a token; {room}, {identity} and {grants} are replaced.
+    /// Command printing a token; {room}, {identity} and {grants} are replaced, e.g.
+    /// 'target/release/maxd token --room {room} --identity {identity} --grants {grants}'.
     #[arg(long)]
     token_command: Option<String>,
+    /// A participant that has not connected this long after it started joining counts
+    /// as failed (default 20s).
     #[arg(long, value_parser = humantime::parse_duration)]
     connect_timeout: Option<Duration>,
     /// Pid of a maxd on this machine: exact server CPU from /proc.
     #[arg(long)]
     server_pid: Option<u32>,
-    /// Ramp subscribers per room until loss > 0.5 % or p99 delay > 100 ms.
+    /// Ramp subscribers per room by --capacity-step until loss > 0.5 % or p99 delay >
+    /// 100 ms, up to --capacity-max.
     #[arg(long)]
     find_capacity: bool,
+    /// With --find-capacity: subscribers added per room at each step (default 10).
     #[arg(long)]
     capacity_step: Option<usize>,
+    /// With --find-capacity: stop at this many subscribers per room (default 1000).
     #[arg(long)]
     capacity_max: Option<usize>,
     /// Write the JSON report here.
@@ -156,21 +169,25 @@ struct Cli {
     /// No progress line.
     #[arg(long, short)]
     quiet: bool,
-    /// Chat mode: members per group, senders per group, messages per second per sender.
+    /// Chat mode: members per group (default 20).
     #[arg(long)]
     group_size: Option<usize>,
+    /// Chat mode: members of each group who send (default 2).
     #[arg(long)]
     senders: Option<usize>,
+    /// Chat mode: messages per second per sender (default 1).
     #[arg(long)]
     rate: Option<f64>,
     /// Chat/files mode: the server's data directory (dev-mode SMS codes are read there).
     #[arg(long)]
     data_dir: Option<String>,
-    /// Files mode: bytes per file, parallel clients, relay address.
+    /// Files mode: bytes per file (default 16777216, 16 MiB).
     #[arg(long)]
     file_size: Option<u64>,
+    /// Files mode: clients uploading and downloading in parallel (default 4).
     #[arg(long)]
     clients: Option<usize>,
+    /// Files mode: the relay's QUIC address (default 127.0.0.1:4433).
     #[arg(long)]
     relay: Option<String>,
     /// Files mode: the relay certificate's SHA-256 fingerprint (printed by maxd).
@@ -305,4 +322,36 @@ fn run(cli: &Cli) -> Result<i32> {
         }
     }
     Ok(report.verdict.exit_code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Cli;
+    use clap::CommandFactory;
+
+    /// Every option says what it does, and every option whose value has a default says
+    /// which (`--help` is the simulator's manual).
+    #[test]
+    fn every_option_is_described_with_its_default() {
+        // Options with no default value: what they name has to come from the user.
+        const NO_DEFAULT: &[&str] = &[
+            "config", "token_secret", "token_command", "server_pid", "report", "data_dir",
+            "relay_pin", "leave_mix", "soak", "resume_window",
+        ];
+        let cmd = Cli::command();
+        let mut faults = Vec::new();
+        for a in cmd.get_arguments() {
+            let id = a.get_id().as_str();
+            if id == "help" || id == "version" {
+                continue;
+            }
+            let help = a.get_long_help().or(a.get_help()).map(|h| h.to_string()).unwrap_or_default();
+            if help.trim().is_empty() {
+                faults.push(format!("--{id}: no description"));
+            } else if a.get_action().takes_values() && !NO_DEFAULT.contains(&id) && !help.contains("default") {
+                faults.push(format!("--{id}: no default given"));
+            }
+        }
+        assert!(faults.is_empty(), "{faults:#?}");
+    }
 }
