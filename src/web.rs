@@ -51,6 +51,7 @@ const ASSETS: &[Asset] = &[
     asset!("api.js", "text/javascript; charset=utf-8"),
     asset!("chatsocket.js", "text/javascript; charset=utf-8"),
     asset!("tus.js", "text/javascript; charset=utf-8"),
+    asset!("voice.js", "text/javascript; charset=utf-8"),
     asset!("messenger.css", "text/css; charset=utf-8"),
     // The room page.
     asset!("call.html", "text/html; charset=utf-8"),

@@ -502,9 +502,10 @@ fn messenger_two_people_chat_live_and_resume_after_going_offline() {
 
 /// A 50 MiB file sent in a dialog: the page reloads in the middle of the upload, the
 /// upload is listed with its progress, resumes from where the relay had it once the file
-/// is chosen again, and the other person downloads it bit-exact.
+/// is chosen again, and the other person downloads it bit-exact. Then a voice message
+/// recorded from the (fake) microphone, with its waveform, played to its end.
 #[test]
-fn messenger_file_upload_survives_a_reload_and_downloads_bit_exact() {
+fn messenger_file_upload_survives_a_reload_and_voice_messages_play() {
     if !browser_tools() {
         return;
     }
@@ -514,6 +515,11 @@ fn messenger_file_upload_survives_a_reload_and_downloads_bit_exact() {
         .find(|v| v["event"] == "file_bit_exact")
         .expect("file_bit_exact");
     println!("messenger file: {done}");
+    let voice = seen
+        .iter()
+        .find(|v| v["event"] == "voice_message")
+        .expect("voice_message");
+    println!("messenger voice message: {voice}");
     screenshots(&seen);
 }
 
@@ -565,6 +571,7 @@ fn web_client_files_are_served_from_the_binary() {
         ("/api.js", "text/javascript; charset=utf-8"),
         ("/chatsocket.js", "text/javascript; charset=utf-8"),
         ("/tus.js", "text/javascript; charset=utf-8"),
+        ("/voice.js", "text/javascript; charset=utf-8"),
         ("/messenger.css", "text/css; charset=utf-8"),
         ("/call", "text/html; charset=utf-8"),
         ("/call.html", "text/html; charset=utf-8"),

@@ -9,6 +9,7 @@
 import { Api, ApiError, deviceName } from './api.js';
 import { ChatSocket } from './chatsocket.js';
 import { upload, pendingUploads, fingerprint, forgetUpload } from './tus.js';
+import { VoiceRecorder, voicePlayer, fmtDuration } from './voice.js';
 
 const $ = (id) => document.getElementById(id);
 const api = new Api();
@@ -242,7 +243,10 @@ function preview(m) {
   if (!m) return '';
   if (m.deleted) return 'Message deleted';
   if (m.text) return m.text;
-  if (m.attachments && m.attachments.length) return `📎 ${m.attachments[0].name}`;
+  if (m.attachments && m.attachments.length) {
+    const a = m.attachments[0];
+    return a.duration_ms !== undefined ? `🎤 Voice message ${fmtDuration(a.duration_ms)}` : `📎 ${a.name}`;
+  }
   if (m.call) return '📞 Call';
   return '';
 }
@@ -583,7 +587,15 @@ function renderTicks(c, m, li) {
   t.title = state;
 }
 
+/** A relay file as a Blob, fetched with the bearer header. */
+async function fetchFile(id) {
+  const r = await fetch(`/files/${encodeURIComponent(id)}`, { headers: { authorization: `Bearer ${await api.accessToken()}` } });
+  if (!r.ok) throw new Error(`download failed (${r.status})`);
+  return r.blob();
+}
+
 function fileLink(a) {
+  if (a.duration_ms !== undefined) return voicePlayer(a, () => fetchFile(a.file_id));
   const link = el('a', { className: 'file', textContent: `📄 ${a.name} (${fmtSize(a.size)})` });
   link.download = a.name;
   link.dataset.file = a.file_id;
@@ -779,7 +791,8 @@ $('file').addEventListener('change', () => {
   if (file && current) sendFile(chats.get(current), file);
 });
 
-async function sendFile(c, file) {
+/** Uploads `file` and sends it as a message; `extra` adds to the attachment (voice). */
+async function sendFile(c, file, extra = {}) {
   const fp = fingerprint(file);
   if (active.has(fp)) return;
   const stored = pendingUploads().find((u) => u.fp === fp);
@@ -797,7 +810,7 @@ async function sendFile(c, file) {
     });
     active.delete(fp);
     renderUploads();
-    await sendContent(chats.get(chatId), { attachments: [{ file_id: id, name: file.name, size: file.size, mime: file.type || 'application/octet-stream' }] });
+    await sendContent(chats.get(chatId), { attachments: [{ file_id: id, name: file.name, size: file.size, mime: file.type || 'application/octet-stream', ...extra }] });
   } catch (err) {
     active.delete(fp);
     renderUploads();
@@ -847,6 +860,47 @@ function uploadRow(fp, u, paused) {
     row.append(pick, drop);
   }
   return row;
+}
+
+// ---- voice messages ----------------------------------------------------------------------
+
+let recorder = null;
+
+$('record').addEventListener('click', async () => {
+  if (!current) return;
+  if (!recorder) {
+    try {
+      recorder = await VoiceRecorder.start((ms) => {
+        $('rec-time').textContent = fmtDuration(ms);
+      });
+    } catch (err) {
+      flash(new Error(`no microphone: ${err.message}`));
+      return;
+    }
+    recorder.chatId = current;
+    $('rec-time').textContent = '0:00';
+    $('recording').hidden = false;
+    $('record').ariaPressed = 'true';
+    $('record').ariaLabel = 'Stop and send the voice message';
+    return;
+  }
+  const r = recorder;
+  recorder = null;
+  resetRecording();
+  const voice = await r.stop();
+  if (voice) await sendFile(chats.get(r.chatId), voice.file, { duration_ms: voice.duration_ms, waveform: voice.waveform });
+});
+
+$('rec-cancel').addEventListener('click', () => {
+  if (recorder) recorder.stop(true);
+  recorder = null;
+  resetRecording();
+});
+
+function resetRecording() {
+  $('recording').hidden = true;
+  $('record').ariaPressed = 'false';
+  $('record').ariaLabel = 'Record a voice message';
 }
 
 // ---- new chat -------------------------------------------------------------------------

@@ -8,7 +8,8 @@
 //                             it comes back and shows exactly what it missed; history by
 //                             cursor; devices and log out; screenshots
 //   node messenger.mjs file   a file sent in a dialog, the upload cut by a page reload
-//                             and resumed, downloaded bit-exact by the other user
+//                             and resumed, downloaded bit-exact by the other user; a
+//                             voice message recorded (fake microphone) and played
 //
 // Environment: MAXD_URL, DATA_DIR (the server's data directory: the dev SMS provider's
 // codes), ARTIFACT_DIR, WORK_DIR, CHROMIUM, FILE_MIB (size of the file scenario's file).
@@ -28,7 +29,9 @@ const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 const FILE_MIB = Number(process.env.FILE_MIB || 8);
 
 const FLAGS = ['--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking',
-  '--disable-component-update', '--disable-sync'];
+  '--disable-component-update', '--disable-sync',
+  // A fake microphone (a beep) for voice messages; playing needs no gesture.
+  '--use-fake-device-for-media-stream', '--use-fake-ui-for-media-stream', '--autoplay-policy=no-user-gesture-required'];
 
 const started = Date.now();
 function out(event, data = {}) {
@@ -327,12 +330,14 @@ async function scenarioFile() {
   closeSync(fd);
   const sha = createHash('sha256').update(readFileSync(path)).digest('hex');
 
-  // The third chunk (of 4 MiB) is held, so the page reloads mid-upload.
+  // The third chunk (of 4 MiB) is held, so the page reloads mid-upload; after the
+  // reload everything goes through.
   let patches = 0;
   let held = null;
+  let released = false;
   const heldNow = new Promise((r) => { held = r; });
   await alice.page.route('**/files/*', (route) => {
-    if (route.request().method() !== 'PATCH') return route.continue();
+    if (released || route.request().method() !== 'PATCH') return route.continue();
     patches++;
     if (patches < 3) return route.continue();
     held();
@@ -345,6 +350,8 @@ async function scenarioFile() {
     const v = await alice.page.$eval('#uploads progress', (e) => e.value).catch(() => 0);
     return v >= 8 * 1024 * 1024 && v;
   });
+  await alice.page.reload();
+  released = true;
   await alice.page.unroute('**/files/*');
   const offsets = [];
   const heads = [];
@@ -354,7 +361,6 @@ async function scenarioFile() {
   alice.page.on('response', (r) => {
     if (r.request().method() === 'HEAD' && r.url().includes('/files/')) heads.push(Number(r.headers()['upload-offset']));
   });
-  await alice.page.reload();
   await live(alice);
   await until("Alice's dialog open after the reload", 10_000, () => alice.page.isVisible('#chat'));
   // The interrupted upload is listed with its progress, asking for the file again.
@@ -384,6 +390,24 @@ async function scenarioFile() {
   await shot(bob, 'messenger-file-1280x720.png');
   out('file_bit_exact', { bytes: size, upload_ms: uploadMs, resumed_from: resumedFrom });
   writeFileSync(path, ''); // free the space early
+
+  // A voice message: Alice records about a second and a half from the (fake) microphone.
+  await alice.page.click('#record');
+  await alice.page.waitForSelector('#recording:not([hidden])', { timeout: 10_000 });
+  await until('a recording of 0:01', 10_000, async () => (await alice.page.textContent('#rec-time')) >= '0:01');
+  await alice.page.click('#record');
+  const voice = await bob.page.waitForSelector('#message-list .voice', { timeout: 20_000 });
+  const bars = await voice.$$eval('.wave i', (els) => els.length);
+  const label = await voice.$eval('.play', (e) => e.ariaLabel);
+  check(bars >= 10, `a waveform: ${bars} bars`);
+  check(/0:0[1-9]/.test(label), `its duration: ${label}`);
+  // Bob plays it to the end: the browser decodes what the other one recorded.
+  await voice.$eval('.play', (e) => e.click());
+  await until('the voice message played to its end', 15_000, () => voice.evaluate((e) => e.dataset.played === '1'));
+  const played = await voice.$eval('audio', (a) => a.currentTime);
+  check(played >= 0.5, `played ${played} s of about a second`);
+  await shot(bob, 'messenger-voice-1280x720.png');
+  out('voice_message', { bars, label, played_s: played });
 }
 
 async function main() {
