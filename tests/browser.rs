@@ -419,19 +419,25 @@ fn browsers_recover_from_a_media_outage_by_themselves() {
 
 // ---- the messenger (web/index.html at `/`) -----------------------------------------------
 
-/// `maxd` with every plane the messenger uses: chat (signalling), files (relay), calls.
-fn messenger_server() -> Maxd {
+/// `maxd` with every plane the messenger uses: chat (signalling), files (relay), calls;
+/// `extra` environment on top.
+fn messenger_server(extra: &[(&str, &str)]) -> Maxd {
     // A second login of one number follows at once in the devices step.
-    Maxd::start_with(
-        r#"["sfu","signalling","relay"]"#,
-        &[("MAXD_SIGNALLING__CODE_COOLDOWN", "1s")],
-    )
+    let mut env = vec![("MAXD_SIGNALLING__CODE_COOLDOWN", "1s")];
+    env.extend_from_slice(extra);
+    Maxd::start_with(r#"["sfu","signalling","relay"]"#, &env)
 }
 
-/// Runs `messenger.mjs SCENARIO` to `passed`; the events it printed.
-fn run_messenger(scenario: &str, env: &[(&str, &str)], timeout: Duration) -> Vec<Value> {
+/// Runs `messenger.mjs SCENARIO` to `passed` against a server with `server_env`; the
+/// events it printed.
+fn run_messenger(
+    scenario: &str,
+    server_env: &[(&str, &str)],
+    env: &[(&str, &str)],
+    timeout: Duration,
+) -> Vec<Value> {
     let _one = BROWSERS.lock().unwrap_or_else(|e| e.into_inner());
-    let m = messenger_server();
+    let m = messenger_server(server_env);
     let started = Instant::now();
     let mut d = Driver::start_script("messenger.mjs", scenario, &m, env);
     let mut seen = Vec::new();
@@ -478,7 +484,7 @@ fn messenger_two_people_chat_live_and_resume_after_going_offline() {
     if !browser_tools() {
         return;
     }
-    let seen = run_messenger("chat", &[], Duration::from_secs(180));
+    let seen = run_messenger("chat", &[], &[], Duration::from_secs(180));
     for step in [
         "logged_in",
         "message_delivered_and_read",
@@ -509,7 +515,7 @@ fn messenger_file_upload_survives_a_reload_and_voice_messages_play() {
     if !browser_tools() {
         return;
     }
-    let seen = run_messenger("file", &[("FILE_MIB", "50")], Duration::from_secs(180));
+    let seen = run_messenger("file", &[], &[("FILE_MIB", "50")], Duration::from_secs(180));
     let done = seen
         .iter()
         .find(|v| v["event"] == "file_bit_exact")
@@ -521,6 +527,28 @@ fn messenger_file_upload_survives_a_reload_and_voice_messages_play() {
         .expect("voice_message");
     println!("messenger voice message: {voice}");
     screenshots(&seen);
+}
+
+/// Access tokens of 4 seconds: two tabs of one login write at the moment both need a
+/// new token, three times, and reconnect after each refresh. Both stay logged in with
+/// one session: the tabs never present a refresh token another tab already rotated
+/// (which the server answers by revoking the session).
+#[test]
+fn messenger_two_tabs_refresh_tokens_without_revoking_the_session() {
+    if !browser_tools() {
+        return;
+    }
+    let seen = run_messenger(
+        "refresh",
+        &[("MAXD_SIGNALLING__ACCESS_TTL", "4s")],
+        &[],
+        Duration::from_secs(120),
+    );
+    let r = seen
+        .iter()
+        .find(|v| v["event"] == "refreshed_in_two_tabs")
+        .expect("refreshed_in_two_tabs");
+    assert!(r["rotations"].as_u64().is_some_and(|n| n >= 3), "{r}");
 }
 
 // ---- the static files and the dev token endpoint (no browser) -------------------------

@@ -3,7 +3,10 @@
 //
 // A refresh token may be used once: presenting a rotated one revokes the session
 // (`refresh_reused`). Tabs of one browser share the session, so a refresh runs under a
-// Web Lock and first looks whether another tab has rotated the tokens meanwhile.
+// Web Lock and first looks whether another tab has rotated the tokens meanwhile. That
+// look goes to IndexedDB, not localStorage: Chromium propagates a localStorage write to
+// other tabs' processes asynchronously, so a tab could still read the rotated token
+// after the lock is released, while an IndexedDB read sees every committed write.
 
 const KEY = 'maxd.session';
 
@@ -44,10 +47,13 @@ export class Api extends EventTarget {
     return this.session && this.session.session_id;
   }
 
-  /** An access token that is valid for at least another 30 s, refreshing if needed. */
+  /**
+   * An access token valid for a while yet (30 s, or a third of its lifetime if that is
+   * shorter), refreshing first if needed.
+   */
   async accessToken() {
     if (!this.session) throw new ApiError(401, { error: 'token_missing', message: 'not logged in' });
-    if (this.session.access_expires_at - Date.now() < 30_000) await this.refresh(this.session.access_token);
+    if (!fresh(this.session)) await this.refresh(this.session.access_token);
     return this.session.access_token;
   }
 
@@ -57,13 +63,14 @@ export class Api extends EventTarget {
    */
   async refresh(stale) {
     const run = async () => {
-      const now = load();
+      const now = (await idbGet(KEY).catch(() => null)) || load();
       if (!now) {
         this.session = null;
         throw new ApiError(401, { error: 'refresh_invalid', message: 'logged out' });
       }
-      if (now.access_token !== stale && now.access_expires_at - Date.now() > 30_000) {
+      if (now.access_token !== stale && fresh(now)) {
         this.session = now;
+        localStorage.setItem(KEY, JSON.stringify(now));
         return;
       }
       const r = await fetch('/api/auth/refresh', {
@@ -77,27 +84,31 @@ export class Api extends EventTarget {
         if (FATAL.has(e.code)) this.forget();
         throw e;
       }
-      this.store(body);
+      await this.store(body);
     };
     if (navigator.locks) await navigator.locks.request('maxd.refresh', run);
     else await run();
   }
 
-  store(auth) {
+  /** Keeps new tokens: localStorage (read at start-up) and IndexedDB (read in the lock). */
+  async store(auth) {
     this.session = {
       user_id: auth.user_id,
       session_id: auth.session_id,
       access_token: auth.access_token,
       refresh_token: auth.refresh_token,
       access_expires_at: Date.now() + auth.access_expires_in * 1000,
+      access_ttl_ms: auth.access_expires_in * 1000,
     };
     localStorage.setItem(KEY, JSON.stringify(this.session));
+    await idbPut(KEY, this.session).catch(() => {});
   }
 
   forget() {
     const had = !!this.session;
     this.session = null;
     localStorage.removeItem(KEY);
+    idbPut(KEY, undefined).catch(() => {});
     if (had) this.dispatchEvent(new Event('loggedout'));
   }
 
@@ -144,7 +155,7 @@ export class Api extends EventTarget {
 
   async verify(phone, code, deviceName) {
     const body = await plain('/api/auth/verify', { phone, code, device_name: deviceName });
-    this.store(body);
+    await this.store(body);
     return body;
   }
 
@@ -166,6 +177,44 @@ async function plain(path, body) {
   const json = await r.json().catch(() => ({}));
   if (!r.ok) throw new ApiError(r.status, json);
   return json;
+}
+
+let db = null;
+function openDb() {
+  db = db || new Promise((resolve, reject) => {
+    const r = indexedDB.open('maxd', 1);
+    r.onupgradeneeded = () => r.result.createObjectStore('kv');
+    r.onsuccess = () => resolve(r.result);
+    r.onerror = () => reject(r.error);
+  });
+  return db;
+}
+
+async function idbGet(key) {
+  const d = await openDb();
+  return new Promise((resolve, reject) => {
+    const q = d.transaction('kv').objectStore('kv').get(key);
+    q.onsuccess = () => resolve(q.result);
+    q.onerror = () => reject(q.error);
+  });
+}
+
+/** Writes (or with `undefined` deletes) `key`; resolves once committed. */
+async function idbPut(key, value) {
+  const d = await openDb();
+  return new Promise((resolve, reject) => {
+    const t = d.transaction('kv', 'readwrite');
+    if (value === undefined) t.objectStore('kv').delete(key);
+    else t.objectStore('kv').put(value, key);
+    t.oncomplete = () => resolve();
+    t.onerror = () => reject(t.error);
+  });
+}
+
+/** Whether the session's access token has enough lifetime left to be used. */
+function fresh(s) {
+  const margin = Math.min(30_000, (s.access_ttl_ms || 900_000) / 3);
+  return s.access_expires_at - Date.now() > margin;
 }
 
 function load() {

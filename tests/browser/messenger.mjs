@@ -11,6 +11,11 @@
 //                             and resumed, downloaded bit-exact by the other user; a
 //                             voice message recorded (fake microphone) and played
 //
+//   node messenger.mjs refresh  with access tokens of a few seconds (the server's
+//                             access_ttl): two tabs of one login keep working across
+//                             several refreshes, never presenting a rotated refresh
+//                             token (which would revoke the session)
+//
 // Environment: MAXD_URL, DATA_DIR (the server's data directory: the dev SMS provider's
 // codes), ARTIFACT_DIR, WORK_DIR, CHROMIUM, FILE_MIB (size of the file scenario's file).
 // Output: one JSON object per line on stdout; exit status 0 only if every check passed.
@@ -112,7 +117,16 @@ async function login(p) {
   p.userId = await page.evaluate(() => JSON.parse(localStorage.getItem('maxd.session')).user_id);
 }
 
-const live = (p, ms = 10_000) => until(`${p.name}'s socket live`, ms, () => p.page.evaluate(() => window.maxd.socket && window.maxd.socket.state === 'live'));
+async function live(p, ms = 10_000) {
+  try {
+    return await until(`${p.name}'s socket live`, ms, () => p.page.evaluate(() => window.maxd.socket && window.maxd.socket.state === 'live'));
+  } catch (e) {
+    // The report says in what state the page was: socket, logged in, what it shows.
+    const state = await p.page.evaluate(() => [window.maxd.socket && window.maxd.socket.state, JSON.stringify(window.maxd.socket && window.maxd.socket.counters),
+      !!localStorage.getItem('maxd.session'), document.getElementById('conn').textContent, document.getElementById('login-error').textContent].join(' | '));
+    throw new Failure(`${e.message}; page: ${state}`);
+  }
+}
 
 /** Opens (or creates) the dialog with `other` from the New chat dialog. */
 async function openDialogWith(p, other) {
@@ -410,10 +424,57 @@ async function scenarioFile() {
   out('voice_message', { bars, label, played_s: played });
 }
 
+const session = (page) => page.evaluate(() => JSON.parse(localStorage.getItem('maxd.session')));
+
+async function scenarioRefresh() {
+  const [alice, bob] = await twoUsers();
+  await openDialogWith(alice, bob);
+  await openChat(bob, 'Alice');
+  // A second tab of Alice's, sharing her login (localStorage) and her session.
+  const tab2 = await alice.ctx.newPage();
+  tab2.on('pageerror', (e) => alice.logs.push(`tab2 pageerror: ${e.message}`));
+  await tab2.goto(alice.page.url());
+  await until("Alice's second tab live", 10_000, () => tab2.evaluate(() => window.maxd.socket && window.maxd.socket.state === 'live'));
+  await until("the second tab's dialog open", 10_000, () => tab2.isVisible('#chat'));
+  const first = await session(alice.page);
+  check(first.access_ttl_ms <= 5_000, `short access tokens in this test: ${first.access_ttl_ms} ms`);
+  const refreshes = new Set([first.refresh_token]);
+  for (let round = 1; round <= 3; round++) {
+    // Wait for the access token to be due for a refresh (the client's own rule); then
+    // the network drops and comes back, and both tabs reconnect at once, both needing
+    // a fresh token for their socket's auth frame at the same moment.
+    const due = await session(alice.page);
+    await until(`round ${round}: the access token due`, 10_000, async () => Date.now() > due.access_expires_at - due.access_ttl_ms / 3 + 50, 100);
+    await alice.ctx.setOffline(true);
+    await until("Alice's sockets down", 10_000, async () => (await alice.page.evaluate(() => window.maxd.socket.state !== 'live')) &&
+      tab2.evaluate(() => window.maxd.socket.state !== 'live'));
+    await alice.ctx.setOffline(false);
+    await live(alice, 20_000);
+    await until('the second tab live again', 20_000, () => tab2.evaluate(() => window.maxd.socket.state === 'live'));
+    const now = await session(alice.page);
+    check(now && now.refresh_token !== due.refresh_token, `round ${round}: the tokens were rotated`);
+    refreshes.add(now.refresh_token);
+    const t1 = `tab one, round ${round}`;
+    const t2 = `tab two, round ${round}`;
+    await Promise.all([send(alice, t1), tab2.fill('#text', t2).then(() => tab2.press('#text', 'Enter'))]);
+    await waitText(bob, t1);
+    await waitText(bob, t2);
+  }
+  check(await alice.page.isVisible('#app') && await tab2.isVisible('#app'), 'both tabs still logged in');
+  const sessions = await alice.page.evaluate(async () => {
+    const token = JSON.parse(localStorage.getItem('maxd.session')).access_token;
+    const r = await fetch('/api/sessions', { headers: { authorization: `Bearer ${token}` } });
+    return r.status === 200 && (await r.json()).sessions.length;
+  });
+  check(sessions === 1, `one session for both tabs, not revoked: ${sessions}`);
+  out('refreshed_in_two_tabs', { rotations: refreshes.size - 1 });
+}
+
 async function main() {
   const which = process.argv[2];
   if (which === 'chat') await scenarioChat();
   else if (which === 'file') await scenarioFile();
+  else if (which === 'refresh') await scenarioRefresh();
   else throw new Failure(`unknown scenario ${which}`);
 }
 
