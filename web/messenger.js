@@ -230,11 +230,17 @@ function peerReceipts(c, members) {
   }
 }
 
+const userFetches = new Map();
+/** A user's profile, fetched once. */
 async function user(id) {
   if (users.has(id)) return users.get(id);
-  const u = await api.get(`/api/users/${id}`);
-  users.set(id, u);
-  return u;
+  if (!userFetches.has(id)) {
+    userFetches.set(id, api.get(`/api/users/${id}`).then((u) => {
+      users.set(id, u);
+      return u;
+    }).finally(() => userFetches.delete(id)));
+  }
+  return userFetches.get(id);
 }
 
 const chatName = (c) => (c.kind === 'dialog' ? (c.peer && (c.peer.display_name || c.peer.phone)) || 'Dialog' : c.title || 'Group');
@@ -547,7 +553,12 @@ function renderMessage(c, m) {
   li.classList.toggle('pending', !m.seq);
   const sender = li.querySelector('.sender');
   sender.hidden = mine || c.kind === 'dialog';
-  if (!sender.hidden) sender.textContent = (users.get(m.sender_id) || {}).display_name || `user ${m.sender_id}`;
+  if (!sender.hidden) {
+    const u = users.get(m.sender_id);
+    sender.textContent = (u && u.display_name) || '…';
+    // A group member not seen yet: the name follows once the profile is here.
+    if (!u) user(m.sender_id).then(() => c.id === current && c.messages.get(m.seq) === m && renderMessage(c, m)).catch(() => {});
+  }
   const quote = li.querySelector('.quote');
   quote.hidden = !m.reply_to;
   if (m.reply_to) {

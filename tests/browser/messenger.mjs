@@ -304,6 +304,23 @@ async function scenarioChat() {
   await alice.page.waitForSelector('#chat-list:visible');
   await shot(alice, 'messenger-list-390x844.png');
 
+  // A group: Alice makes one with Bob; each sees the other's messages with their name.
+  await alice.page.click('#new-chat');
+  await alice.page.check('input[name=kind][value=group]');
+  await alice.page.fill('#new-title', 'Team');
+  await alice.page.fill('#new-phones', bob.phone);
+  await alice.page.click('#new-chat-go');
+  await until("Alice in the group", 10_000, async () => (await alice.page.isVisible('#chat')) && (await alice.page.textContent('#chat-title')) === 'Team');
+  check((await alice.page.textContent('#chat-status')) === '2 members', 'the group has two members');
+  await send(alice, 'Hello team');
+  await openChat(bob, 'Team');
+  await waitText(bob, 'Hello team');
+  await until("Alice's name on her message at Bob", 5_000, async () => (await bob.page.textContent(`${row('Hello team')} .sender`)) === 'Alice');
+  await send(bob, 'Hi all');
+  await waitText(alice, 'Hi all');
+  await until("Bob's name on his message at Alice", 5_000, async () => (await alice.page.textContent(`${row('Hi all')} .sender`)) === 'Bob');
+  out('group');
+
   // Devices: Bob logs in on a second browser, sees two devices, ends the other one; that
   // one is logged out.
   // (The test server's code cooldown is 1 s, so the number gets a second code at once.)
