@@ -510,7 +510,8 @@ fn messenger_two_people_chat_live_and_resume_after_going_offline() {
 /// A 50 MiB file sent in a dialog: the page reloads in the middle of the upload, the
 /// upload is listed with its progress, resumes from where the relay had it once the file
 /// is chosen again, and the other person downloads it bit-exact. Then a voice message
-/// recorded from the (fake) microphone, with its waveform, played to its end.
+/// recorded from the (fake) microphone, with its waveform, played to its end, and a
+/// picture shown as a preview.
 #[test]
 fn messenger_file_upload_survives_a_reload_and_voice_messages_play() {
     if !browser_tools() {
@@ -527,6 +528,7 @@ fn messenger_file_upload_survives_a_reload_and_voice_messages_play() {
         .find(|v| v["event"] == "voice_message")
         .expect("voice_message");
     println!("messenger voice message: {voice}");
+    assert!(seen.iter().any(|v| v["event"] == "image_preview"), "no image preview");
     screenshots(&seen);
 }
 

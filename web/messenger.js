@@ -605,8 +605,36 @@ async function fetchFile(id) {
   return r.blob();
 }
 
+/** Images up to this size get a preview above their link. */
+const PREVIEW_MAX = 10 * 1024 * 1024;
+
+/** Fetches a preview's image once it scrolls into view. */
+const previews = new IntersectionObserver((entries) => {
+  for (const e of entries) {
+    if (!e.isIntersecting) continue;
+    previews.unobserve(e.target);
+    fetchFile(e.target.dataset.file)
+      .then((blob) => {
+        e.target.src = URL.createObjectURL(blob);
+      })
+      .catch(() => e.target.remove());
+  }
+}, { rootMargin: '200px' });
+
 function fileLink(a) {
   if (a.duration_ms !== undefined) return voicePlayer(a, () => fetchFile(a.file_id));
+  if (/^image\/(png|jpeg|gif|webp|avif)$/.test(a.mime || '') && a.size <= PREVIEW_MAX) {
+    const box = el('figure', { className: 'preview' });
+    const img = el('img', { alt: a.name, decoding: 'async' });
+    img.dataset.file = a.file_id;
+    previews.observe(img);
+    box.append(img, el('figcaption', {}, fileAnchor(a)));
+    return box;
+  }
+  return fileAnchor(a);
+}
+
+function fileAnchor(a) {
   const link = el('a', { className: 'file', textContent: `📄 ${a.name} (${fmtSize(a.size)})` });
   link.download = a.name;
   link.dataset.file = a.file_id;

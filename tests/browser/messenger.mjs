@@ -437,8 +437,19 @@ async function scenarioFile() {
   await until('the voice message played to its end', 15_000, () => voice.evaluate((e) => e.dataset.played === '1'));
   const played = await voice.$eval('audio', (a) => a.currentTime);
   check(played >= 0.5, `played ${played} s of about a second`);
-  await shot(bob, 'messenger-voice-1280x720.png');
   out('voice_message', { bars, label, played_s: played });
+
+  // A picture (a screenshot of Alice's window) shows as a preview at Bob's.
+  const png = pathJoin(WORK_DIR, 'picture.png');
+  writeFileSync(png, await alice.page.screenshot());
+  await alice.page.setInputFiles('#file', png);
+  const img = await bob.page.waitForSelector('#message-list figure.preview img', { timeout: 20_000 });
+  const natural = await until('the preview decoded', 10_000, () => img.evaluate((e) => e.complete && e.naturalWidth > 0 && [e.naturalWidth, e.naturalHeight]));
+  check(natural[0] === 390 && natural[1] === 844, `the picture at its size: ${natural}`);
+  check((await img.getAttribute('alt')) === 'picture.png', 'the preview has the file name as text');
+  await shot(bob, 'messenger-files-1280x720.png');
+  await shot(alice, 'messenger-files-390x844.png');
+  out('image_preview', { size: natural });
 }
 
 const session = (page) => page.evaluate(() => JSON.parse(localStorage.getItem('maxd.session')));
