@@ -477,8 +477,8 @@ fn screenshots(seen: &[Value]) -> Vec<PathBuf> {
 
 /// Two people log in with their numbers and SMS codes, open a dialog and write: ticks,
 /// typing, reply, edit, reaction, delete; one goes offline while the other writes and
-/// comes back to exactly what was missed, nothing twice; history by cursor; a group;
-/// devices and log out. One window is phone-sized (390x844), the other desktop-sized (1280x720).
+/// comes back to exactly what was missed, nothing twice; history by cursor; a group, a
+/// forward; devices and log out. One window is phone-sized (390x844), the other desktop-sized (1280x720).
 #[test]
 fn messenger_two_people_chat_live_and_resume_after_going_offline() {
     if !browser_tools() {
@@ -494,6 +494,7 @@ fn messenger_two_people_chat_live_and_resume_after_going_offline() {
         "reload_keeps_ticks",
         "history_by_cursor",
         "group",
+        "forward",
         "devices_and_logout",
     ] {
         assert!(seen.iter().any(|v| v["event"] == step), "no {step} step");

@@ -559,6 +559,13 @@ function renderMessage(c, m) {
     // A group member not seen yet: the name follows once the profile is here.
     if (!u) user(m.sender_id).then(() => c.id === current && c.messages.get(m.seq) === m && renderMessage(c, m)).catch(() => {});
   }
+  const fwd = li.querySelector('.fwd');
+  fwd.hidden = !m.forwarded;
+  if (m.forwarded) {
+    const u = users.get(m.forwarded.sender_id);
+    fwd.textContent = `Forwarded from ${(u && u.display_name) || '…'}`;
+    if (!u) user(m.forwarded.sender_id).then(() => c.id === current && c.messages.get(m.seq) === m && renderMessage(c, m)).catch(() => {});
+  }
   const quote = li.querySelector('.quote');
   quote.hidden = !m.reply_to;
   if (m.reply_to) {
@@ -793,6 +800,8 @@ $('menu').addEventListener('click', async (e) => {
       $('reply-label').textContent = `Reply to: ${preview(m)}`;
       $('reply-box').hidden = false;
       $('text').focus();
+    } else if (b.dataset.act === 'forward') {
+      openForward(c.id, seq);
     } else if (b.dataset.act === 'edit') {
       editing = seq;
       replyTo = null;
@@ -811,6 +820,22 @@ $('menu').addEventListener('click', async (e) => {
     flash(err);
   }
 });
+
+/** The Forward dialog: one button per chat; the message goes there as a forward. */
+function openForward(chatId, seq) {
+  const list = [...chats.values()].filter((c) => c.kind !== 'channel' || c.role !== 'member');
+  $('forward-list').replaceChildren(...list.map((c) => {
+    const b = el('button', { type: 'button', className: 'forward-to', textContent: chatName(c) });
+    b.addEventListener('click', async () => {
+      $('forward-dialog').close();
+      location.hash = `#/chat/${c.id}`;
+      await sendContent(c, { forward_from: { chat_id: chatId, seq } });
+    });
+    return el('li', {}, b);
+  }));
+  $('forward-dialog').showModal();
+}
+$('forward-cancel').addEventListener('click', () => $('forward-dialog').close());
 
 async function react(c, seq, emoji) {
   const remove = c.myReactions.has(`${seq}|${emoji}`);

@@ -321,6 +321,15 @@ async function scenarioChat() {
   await until("Bob's name on his message at Alice", 5_000, async () => (await alice.page.textContent(`${row('Hi all')} .sender`)) === 'Bob');
   out('group');
 
+  // Alice forwards Bob's group message to their dialog.
+  await menu(alice, 'Hi all', 'forward');
+  await alice.page.click('#forward-list button:text-is("Bob")');
+  await until('Alice in the dialog with the forward', 10_000, async () => (await alice.page.textContent('#chat-title')) === 'Bob' && (await texts(alice)).includes('Hi all'));
+  await openChat(bob, 'Alice');
+  await waitText(bob, 'Hi all');
+  check((await bob.page.textContent(`${row('Hi all')} .fwd`)) === 'Forwarded from Bob', 'the forward names its author');
+  out('forward');
+
   // Devices: Bob logs in on a second browser, sees two devices, ends the other one; that
   // one is logged out.
   // (The test server's code cooldown is 1 s, so the number gets a second code at once.)
