@@ -52,6 +52,8 @@ const ASSETS: &[Asset] = &[
     asset!("chatsocket.js", "text/javascript; charset=utf-8"),
     asset!("tus.js", "text/javascript; charset=utf-8"),
     asset!("voice.js", "text/javascript; charset=utf-8"),
+    asset!("cache.js", "text/javascript; charset=utf-8"),
+    asset!("sw.js", "text/javascript; charset=utf-8"),
     asset!("messenger.css", "text/css; charset=utf-8"),
     // The room page.
     asset!("call.html", "text/html; charset=utf-8"),

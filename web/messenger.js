@@ -10,6 +10,7 @@ import { Api, ApiError, deviceName } from './api.js';
 import { ChatSocket } from './chatsocket.js';
 import { upload, pendingUploads, fingerprint, forgetUpload } from './tus.js';
 import { VoiceRecorder, voicePlayer, fmtDuration } from './voice.js';
+import { loadState, saveState, clearState, registerWorker, KEEP } from './cache.js';
 
 const $ = (id) => document.getElementById(id);
 const api = new Api();
@@ -128,34 +129,113 @@ $('name-form').addEventListener('submit', async (e) => {
 api.addEventListener('loggedout', () => {
   if (socket) socket.stop();
   socket = null;
+  me = null;
   chats.clear();
   users.clear();
+  // What this account had loaded does not stay on the device.
+  clearTimeout(saveTimer);
+  clearState();
   $('chat-list').replaceChildren();
   current = null;
   location.hash = '';
   showLogin('phone-form');
 });
 
-/** After login (or on load with a stored session): profile, chats, socket. */
+/** A network failure (fetch rejects), as opposed to an answer from the server. */
+const offline = (e) => e instanceof TypeError;
+let refreshOnSync = false;
+
+/**
+ * After login (or on load with a stored session): what this device kept (shown at
+ * once, also offline), then profile and chats from the server, then the socket.
+ */
 async function enter() {
   showError($('login-error'));
-  me = await api.get('/api/me');
+  const kept = me ? null : await loadState(api.userId);
+  if (kept) restore(kept);
+  try {
+    me = await api.get('/api/me');
+  } catch (e) {
+    if (!kept || !offline(e)) throw e;
+    // Offline: the kept state until the socket is back (it syncs from the kept seqs).
+    refreshOnSync = true;
+    showApp();
+    return;
+  }
   if (!me.display_name) {
     showLogin('name-form');
     return;
   }
+  try {
+    await loadChats();
+  } catch (e) {
+    if (!offline(e)) throw e;
+    refreshOnSync = true;
+  }
+  showApp();
+}
+
+function showApp() {
   $('login').hidden = true;
   $('app').hidden = false;
   $('me-name').textContent = me.display_name;
   users.set(me.id, me);
+  renderList();
   if (!socket) {
     socket = new ChatSocket(api, sinceList, onEvent);
     socket.addEventListener('state', (e) => showConn(e.detail));
     window.maxd.socket = socket;
   }
-  await loadChats();
   socket.start();
+  showConn(socket.state);
   route();
+}
+
+// ---- what this device keeps (cache.js) ------------------------------------------------
+
+let saveTimer = null;
+/** Saves the state soon (changes come in bursts). */
+function scheduleSave() {
+  if (!me) return;
+  window.maxd.saving = true;
+  clearTimeout(saveTimer);
+  saveTimer = setTimeout(() => {
+    // Taken in the event chain, so it is the state after whole events.
+    chain = chain.then(() => me && saveState(me.id, snapshot())).catch(() => {}).then(() => {
+      window.maxd.saving = false;
+      window.maxd.saved++;
+    });
+  }, 300);
+}
+
+function snapshot() {
+  return {
+    me,
+    users: [...users.values()],
+    chats: [...chats.values()].map((c) => {
+      const all = [...c.messages.values()].filter((m) => m.seq).sort((a, b) => a.seq - b.seq);
+      const messages = all.slice(-KEEP);
+      // Older pages come from the server by cursor, from the oldest kept message on.
+      let nextBefore = messages.length ? messages[0].seq : undefined;
+      if (messages.length === all.length && c.nextBefore === null) nextBefore = null;
+      return {
+        id: c.id, kind: c.kind, title: c.title, role: c.role, lastSeq: c.lastSeq, readSeq: c.readSeq,
+        unread: c.unread, memberCount: c.memberCount, peerId: c.peer && c.peer.id, peerRead: c.peerRead,
+        peerDelivered: c.peerDelivered, last: c.last, myReactions: [...c.myReactions], messages, nextBefore,
+      };
+    }),
+  };
+}
+
+function restore(s) {
+  me = s.me;
+  for (const u of s.users) users.set(u.id, u);
+  for (const k of s.chats) {
+    const c = newChat({ id: k.id, kind: k.kind, title: k.title, role: k.role, last_seq: k.lastSeq, read_seq: k.readSeq, unread: k.unread, member_count: k.memberCount });
+    Object.assign(c, { peer: users.get(k.peerId) || null, peerRead: k.peerRead, peerDelivered: k.peerDelivered, last: k.last, myReactions: new Set(k.myReactions), nextBefore: k.nextBefore });
+    for (const m of k.messages) c.messages.set(m.seq, m);
+    chats.set(c.id, c);
+  }
 }
 
 function showConn(state) {
@@ -199,19 +279,19 @@ async function loadChats() {
   }
   await Promise.all([...chats.values()].map((c) => describe(c)));
   renderList();
+  scheduleSave();
 }
 
 /** A chat's peer (dialogs) and last message, for the list. */
 async function describe(c, withLast = true) {
   const jobs = [];
-  if (c.kind === 'dialog' && !c.peer) {
+  if (c.kind !== 'channel') {
+    // The peer of a dialog, and how far the others have read (also after a reload).
     jobs.push(api.get(`/api/chats/${c.id}/members`).then(async ({ members }) => {
       const other = members.find((m) => m.user_id !== me.id);
-      if (other) c.peer = await user(other.user_id);
+      if (c.kind === 'dialog' && other && !c.peer) c.peer = await user(other.user_id);
       peerReceipts(c, members);
     }));
-  } else if (c.kind !== 'dialog') {
-    jobs.push(api.get(`/api/chats/${c.id}/members`).then(({ members }) => peerReceipts(c, members)));
   }
   if (withLast && !c.last && c.lastSeq > 0) {
     jobs.push(api.get(`/api/chats/${c.id}/messages?limit=1`).then(({ messages }) => {
@@ -293,9 +373,11 @@ const STORED = new Set(['message', 'message_edited', 'message_deleted', 'reactio
 
 async function onEvent(f) {
   if (f.type === 'synced') {
-    // Chats this device has not seen yet (made while it was away), before any later event.
+    // Chats this device has not seen yet (made while it was away), before any later
+    // event; after a start offline, everything the list shows.
     const unknown = f.chats.filter((x) => !chats.has(x.chat_id));
-    if (unknown.length) {
+    if (unknown.length || refreshOnSync) {
+      refreshOnSync = false;
       chain = chain.then(loadChats).catch(() => {});
       return chain;
     }
@@ -374,6 +456,7 @@ async function applyStored(f) {
   }
   renderList();
   if (c.id === current) renderHeader(c);
+  scheduleSave();
 }
 
 function typing(f) {
@@ -401,6 +484,7 @@ function receipt(f) {
   if (f.kind === 'read') c.peerRead = Math.max(c.peerRead, f.seq);
   c.peerDelivered = Math.max(c.peerDelivered, f.seq);
   if (c.id === current) for (const m of c.messages.values()) if (m.sender_id === me.id) renderTicks(c, m);
+  scheduleSave();
 }
 
 function presence(f) {
@@ -446,7 +530,7 @@ async function openChat(id) {
   }
   renderHeader(c);
   renderList();
-  if (c.nextBefore === undefined) await loadOlder(c);
+  if (c.nextBefore === undefined) await loadOlder(c).catch(() => {}); // offline: what is kept
   scrollToEnd();
   markRead(c);
   if (switching && matchMedia('(min-width: 720px)').matches) $('text').focus();
@@ -473,6 +557,7 @@ function markRead(c) {
   if (latest > c.readSeq) {
     c.readSeq = latest;
     socket.notify({ type: 'read', chat_id: c.id, seq: latest });
+    scheduleSave();
   }
 }
 document.addEventListener('visibilitychange', () => current && viewing(chats.get(current)) && markRead(chats.get(current)));
@@ -492,6 +577,7 @@ async function loadOlder(c) {
       $('history-start').hidden = c.nextBefore !== null;
       box.scrollTop = box.scrollHeight - fromBottom; // keep what the reader looks at in place
     }
+    scheduleSave();
   } finally {
     loading = false;
   }
@@ -499,7 +585,7 @@ async function loadOlder(c) {
 
 $('messages').addEventListener('scroll', () => {
   const c = current && chats.get(current);
-  if (c && $('messages').scrollTop < 200) loadOlder(c);
+  if (c && $('messages').scrollTop < 200) loadOlder(c).catch(() => {});
 });
 
 function scrollToEnd() {
@@ -1054,11 +1140,14 @@ $('logout-all').addEventListener('click', () => {
 // For tests and debugging only: connection state, never message contents or tokens.
 window.maxd = {
   socket: null,
+  saving: false,
+  saved: 0,
   get chatCount() {
     return chats.size;
   },
 };
 
+registerWorker();
 if (api.loggedIn) {
   enter().catch((e) => {
     if (!api.loggedIn) showLogin('phone-form');

@@ -269,10 +269,30 @@ async function scenarioChat() {
   check((await tick(alice, missed[2])) === 'read', 'read tick after a reload');
   out('reload_keeps_ticks');
 
-  // History by cursor: 70 more messages (over REST), Bob reloads and scrolls up.
-  await alice.page.evaluate(async (chat) => {
+  // Offline-first: Bob's page reloads without a network and shows what it had; back
+  // online it gets what came meanwhile, nothing twice.
+  await until("Bob's app and history kept for offline use", 10_000, () => bob.page.evaluate(async () => !!navigator.serviceWorker.controller &&
+    !!(await caches.match('/messenger.js')) && window.maxd.saved > 0 && !window.maxd.saving));
+  const had = await texts(bob);
+  await bob.ctx.setOffline(true);
+  await bob.page.reload();
+  await until("Bob's kept history shown offline", 10_000, async () => JSON.stringify(await texts(bob).catch(() => [])) === JSON.stringify(had));
+  check((await bob.page.textContent('#conn')) === 'Offline', `says offline: ${await bob.page.textContent('#conn')}`);
+  await send(alice, 'After your offline reload');
+  await until('acknowledged', 10_000, async () => (await tick(alice, 'After your offline reload')) === 'sent');
+  await bob.ctx.setOffline(false);
+  await live(bob, 20_000);
+  await waitText(bob, 'After your offline reload');
+  const after = await texts(bob);
+  check(JSON.stringify(after) === JSON.stringify([...had, 'After your offline reload']), `after the offline reload: ${JSON.stringify(after)}`);
+  out('offline_reload');
+
+  // History by cursor: 150 more messages (over REST, 75 each: within the per-user
+  // rate limit's burst). Bob reloads: the newest 100 are kept on the device; scrolling
+  // up loads the rest from the server by cursor.
+  const bulk = (p, from, to) => p.page.evaluate(async ([chat, from, to]) => {
     const token = JSON.parse(localStorage.getItem('maxd.session')).access_token;
-    for (let i = 1; i <= 70; i++) {
+    for (let i = from; i <= to; i++) {
       const r = await fetch(`/api/chats/${chat}/messages`, {
         method: 'POST',
         headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
@@ -280,19 +300,24 @@ async function scenarioChat() {
       });
       if (!r.ok) throw new Error(`send ${i}: ${r.status}`);
     }
-  }, Number(alice.page.url().match(/chat\/(\d+)/)[1]));
-  await waitText(bob, 'bulk 70');
+  }, [Number(p.page.url().match(/chat\/(\d+)/)[1]), from, to]);
+  await bulk(alice, 1, 75);
+  await bulk(bob, 76, 150);
+  await waitText(bob, 'bulk 150');
+  await waitText(alice, 'bulk 150');
+  await until("Bob's history kept", 10_000, () => bob.page.evaluate(() => !window.maxd.saving));
   await bob.page.reload();
   await live(bob);
-  await waitText(bob, 'bulk 70');
+  await waitText(bob, 'bulk 150');
   const first = (await texts(bob)).length;
-  check(first <= 60, `a first page only: ${first}`);
+  check(first === 100, `the kept newest 100 first: ${first}`);
   await until('all history loaded by scrolling up', 20_000, async () => {
     await bob.page.$eval('#messages', (e) => { e.scrollTop = 0; });
     return bob.page.isVisible('#history-start');
   }, 200);
   const all = await texts(bob);
-  check(all[0] === 'Hello Bob 👋' && all.at(-1) === 'bulk 70', `history in order: ${all[0]} … ${all.at(-1)}`);
+  check(all[0] === 'Hello Bob 👋' && all.at(-1) === 'bulk 150', `history in order: ${all[0]} … ${all.at(-1)}`);
+  check(all.length === 159, `the whole history (9 + 150): ${all.length}`);
   check(new Set(all.filter((t) => t !== 'Message deleted')).size === all.length - 1, 'no message twice in the history');
   out('history_by_cursor', { first_page: first, total: all.length });
 
@@ -349,6 +374,21 @@ async function scenarioChat() {
   await until('one device left', 5_000, async () => (await bob.page.$$('#sessions li')).length === 1);
   await bob.page.click('#logout');
   await bob.page.waitForSelector('#phone-form:not([hidden])', { timeout: 10_000 });
+  // Logging out leaves neither tokens nor kept messages on the device.
+  const left = await until('the device cleared', 5_000, () => bob.page.evaluate(async () => {
+    const count = (name, store) => new Promise((resolve) => {
+      const r = indexedDB.open(name);
+      r.onsuccess = () => {
+        const d = r.result;
+        if (!d.objectStoreNames.contains(store)) return resolve(0);
+        const q = d.transaction(store).objectStore(store).count();
+        q.onsuccess = () => resolve(q.result);
+      };
+    });
+    const n = (await count('maxd-cache', 'state')) + (await count('maxd', 'kv')) + (localStorage.getItem('maxd.session') ? 1 : 0);
+    return n === 0 && 'empty';
+  }));
+  check(left === 'empty', 'nothing kept after log-out');
   out('devices_and_logout');
 }
 
