@@ -496,6 +496,7 @@ fn messenger_two_people_chat_live_and_resume_after_going_offline() {
         "history_by_cursor",
         "group",
         "forward",
+        "read_offline",
         "devices_and_logout",
     ] {
         assert!(seen.iter().any(|v| v["event"] == step), "no {step} step");

@@ -201,8 +201,8 @@ export class ChatSocket extends EventTarget {
     });
   }
 
-  /** Fire-and-forget frames (typing, receipts): dropped when offline. */
+  /** Fire-and-forget frames (typing, receipts): dropped when offline; whether sent. */
   notify(frame) {
-    this.write(frame);
+    return this.write(frame);
   }
 }

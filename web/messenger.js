@@ -253,6 +253,7 @@ function newChat(info) {
     role: info.role,
     lastSeq: info.last_seq,
     readSeq: info.read_seq,
+    readSent: info.read_seq, // the latest read receipt sent
     unread: info.unread,
     memberCount: info.member_count,
     peer: null,
@@ -376,6 +377,7 @@ async function onEvent(f) {
     // Chats this device has not seen yet (made while it was away), before any later
     // event; after a start offline, everything the list shows.
     const unknown = f.chats.filter((x) => !chats.has(x.chat_id));
+    if (current && viewing(chats.get(current))) markRead(chats.get(current));
     if (unknown.length || refreshOnSync) {
       refreshOnSync = false;
       chain = chain.then(loadChats).catch(() => {});
@@ -556,9 +558,10 @@ function markRead(c) {
   renderList();
   if (latest > c.readSeq) {
     c.readSeq = latest;
-    socket.notify({ type: 'read', chat_id: c.id, seq: latest });
     scheduleSave();
   }
+  // A read receipt that could not go (offline) goes on the next markRead: after `synced`.
+  if (latest > c.readSent && socket.notify({ type: 'read', chat_id: c.id, seq: latest })) c.readSent = latest;
 }
 document.addEventListener('visibilitychange', () => current && viewing(chats.get(current)) && markRead(chats.get(current)));
 

@@ -355,6 +355,20 @@ async function scenarioChat() {
   check((await bob.page.textContent(`${row('Hi all')} .fwd`)) === 'Forwarded from Bob', 'the forward names its author');
   out('forward');
 
+  // Read while offline: the read receipt goes when the network is back.
+  await openChat(alice, 'Team');
+  await send(alice, 'Read me later');
+  await until("'Read me later' delivered to Bob", 10_000, async () => (await tick(alice, 'Read me later')) === 'delivered');
+  await bob.ctx.setOffline(true);
+  await until("Bob's socket down", 10_000, () => bob.page.evaluate(() => window.maxd.socket.state !== 'live'));
+  await openChat(bob, 'Team');
+  await waitText(bob, 'Read me later');
+  check((await tick(alice, 'Read me later')) === 'delivered', 'not read while Bob is offline');
+  await bob.ctx.setOffline(false);
+  await live(bob, 20_000);
+  await until("Alice's tick: read, once Bob is back", 10_000, async () => (await tick(alice, 'Read me later')) === 'read');
+  out('read_offline');
+
   // Devices: Bob logs in on a second browser, sees two devices, ends the other one; that
   // one is logged out.
   // (The test server's code cooldown is 1 s, so the number gets a second code at once.)
