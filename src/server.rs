@@ -137,7 +137,13 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             .context("starting the sfu")?;
         app = app.merge(s.router());
         // The browser client talks to this node's `/rtc`, so it is served where the sfu runs.
-        app = app.merge(crate::web::router(cfg.dev, ctx.keys.clone()));
+        // In dev mode the login screen says where the dev SMS provider writes codes.
+        let sms_file = (cfg.dev && cfg.signalling.sms_provider == "dev").then(|| {
+            let f = cfg.data_dir.join(signalling::sms::DEV_SMS_FILE);
+            std::path::absolute(&f).unwrap_or(f).display().to_string()
+        });
+        let dev_info = crate::web::DevInfo { sms_file };
+        app = app.merge(crate::web::router(cfg.dev, ctx.keys.clone(), dev_info));
         sfu_handle = Some(s);
     }
     let mut _signalling = None;

@@ -1,11 +1,17 @@
-//! The browser client (`web/`), embedded in the binary so `maxd` serves it from any
-//! directory, and the dev-only token endpoint it uses to join without an account.
+//! The browser clients (`web/`), embedded in the binary so `maxd` serves them from any
+//! directory: the messenger at `/` and the room page at `/call`, and the dev-only
+//! endpoints they use.
 //!
-//! - `GET /` (and `/index.html`, `/app.js`, `/rtc.js`, `/style.css`): the static files,
+//! - `GET /` (and `/index.html`): the messenger; `GET /call` (and `/call.html`): the
+//!   room page for joining a call by room name. `/` with a `room`, `token` or `video`
+//!   query (the room page's links from before the messenger) redirects to `/call` with
+//!   the same query.
+//! - The scripts and styles (`/app.js`, `/rtc.js`, `/style.css`, `/messenger.js`, ...),
 //!   with an `ETag` and `Cache-Control: no-cache` (revalidated on every load, answered
 //!   `304` when unchanged).
 //! - `POST /dev/token` with `{"room": "...", "name": "..."}`: a room token for a fresh,
-//!   unique identity. Registered only in dev mode (`dev = true`); otherwise `404`.
+//!   unique identity. `GET /dev/info`: where the dev SMS provider writes login codes.
+//!   Both registered only in dev mode (`dev = true`); otherwise `404`.
 //!
 //! See `docs/web.md`.
 
@@ -13,9 +19,9 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 
@@ -26,32 +32,39 @@ struct Asset {
     body: &'static [u8],
 }
 
+macro_rules! asset {
+    ($path:literal, $type:literal) => {
+        Asset {
+            path: concat!("/", $path),
+            content_type: $type,
+            body: include_bytes!(concat!("../web/", $path)),
+        }
+    };
+}
+
+const HTML: &str = "text/html; charset=utf-8";
+
 const ASSETS: &[Asset] = &[
-    Asset {
-        path: "/index.html",
-        content_type: "text/html; charset=utf-8",
-        body: include_bytes!("../web/index.html"),
-    },
-    Asset {
-        path: "/app.js",
-        content_type: "text/javascript; charset=utf-8",
-        body: include_bytes!("../web/app.js"),
-    },
-    Asset {
-        path: "/rtc.js",
-        content_type: "text/javascript; charset=utf-8",
-        body: include_bytes!("../web/rtc.js"),
-    },
-    Asset {
-        path: "/style.css",
-        content_type: "text/css; charset=utf-8",
-        body: include_bytes!("../web/style.css"),
-    },
+    // The messenger.
+    asset!("index.html", "text/html; charset=utf-8"),
+    asset!("messenger.js", "text/javascript; charset=utf-8"),
+    asset!("api.js", "text/javascript; charset=utf-8"),
+    asset!("chatsocket.js", "text/javascript; charset=utf-8"),
+    asset!("tus.js", "text/javascript; charset=utf-8"),
+    asset!("voice.js", "text/javascript; charset=utf-8"),
+    asset!("cache.js", "text/javascript; charset=utf-8"),
+    asset!("sw.js", "text/javascript; charset=utf-8"),
+    asset!("messenger.css", "text/css; charset=utf-8"),
+    // The room page.
+    asset!("call.html", "text/html; charset=utf-8"),
+    asset!("app.js", "text/javascript; charset=utf-8"),
+    asset!("rtc.js", "text/javascript; charset=utf-8"),
+    asset!("style.css", "text/css; charset=utf-8"),
 ];
 
 /// Content-Security-Policy of the page: only its own scripts, styles and connections.
 const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; connect-src 'self'; \
-                   media-src 'self' blob: mediastream:; img-src 'self' data:; object-src 'none'; \
+                   media-src 'self' blob: mediastream:; img-src 'self' data: blob:; object-src 'none'; \
                    base-uri 'none'; frame-ancestors 'none'";
 
 /// Lifetime of a dev token. The client reconnects (`resume`) with the same token, so it
@@ -77,7 +90,7 @@ fn serve(asset: &'static Asset, etag: HeaderValue, headers: HeaderMap) -> Respon
             HeaderValue::from_static("nosniff"),
         ),
     ];
-    if asset.path == "/index.html" {
+    if asset.content_type == HTML {
         common.push((
             header::CONTENT_SECURITY_POLICY,
             HeaderValue::from_static(CSP),
@@ -110,23 +123,66 @@ fn serve(asset: &'static Asset, etag: HeaderValue, headers: HeaderMap) -> Respon
     resp
 }
 
-/// The routes of the web client; `dev` adds `POST /dev/token` signed with `keys`.
-pub fn router(dev: bool, keys: common::Keys) -> Router {
+/// Query keys of the room page's links (`/?room=R&token=T`, `/?video=WxH`): `/` sends
+/// such a request on to `/call`, so links from before the messenger keep working.
+const ROOM_PAGE_KEYS: &[&str] = &["room", "token", "video"];
+
+fn is_room_page_query(query: &str) -> bool {
+    query
+        .split('&')
+        .filter_map(|kv| kv.split('=').next())
+        .any(|k| ROOM_PAGE_KEYS.contains(&k))
+}
+
+/// What the dev-only `GET /dev/info` tells the messenger's login screen.
+#[derive(Clone, Serialize)]
+pub struct DevInfo {
+    /// The file the dev SMS provider appends login codes to, when that provider is on.
+    pub sms_file: Option<String>,
+}
+
+/// The routes of the web clients; `dev` adds `POST /dev/token` signed with `keys` and
+/// `GET /dev/info` answering `dev_info`.
+pub fn router(dev: bool, keys: common::Keys, dev_info: DevInfo) -> Router {
     let mut r = Router::new();
     for asset in ASSETS {
         let etag = HeaderValue::from_str(&format!("\"{:016x}\"", fnv1a64(asset.body)))
             .expect("hex is a valid header");
-        let handler = move |headers: HeaderMap| {
+        let handler = {
             let etag = etag.clone();
-            async move { serve(asset, etag, headers) }
+            move |headers: HeaderMap| {
+                let etag = etag.clone();
+                async move { serve(asset, etag, headers) }
+            }
         };
         if asset.path == "/index.html" {
-            r = r.route("/", get(handler.clone()));
+            let root = move |RawQuery(q): RawQuery, headers: HeaderMap| {
+                let etag = etag.clone();
+                async move {
+                    match q {
+                        Some(q) if is_room_page_query(&q) => {
+                            Redirect::temporary(&format!("/call?{q}")).into_response()
+                        }
+                        _ => serve(asset, etag, headers),
+                    }
+                }
+            };
+            r = r.route("/", get(root));
+        }
+        if asset.path == "/call.html" {
+            r = r.route("/call", get(handler.clone()));
         }
         r = r.route(asset.path, get(handler));
     }
     if dev {
         r = r.route("/dev/token", post(dev_token).with_state(keys));
+        r = r.route(
+            "/dev/info",
+            get(move || {
+                let info = dev_info.clone();
+                async move { ([(header::CACHE_CONTROL, "no-store")], axum::Json(info)) }
+            }),
+        );
     }
     r
 }
@@ -252,6 +308,16 @@ mod tests {
         assert!(check_name(&"я".repeat(65)).is_err());
         assert!(check_name("a\nb").is_err());
         assert!(check_name("").is_err());
+    }
+
+    #[test]
+    fn old_room_links_go_to_the_room_page() {
+        assert!(is_room_page_query("room=demo&token=x"));
+        assert!(is_room_page_query("video=320x180"));
+        assert!(is_room_page_query("token"));
+        assert!(!is_room_page_query(""));
+        assert!(!is_room_page_query("chat=5"));
+        assert!(!is_room_page_query("roomy=1"));
     }
 
     #[test]

@@ -76,12 +76,18 @@ struct Driver {
 
 impl Driver {
     fn start(scenario: &str, m: &Maxd, env: &[(&str, &str)]) -> Driver {
+        Self::start_script("run.mjs", scenario, m, env)
+    }
+
+    /// `node SCRIPT SCENARIO` (a script of `tests/browser`) against `m`.
+    fn start_script(script: &str, scenario: &str, m: &Maxd, env: &[(&str, &str)]) -> Driver {
         let work = tempfile::tempdir().expect("work dir");
         let mut child = Command::new("node")
-            .arg("run.mjs")
+            .arg(script)
             .arg(scenario)
             .current_dir(browser_dir())
             .env("MAXD_URL", m.base_url())
+            .env("DATA_DIR", m.dir.path().join("data"))
             .env("ARTIFACT_DIR", artifact_dir())
             .env("WORK_DIR", work.path())
             // Chromium's and node's temporary files stay in this test's own folder.
@@ -411,6 +417,146 @@ fn browsers_recover_from_a_media_outage_by_themselves() {
     );
 }
 
+// ---- the messenger (web/index.html at `/`) -----------------------------------------------
+
+/// `maxd` with every plane the messenger uses: chat (signalling), files (relay), calls;
+/// `extra` environment on top.
+fn messenger_server(extra: &[(&str, &str)]) -> Maxd {
+    // A second login of one number follows at once in the devices step.
+    let mut env = vec![("MAXD_SIGNALLING__CODE_COOLDOWN", "1s")];
+    env.extend_from_slice(extra);
+    Maxd::start_with(r#"["sfu","signalling","relay"]"#, &env)
+}
+
+/// Runs `messenger.mjs SCENARIO` to `passed` against a server with `server_env`; the
+/// events it printed.
+fn run_messenger(
+    scenario: &str,
+    server_env: &[(&str, &str)],
+    env: &[(&str, &str)],
+    timeout: Duration,
+) -> Vec<Value> {
+    let _one = BROWSERS.lock().unwrap_or_else(|e| e.into_inner());
+    let m = messenger_server(server_env);
+    let started = Instant::now();
+    let mut d = Driver::start_script("messenger.mjs", scenario, &m, env);
+    let mut seen = Vec::new();
+    let passed = d.wait_event("passed", timeout, &mut seen);
+    let (ok, stderr) = d.finish(Duration::from_secs(30));
+    assert!(
+        passed.is_ok() && ok,
+        "messenger {scenario} failed: {passed:?}\n--- driver stderr:\n{}\n--- maxd log:\n{}",
+        tail(&stderr, 80),
+        tail(&m.log(), 40)
+    );
+    println!(
+        "messenger {scenario} took {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    seen
+}
+
+fn screenshots(seen: &[Value]) -> Vec<PathBuf> {
+    let shots: Vec<PathBuf> = seen
+        .iter()
+        .filter(|v| v["event"] == "screenshot")
+        .map(|v| PathBuf::from(v["path"].as_str().unwrap()))
+        .collect();
+    for s in &shots {
+        assert!(
+            std::fs::metadata(s)
+                .map(|md| md.len() > 1000)
+                .unwrap_or(false),
+            "screenshot at {}",
+            s.display()
+        );
+        println!("screenshot: {}", s.display());
+    }
+    shots
+}
+
+/// Two people log in with their numbers and SMS codes, open a dialog and write: ticks,
+/// typing, reply, edit, reaction, delete; one goes offline while the other writes and
+/// comes back to exactly what was missed, nothing twice; history by cursor; a group, a
+/// forward; devices and log out. One window is phone-sized (390x844), the other desktop-sized (1280x720).
+#[test]
+fn messenger_two_people_chat_live_and_resume_after_going_offline() {
+    if !browser_tools() {
+        return;
+    }
+    let seen = run_messenger("chat", &[], &[], Duration::from_secs(180));
+    for step in [
+        "logged_in",
+        "message_delivered_and_read",
+        "typing_and_reply",
+        "edit_react_delete",
+        "offline_and_back",
+        "reload_keeps_ticks",
+        "offline_reload",
+        "history_by_cursor",
+        "group",
+        "forward",
+        "read_offline",
+        "devices_and_logout",
+    ] {
+        assert!(seen.iter().any(|v| v["event"] == step), "no {step} step");
+    }
+    let shots = screenshots(&seen);
+    for size in ["1280x720", "390x844"] {
+        assert!(
+            shots.iter().any(|s| s.to_string_lossy().contains(size)),
+            "a screenshot at {size}"
+        );
+    }
+}
+
+/// A 50 MiB file sent in a dialog: the page reloads in the middle of the upload, the
+/// upload is listed with its progress, resumes from where the relay had it once the file
+/// is chosen again, and the other person downloads it bit-exact. Then a voice message
+/// recorded from the (fake) microphone, with its waveform, played to its end, and a
+/// picture shown as a preview.
+#[test]
+fn messenger_file_upload_survives_a_reload_and_voice_messages_play() {
+    if !browser_tools() {
+        return;
+    }
+    let seen = run_messenger("file", &[], &[("FILE_MIB", "50")], Duration::from_secs(180));
+    let done = seen
+        .iter()
+        .find(|v| v["event"] == "file_bit_exact")
+        .expect("file_bit_exact");
+    println!("messenger file: {done}");
+    let voice = seen
+        .iter()
+        .find(|v| v["event"] == "voice_message")
+        .expect("voice_message");
+    println!("messenger voice message: {voice}");
+    assert!(seen.iter().any(|v| v["event"] == "image_preview"), "no image preview");
+    screenshots(&seen);
+}
+
+/// Access tokens of 4 seconds: two tabs of one login write at the moment both need a
+/// new token, three times, and reconnect after each refresh. Both stay logged in with
+/// one session: the tabs never present a refresh token another tab already rotated
+/// (which the server answers by revoking the session).
+#[test]
+fn messenger_two_tabs_refresh_tokens_without_revoking_the_session() {
+    if !browser_tools() {
+        return;
+    }
+    let seen = run_messenger(
+        "refresh",
+        &[("MAXD_SIGNALLING__ACCESS_TTL", "4s")],
+        &[],
+        Duration::from_secs(120),
+    );
+    let r = seen
+        .iter()
+        .find(|v| v["event"] == "refreshed_in_two_tabs")
+        .expect("refreshed_in_two_tabs");
+    assert!(r["rotations"].as_u64().is_some_and(|n| n >= 3), "{r}");
+}
+
 // ---- the static files and the dev token endpoint (no browser) -------------------------
 
 /// A plain HTTP/1.1 request: (status, lower-cased head, body).
@@ -455,6 +601,16 @@ fn web_client_files_are_served_from_the_binary() {
     for (path, ctype) in [
         ("/", "text/html; charset=utf-8"),
         ("/index.html", "text/html; charset=utf-8"),
+        ("/messenger.js", "text/javascript; charset=utf-8"),
+        ("/api.js", "text/javascript; charset=utf-8"),
+        ("/chatsocket.js", "text/javascript; charset=utf-8"),
+        ("/tus.js", "text/javascript; charset=utf-8"),
+        ("/voice.js", "text/javascript; charset=utf-8"),
+        ("/cache.js", "text/javascript; charset=utf-8"),
+        ("/sw.js", "text/javascript; charset=utf-8"),
+        ("/messenger.css", "text/css; charset=utf-8"),
+        ("/call", "text/html; charset=utf-8"),
+        ("/call.html", "text/html; charset=utf-8"),
         ("/app.js", "text/javascript; charset=utf-8"),
         ("/rtc.js", "text/javascript; charset=utf-8"),
         ("/style.css", "text/css; charset=utf-8"),
@@ -468,15 +624,44 @@ fn web_client_files_are_served_from_the_binary() {
         let (status, _, body) = http(m.http, "GET", path, &[("If-None-Match", &etag)], "");
         assert_eq!((status, body.as_str()), (304, ""), "{path} revalidated");
     }
+    // `/` is the messenger, `/call` the room page; both with the page's CSP.
     let (_, head, body) = http(m.http, "GET", "/", &[], "");
     assert!(
-        body.contains(r#"id="join""#) && body.contains("/app.js"),
-        "the page"
+        body.contains(r#"id="phone""#) && body.contains("/messenger.js"),
+        "the messenger"
     );
     assert!(
         header(&head, "content-security-policy").is_some_and(|c| c.contains("default-src 'self'"))
     );
+    let (_, head, body) = http(m.http, "GET", "/call", &[], "");
+    assert!(
+        body.contains(r#"id="join""#) && body.contains("/app.js"),
+        "the room page"
+    );
+    assert!(
+        header(&head, "content-security-policy").is_some_and(|c| c.contains("default-src 'self'"))
+    );
+    // The room page's links from before the messenger still lead to it.
+    for q in ["room=demo&token=abc", "video=320x180", "room=demo"] {
+        let (status, head, _) = http(m.http, "GET", &format!("/?{q}"), &[], "");
+        assert_eq!(status, 307, "/?{q}");
+        assert_eq!(
+            header(&head, "location"),
+            Some(format!("/call?{q}").as_str())
+        );
+    }
+    assert_eq!(http(m.http, "GET", "/?chat=1", &[], "").0, 200);
     assert_eq!(http(m.http, "GET", "/nope.js", &[], "").0, 404);
+    // Dev mode: the login screen learns where the dev SMS provider writes codes.
+    let (status, head, body) = http(m.http, "GET", "/dev/info", &[], "");
+    assert_eq!(status, 200);
+    assert_eq!(header(&head, "cache-control"), Some("no-store"));
+    let info: Value = serde_json::from_str(&body).unwrap();
+    let file = info["sms_file"].as_str().expect("sms_file");
+    assert!(
+        Path::new(file).is_absolute() && file.ends_with("data/sms-codes.jsonl"),
+        "{file}"
+    );
 }
 
 #[test]
@@ -551,6 +736,7 @@ fn dev_token_endpoint_does_not_exist_outside_dev_mode() {
         r#"{"room":"demo","name":"a"}"#,
     );
     assert_eq!(status, 404);
+    assert_eq!(http(m.http, "GET", "/dev/info", &[], "").0, 404);
     assert_eq!(
         http(m.http, "GET", "/", &[], "").0,
         200,

@@ -379,16 +379,26 @@ impl App {
         Ok(out)
     }
 
+    /// Members and their roles; in dialogs and groups also how far each has read
+    /// (`read_seq`) and received on any device (`delivered_seq`), so a client shows its
+    /// delivery and read ticks after a reload, not only from live receipts.
     pub async fn list_members(&self, c: &Caller, chat_id: i64) -> ApiResult<Vec<Value>> {
-        self.membership(chat_id, c.user_id).await?;
-        let rows: Vec<(i64, String)> =
-            sqlx::query_as("SELECT user_id, role FROM members WHERE chat_id = $1 ORDER BY user_id")
-                .bind(chat_id)
-                .fetch_all(&self.db.pool)
-                .await?;
+        let (kind, _, _) = self.membership(chat_id, c.user_id).await?;
+        let rows: Vec<(i64, String, i64, i64)> = sqlx::query_as(
+            "SELECT m.user_id, m.role, m.read_seq, COALESCE((SELECT MAX(r.delivered_seq) FROM receipts r WHERE r.chat_id = m.chat_id AND r.user_id = m.user_id), 0) FROM members m WHERE m.chat_id = $1 ORDER BY m.user_id",
+        )
+        .bind(chat_id)
+        .fetch_all(&self.db.pool)
+        .await?;
         Ok(rows
             .into_iter()
-            .map(|(u, r)| json!({"user_id": u, "role": r}))
+            .map(|(u, r, read, delivered)| {
+                if kind == ChatKind::Channel {
+                    json!({"user_id": u, "role": r})
+                } else {
+                    json!({"user_id": u, "role": r, "read_seq": read, "delivered_seq": delivered.max(read)})
+                }
+            })
             .collect())
     }
 

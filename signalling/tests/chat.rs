@@ -354,6 +354,27 @@ async fn chats(url: Option<&str>) {
     assert_eq!(r["kind"], "read");
     let (_, v) = http(a, "GET", "/api/chats", Some(&bob.token), None).await;
     assert_eq!(v["chats"][0]["unread"], 0);
+    // The members list keeps how far each member has received and read.
+    let (_, v) = http(
+        a,
+        "GET",
+        &format!("/api/chats/{chat}/members"),
+        Some(&alice.token),
+        None,
+    )
+    .await;
+    let b = v["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["user_id"] == bob.id)
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        (b["read_seq"].as_i64(), b["delivered_seq"].as_i64()),
+        (Some(2), Some(2)),
+        "{v}"
+    );
 
     // Edit, react, delete for everyone.
     wa.send(json!({"type": "edit", "chat_id": chat, "seq": 2, "text": "привет всем"}))
