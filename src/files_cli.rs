@@ -144,21 +144,63 @@ async fn run_async(cfg: &Config, cmd: FilesCommand) -> anyhow::Result<()> {
             let client = connect(cfg, &conn).await?;
             let i = client.stat(&id).await?;
             client.close().await;
-            println!("id: {}\nname: {}\ntype: {}\nsize: {}\nblake3: {}\ncomplete: {}\nstored: {}\ncreated: {}\nexpires: {}", i.id, i.name, i.mime, i.size, i.hash.as_deref().unwrap_or("(not known until the upload completes)"), i.complete, i.stored, i.created, i.expires);
+            let now = std::time::SystemTime::now();
+            let percent = if i.size == 0 { 100.0 } else { i.stored as f64 * 100.0 / i.size as f64 };
+            println!(
+                "id: {}\nname: {}\ntype: {}\nsize: {} bytes ({})\nblake3: {}\ncomplete: {}\nstored: {} bytes ({:.0} %)\ncreated: {}\nexpires: {}",
+                i.id,
+                i.name,
+                i.mime,
+                i.size,
+                indicatif::BinaryBytes(i.size),
+                i.hash.as_deref().unwrap_or("(not known until the upload completes)"),
+                i.complete,
+                i.stored,
+                percent,
+                when(i.created, now),
+                when(i.expires, now)
+            );
         }
     }
     Ok(())
 }
 
+/// A Unix time as people read it: UTC date and time, and how far from now.
+fn when(unix_secs: u64, now: std::time::SystemTime) -> String {
+    let t = std::time::UNIX_EPOCH + Duration::from_secs(unix_secs);
+    let at = humantime::format_rfc3339_seconds(t);
+    // Whole minutes (or seconds under one) read better than "6days 23h 59m 58s".
+    let round = |d: Duration| {
+        let s = d.as_secs();
+        humantime::format_duration(Duration::from_secs(if s >= 60 { s / 60 * 60 } else { s })).to_string()
+    };
+    match t.duration_since(now) {
+        Ok(ahead) => format!("{at} (in {})", round(ahead)),
+        Err(e) => format!("{at} ({} ago)", round(e.duration())),
+    }
+}
+
+/// The last line of an upload or download: what moved, how fast, and what the relay
+/// already had (a deduplicated upload sends nothing, so it has no rate to speak of).
+fn summary_line(what: &str, total: u64, moved: u64, elapsed: Duration) -> String {
+    let secs = elapsed.as_secs_f64().max(1e-6);
+    let there = total.saturating_sub(moved);
+    let rate = if moved == 0 && total > 0 {
+        "nothing to send: the relay already had every byte".to_string()
+    } else {
+        format!("{}/s", indicatif::BinaryBytes((moved as f64 / secs) as u64))
+    };
+    format!(
+        "{what} {total} bytes ({}) in {} ({rate}); {moved} bytes over the network, {there} already there",
+        indicatif::BinaryBytes(total),
+        humantime::format_duration(Duration::from_millis(elapsed.as_millis() as u64)),
+    )
+}
+
 fn summary(what: &str, p: &Progress, t0: Instant) {
-    let secs = t0.elapsed().as_secs_f64().max(1e-6);
     let moved = p.transferred.load(Ordering::Relaxed);
     let total = p.total.load(Ordering::Relaxed);
-    eprintln!(
-        "{what} {total} bytes in {secs:.2}s ({:.1} MiB/s); {moved} bytes over the network, {} already there",
-        moved as f64 / secs / (1 << 20) as f64,
-        total.saturating_sub(moved)
-    );
+    eprintln!("{}", summary_line(what, total, moved, t0.elapsed()));
 }
 
 struct Bar {
@@ -177,23 +219,34 @@ impl Bar {
 fn show_progress(p: Arc<Progress>, what: &'static str) -> Bar {
     let (stop, mut stopped) = tokio::sync::oneshot::channel();
     let task = tokio::spawn(async move {
-        let bar = indicatif::ProgressBar::new(0);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}")
-                .unwrap()
-                .progress_chars("=> "),
-        );
+        // Until the size is known (the relay has answered) a spinner, not a bar that
+        // reads full at "0 B/0 B".
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.set_style(indicatif::ProgressStyle::with_template("{msg} {spinner} connecting to the relay").unwrap());
         bar.set_message(what);
+        let mut sized = false;
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         loop {
-            bar.set_length(p.total.load(Ordering::Relaxed));
-            bar.set_position(p.done.load(Ordering::Relaxed));
+            let total = p.total.load(Ordering::Relaxed);
+            if !sized && total > 0 {
+                sized = true;
+                bar.set_style(
+                    indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} ETA {eta}")
+                        .unwrap()
+                        .progress_chars("=> "),
+                );
+            }
+            if sized {
+                bar.set_length(total);
+                bar.set_position(p.done.load(Ordering::Relaxed));
+            } else {
+                bar.tick();
+            }
             tokio::select! {
                 _ = tick.tick() => {}
                 _ = &mut stopped => break,
             }
         }
-        bar.set_position(p.done.load(Ordering::Relaxed));
         bar.finish_and_clear();
     });
     Bar { stop, task }
@@ -217,5 +270,28 @@ fn guess_mime(path: &Path) -> &'static str {
         "txt" => "text/plain",
         "json" => "application/json",
         _ => "application/octet-stream",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_read_as_dates_and_distances() {
+        let now = std::time::UNIX_EPOCH + Duration::from_secs(1_764_572_400); // 2025-12-01T07:00:00Z
+        assert_eq!(when(1_764_572_400 + 7 * 86_400 - 30, now), "2025-12-08T06:59:30Z (in 6days 23h 59m)");
+        assert_eq!(when(1_764_572_400 - 42, now), "2025-12-01T06:59:18Z (42s ago)");
+    }
+
+    #[test]
+    fn a_deduplicated_upload_says_so_instead_of_a_zero_rate() {
+        let line = summary_line("uploaded", 3 << 20, 0, Duration::from_millis(120));
+        assert_eq!(
+            line,
+            "uploaded 3145728 bytes (3.00 MiB) in 120ms (nothing to send: the relay already had every byte); 0 bytes over the network, 3145728 already there"
+        );
+        let line = summary_line("downloaded", 4 << 20, 4 << 20, Duration::from_secs(2));
+        assert!(line.contains("(2.00 MiB/s)"), "{line}");
     }
 }

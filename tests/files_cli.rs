@@ -68,9 +68,16 @@ fn stat(m: &Maxd, relay: &str, id: &str) -> std::collections::HashMap<String, St
         files_dev(m, relay, &["stat", id]).output().unwrap(),
         "maxd files stat",
     );
+    // "size: 3145729 bytes (3.00 MiB)": the exact figure is the first word.
     so.lines()
         .filter_map(|l| l.split_once(": "))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .map(|(k, v)| {
+            let v = match k {
+                "size" | "stored" => v.split_whitespace().next().unwrap_or(""),
+                _ => v,
+            };
+            (k.to_string(), v.to_string())
+        })
         .collect()
 }
 
@@ -84,7 +91,7 @@ fn network_bytes(stderr: &str) -> (u64, u64) {
     let words: Vec<&str> = line.split_whitespace().collect();
     let at = words.iter().position(|w| *w == "over").unwrap();
     let moved = words[at - 2].parse().unwrap();
-    let there_at = words.iter().position(|w| *w == "already").unwrap();
+    let there_at = words.iter().rposition(|w| *w == "already").unwrap();
     let there = words[there_at - 1].parse().unwrap();
     (moved, there)
 }
