@@ -109,6 +109,43 @@ fn listener_settings(http: &HttpConfig) -> listener::Settings {
     }
 }
 
+/// What to do next, said once at start as `livekit-server --dev` does: the URL to open,
+/// where the data lives (absolute), and in dev mode where login codes go and how to
+/// mint a token.
+fn first_steps(cfg: &Config) -> Vec<String> {
+    let addr = cfg.http.listen;
+    // A wildcard listen address is not something to type into a browser.
+    let host = match addr.ip() {
+        std::net::IpAddr::V4(ip) if ip.is_unspecified() => "127.0.0.1".to_string(),
+        std::net::IpAddr::V6(ip) if ip.is_unspecified() => "[::1]".to_string(),
+        std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+        ip => ip.to_string(),
+    };
+    let url = format!("http://{host}:{}", addr.port());
+    let data = std::path::absolute(&cfg.data_dir).unwrap_or_else(|_| cfg.data_dir.clone());
+    let mut lines = Vec::new();
+    if cfg.has(Role::Signalling) {
+        lines.push(format!("open {url}/ in a browser: the messenger"));
+    }
+    if cfg.has(Role::Sfu) {
+        lines.push(format!("calls without an account: {url}/call; WHIP {url}/whip/ROOM, WHEP {url}/whep/ROOM"));
+    }
+    lines.push(format!("data directory: {}", data.display()));
+    if cfg.dev {
+        if cfg.has(Role::Signalling) && cfg.signalling.sms_provider == "dev" {
+            lines.push(format!(
+                "dev mode: no SMS is sent; login codes are the last lines of {}",
+                data.join(signalling::sms::DEV_SMS_FILE).display()
+            ));
+        }
+        lines.push(format!(
+            "a token for WHIP/WHEP or the simulator: maxd token --data-dir {} --room demo --identity alice --grants publish,subscribe",
+            data.display()
+        ));
+    }
+    lines
+}
+
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating data directory {}", cfg.data_dir.display()))?;
@@ -186,6 +223,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         "http limits"
     );
     info!(addr = %cfg.http.listen, roles = ?cfg.roles, "http listening");
+    for line in first_steps(&cfg) {
+        info!("{line}");
+    }
     listener::serve(tcp, app, settings, http_metrics, shutdown_signal()).await;
     info!("shutting down");
     if let Some(s) = sfu_handle {
@@ -221,4 +261,27 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     let term = std::future::pending::<()>();
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
+
+#[cfg(test)]
+mod first_steps_tests {
+    use super::*;
+
+    #[test]
+    fn a_first_run_says_what_to_open_where_the_data_is_and_what_next() {
+        let mut cfg = Config::default();
+        cfg.http.listen = "0.0.0.0:8080".parse().unwrap();
+        cfg.data_dir = "maxd-data".into();
+        let lines = first_steps(&cfg);
+        let text = lines.join("\n");
+        assert!(text.contains("open http://127.0.0.1:8080/ in a browser"), "{text}");
+        let abs = std::env::current_dir().unwrap().join("maxd-data");
+        assert!(text.contains(&format!("data directory: {}", abs.display())), "{text}");
+        assert!(cfg.dev, "dev mode is the embedded default");
+        assert!(text.contains(&format!("{}", abs.join("sms-codes.jsonl").display())), "{text}");
+        assert!(text.contains("maxd token --data-dir"), "{text}");
+        cfg.dev = false;
+        let text = first_steps(&cfg).join("\n");
+        assert!(!text.contains("sms-codes") && !text.contains("maxd token"), "{text}");
+    }
 }
