@@ -289,3 +289,77 @@ mod tests {
         assert_eq!(unread, ["MAXD_DATADIR", "MAXD_FOO"]);
     }
 }
+
+/// What stands in for a secret in `maxd config`.
+pub const REDACTED: &str = "<redacted>";
+
+/// The effective configuration as TOML, with every secret replaced by [`REDACTED`]:
+/// keys that name one (`secret`, `*_secret`, `*password*`, `*private_key*`, `*_auth`)
+/// and the password of any URL (`postgres://user:PASSWORD@host/db`). `maxd config` is
+/// pasted into issues and chats; it must not carry what grants access.
+pub fn to_redacted_toml(cfg: &Config) -> anyhow::Result<String> {
+    let mut v = toml::Value::try_from(cfg)?;
+    redact(&mut v, "");
+    Ok(toml::to_string(&v)?)
+}
+
+fn is_secret_key(key: &str) -> bool {
+    key == "secret" || key.ends_with("_secret") || key.contains("password") || key.contains("private_key") || key.ends_with("_auth")
+}
+
+fn redact(v: &mut toml::Value, key: &str) {
+    match v {
+        toml::Value::Table(t) => t.iter_mut().for_each(|(k, v)| redact(v, k)),
+        toml::Value::Array(a) => a.iter_mut().for_each(|v| redact(v, key)),
+        toml::Value::String(s) if !s.is_empty() && is_secret_key(key) => *s = REDACTED.to_string(),
+        toml::Value::String(s) => {
+            if let Some(r) = redact_url_password(s) {
+                *s = r;
+            }
+        }
+        _ => {}
+    }
+}
+
+/// `scheme://user:password@host...` with the password replaced, or `None` when there is
+/// none.
+fn redact_url_password(s: &str) -> Option<String> {
+    let start = s.find("://")? + 3;
+    let authority_end = s[start..].find(['/', '?', '#']).map_or(s.len(), |i| start + i);
+    let at = s[start..authority_end].rfind('@')? + start;
+    let colon = s[start..at].find(':')? + start;
+    Some(format!("{}{REDACTED}{}", &s[..colon + 1], &s[at..]))
+}
+
+#[cfg(test)]
+mod redaction_tests {
+    use super::*;
+
+    #[test]
+    fn maxd_config_shows_no_secret() {
+        let mut cfg = Config::default();
+        cfg.auth.secret = Some("s3cr3t-s3cr3t-s3cr3t-s3cr3t-s3cr3t".into());
+        cfg.signalling.turn_secret = "turn-shared-secret".into();
+        cfg.signalling.push_vapid_private_key = "vapid-private".into();
+        cfg.signalling.sms_gateway_auth = "Bearer gateway-key".into();
+        cfg.signalling.database_url = "postgres://maxd:db-pass@db.internal:5432/maxd".into();
+        cfg.signalling.push_gateway_url = "https://push.example/notify".into();
+        let text = to_redacted_toml(&cfg).unwrap();
+        for secret in ["s3cr3t", "turn-shared-secret", "vapid-private", "gateway-key", "db-pass"] {
+            assert!(!text.contains(secret), "{secret} shown in:\n{text}");
+        }
+        assert!(text.contains("postgres://maxd:<redacted>@db.internal:5432/maxd"), "{text}");
+        assert!(text.contains("https://push.example/notify"), "a URL without a password is kept:\n{text}");
+        // Still a config maxd reads (what is not secret round-trips).
+        let back: Config = toml::from_str(&text).unwrap();
+        assert_eq!(back.signalling.push_gateway_url, "https://push.example/notify");
+    }
+
+    #[test]
+    fn url_passwords() {
+        assert_eq!(redact_url_password("redis://:pw@h:6379").as_deref(), Some("redis://:<redacted>@h:6379"));
+        assert_eq!(redact_url_password("https://u@h/p:x@y"), None);
+        assert_eq!(redact_url_password("sqlite://maxd-data/db"), None);
+        assert_eq!(redact_url_password("not a url"), None);
+    }
+}

@@ -173,7 +173,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Files(cmd) => files_cli::run(&cfg, cmd),
         Command::Config => {
-            print!("{}", toml::to_string(&cfg)?);
+            print!("{}", config::to_redacted_toml(&cfg)?);
             Ok(())
         }
     }
