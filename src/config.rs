@@ -32,6 +32,17 @@ pub enum Role {
     Relay,
 }
 
+impl Role {
+    /// The name used in config, logs and `/readyz`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Sfu => "sfu",
+            Role::Signalling => "signalling",
+            Role::Relay => "relay",
+        }
+    }
+}
+
 /// The whole configuration. Every key is documented in `configs/maxd.toml`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

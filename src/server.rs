@@ -200,9 +200,23 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         _relay = Some(r);
     }
 
+    let build_info = prometheus::IntGaugeVec::new(
+        prometheus::Opts::new("build_info", "Always 1; the labels say which maxd this is"),
+        &["version", "roles"],
+    )?;
+    let roles: Vec<&str> = cfg.roles.iter().map(|r| r.as_str()).collect();
+    build_info.with_label_values(&[env!("CARGO_PKG_VERSION"), &roles.join(",")]).set(1);
+    registry.register(Box::new(build_info))?;
+
+    let readiness = Readiness {
+        sfu: cfg.has(Role::Sfu),
+        signalling: _signalling.as_ref().map(|s: &signalling::Signalling| s.app().clone()),
+        relay: cfg.has(Role::Relay),
+    };
     let metrics_registry = registry.clone();
     app = app
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(move || ready(readiness.clone())))
         .route("/metrics", get(move || metrics(metrics_registry.clone())));
 
     let settings = listener_settings(&cfg.http);
@@ -218,11 +232,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     info!(
         max_connections = settings.max_connections,
         max_connections_per_ip = settings.max_connections_per_ip,
-        header_read_timeout = ?settings.timeouts.header_read,
-        idle_timeout = ?settings.timeouts.idle,
+        header_read_timeout = %humantime::format_duration(settings.timeouts.header_read),
+        idle_timeout = %humantime::format_duration(settings.timeouts.idle),
         "http limits"
     );
-    info!(addr = %cfg.http.listen, roles = ?cfg.roles, "http listening");
+    let roles: Vec<&str> = cfg.roles.iter().map(|r| r.as_str()).collect();
+    info!(addr = %cfg.http.listen, roles = %roles.join(","), "http listening");
     for line in first_steps(&cfg) {
         info!("{line}");
     }
@@ -284,4 +299,40 @@ mod first_steps_tests {
         let text = first_steps(&cfg).join("\n");
         assert!(!text.contains("sms-codes") && !text.contains("maxd token"), "{text}");
     }
+}
+
+/// What `/readyz` checks: the planes this node runs, and for signalling its database.
+#[derive(Clone)]
+struct Readiness {
+    sfu: bool,
+    signalling: Option<std::sync::Arc<signalling::App>>,
+    relay: bool,
+}
+
+/// `/readyz`: `200` when every plane this node runs can serve, else `503`; the body
+/// says which planes run and, for one that cannot serve, why:
+/// `{"ready": true, "planes": {"sfu": {"ready": true}, "signalling": {"ready": true}}}`.
+/// `/healthz` says only that the process answers (liveness).
+async fn ready(r: Readiness) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let mut planes = serde_json::Map::new();
+    let mut all = true;
+    if r.sfu {
+        planes.insert("sfu".into(), serde_json::json!({"ready": true}));
+    }
+    if let Some(s) = &r.signalling {
+        let v = match s.ready().await {
+            Ok(()) => serde_json::json!({"ready": true}),
+            Err(why) => {
+                all = false;
+                serde_json::json!({"ready": false, "error": why})
+            }
+        };
+        planes.insert("signalling".into(), v);
+    }
+    if r.relay {
+        planes.insert("relay".into(), serde_json::json!({"ready": true}));
+    }
+    let status = if all { axum::http::StatusCode::OK } else { axum::http::StatusCode::SERVICE_UNAVAILABLE };
+    (status, axum::Json(serde_json::json!({"ready": all, "planes": planes}))).into_response()
 }

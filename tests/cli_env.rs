@@ -159,3 +159,26 @@ fn get_with_bearer(addr: std::net::SocketAddr, path: &str, token: &str) -> (u16,
         .unwrap_or(0);
     (status, buf)
 }
+
+/// `/readyz` says which planes run and that each can serve; `/metrics` says which maxd
+/// this is (`maxd_build_info`).
+#[test]
+fn readyz_names_the_planes_and_build_info_the_version() {
+    let m = Maxd::start(r#"["sfu","signalling","relay"]"#);
+    let (status, body) = support::http_get(m.http, "/readyz");
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["ready"], true, "{v}");
+    for plane in ["sfu", "signalling", "relay"] {
+        assert_eq!(v["planes"][plane]["ready"], true, "{v}");
+    }
+    let metrics = m.metrics();
+    let line = format!("maxd_build_info{{roles=\"sfu,signalling,relay\",version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"));
+    assert!(metrics.lines().any(|l| l == line), "no {line} in /metrics");
+
+    let m = Maxd::start(r#"["signalling"]"#);
+    let (status, body) = support::http_get(m.http, "/readyz");
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["planes"].as_object().unwrap().keys().collect::<Vec<_>>(), ["signalling"], "{v}");
+}

@@ -328,3 +328,15 @@ async fn maintain(app: Weak<App>) {
         }
     }
 }
+
+impl App {
+    /// Whether the plane can serve: its database answers a query within a second.
+    pub async fn ready(&self) -> Result<(), String> {
+        let ping = sqlx::query("SELECT 1").execute(&self.db.pool);
+        match tokio::time::timeout(std::time::Duration::from_secs(1), ping).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(format!("database: {e}")),
+            Err(_) => Err("database: no answer within 1 s".into()),
+        }
+    }
+}
