@@ -171,7 +171,7 @@ impl Engine {
             self.broadcast(&room, Some(pk), &ServerMsg::ParticipantJoined { participant: info });
         }
         let pc = if is_whep { PcKind::Subscriber } else { PcKind::Publisher };
-        let peer = self.new_peer(now, pk, pc);
+        let peer = self.new_peer(now, pk, pc, io);
         if is_whep {
             self.participants[pk].subscriber = Some(peer);
         } else {
@@ -192,7 +192,7 @@ impl Engine {
             }
         };
         self.drain(peer, io);
-        self.refresh_ufrag(peer);
+        self.refresh_ufrag(peer, io);
         // What was negotiated, in offer order. (str0m announces media only once DTLS is
         // up, too late to refuse the offer.) WHIP tracks appear when media starts.
         let rtc = &self.peers[peer].rtc;
@@ -286,7 +286,7 @@ impl Engine {
             api.set_local_ice_credentials(local.clone());
             api.set_remote_ice_credentials(IceCreds { ufrag: ufrag.clone(), pass: pwd });
             self.participants[pk].http.as_mut().expect("http session").remote_ufrag = ufrag;
-            self.refresh_ufrag(peer);
+            self.refresh_ufrag(peer, io);
         }
         self.peers[peer].live.candidates += candidates.len();
         for c in candidates {

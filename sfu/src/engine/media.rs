@@ -71,6 +71,11 @@ impl Engine {
                     IceConnectionState::Disconnected => {
                         self.counters.ice_timeouts += 1;
                         self.peers[pk].ice_down_since.get_or_insert(now);
+                        // The receive path forgets its addresses (STUN teaches them
+                        // again); the peer keeps them for an ICE restart.
+                        for a in &self.peers[pk].addrs {
+                            io.addr_forgotten(*a);
+                        }
                         let kind = self.peers[pk].kind;
                         self.participants[part].span.in_scope(|| {
                             tracing::info!(

@@ -31,7 +31,7 @@ use str0m::{Candidate, Event, Input, Output, RtcError};
 pub use http::{HttpCreated, HttpError, HttpKind, PatchOutcome, Reply, SdpFrag};
 pub use ids::{ConnId, PartKey, PeerKey};
 pub use state::SignalTx;
-pub use stun::is_stun;
+pub use stun::{is_stun, local_ufrag};
 
 /// The engine's parsers of network input, for the fuzz targets (`fuzz/`) and property
 /// tests; not an API.
@@ -51,6 +51,23 @@ pub trait Io {
     /// Sends `data` from our `source` address to `destination` over `proto`.
     /// Returns false if the datagram was dropped (full buffer, closed connection).
     fn transmit(&mut self, proto: Protocol, source: SocketAddr, destination: SocketAddr, data: &[u8]) -> bool;
+
+    /// A peer of this engine now answers STUN for `ufrag` (the receive path routes STUN
+    /// naming it here). Called before the ufrag is sent to the client in any SDP.
+    fn ufrag_added(&mut self, _ufrag: &str) {}
+
+    /// `ufrag` is no longer this engine's (its peer left or restarted ICE).
+    fn ufrag_removed(&mut self, _ufrag: &str) {}
+
+    /// Datagrams from `addr` are no longer for this engine: the peer that used it left,
+    /// forgot it, or its ICE timed out.
+    fn addr_forgotten(&mut self, _addr: SocketAddr) {}
+
+    /// The empty room `room` is past its grace period. Returns false to keep it a while
+    /// longer (a join for it may be on its way); true closes it.
+    fn may_close_room(&mut self, _room: &str) -> bool {
+        true
+    }
 }
 
 /// Engine settings, resolved from [`crate::Config`].
@@ -128,6 +145,8 @@ pub struct Engine {
     /// The peer and source address of the datagram being handled: events it produces
     /// are authenticated traffic from that address.
     input_from: Option<(PeerKey, SocketAddr)>,
+    /// The object counts last added to the shared gauges.
+    reported: EngineStats,
 }
 
 const TICK: Duration = Duration::from_millis(200);
@@ -188,6 +207,7 @@ impl Engine {
             started: now,
             now,
             input_from: None,
+            reported: EngineStats::default(),
         })
     }
 
@@ -250,7 +270,7 @@ impl Engine {
                 self.counters.drop_unknown_source += 1;
                 return false;
             };
-            if !self.note_stun(now, pk, proto, source, destination, data) {
+            if !self.note_stun(now, pk, proto, source, destination, data, io) {
                 return false;
             }
             pk
@@ -446,7 +466,7 @@ impl Engine {
         }
     }
 
-    fn new_peer(&mut self, now: Instant, part: PartKey, kind: crate::proto::PcKind) -> PeerKey {
+    fn new_peer(&mut self, now: Instant, part: PartKey, kind: crate::proto::PcKind, io: &mut dyn Io) -> PeerKey {
         let mut b = str0m::Rtc::builder()
             .set_ice_lite(true)
             .set_rtp_mode(true)
@@ -466,6 +486,7 @@ impl Engine {
             rtc.add_local_candidate(c.clone());
         }
         let ufrag = rtc.direct_api().local_ice_credentials().ufrag;
+        io.ufrag_added(&ufrag);
         let uid = self.next_uid;
         self.next_uid += 1;
         let pk = self.peers.insert(Peer {
@@ -491,10 +512,12 @@ impl Engine {
     }
 
     /// Re-reads a peer's local ICE ufrag after negotiation (ICE restart changes it).
-    fn refresh_ufrag(&mut self, pk: PeerKey) {
+    fn refresh_ufrag(&mut self, pk: PeerKey, io: &mut dyn Io) {
         let Some(peer) = self.peers.get_mut(pk) else { return };
         let ufrag = peer.rtc.direct_api().local_ice_credentials().ufrag;
         if ufrag != peer.ufrag {
+            io.ufrag_added(&ufrag);
+            io.ufrag_removed(&peer.ufrag);
             self.by_ufrag.remove(&peer.ufrag);
             self.by_ufrag.insert(ufrag.clone(), pk);
             peer.ufrag = ufrag;
@@ -512,10 +535,12 @@ impl Engine {
         if let Some(peer) = self.peers.try_remove(pk) {
             if self.by_ufrag.get(&peer.ufrag) == Some(&pk) {
                 self.by_ufrag.remove(&peer.ufrag);
+                io.ufrag_removed(&peer.ufrag);
             }
             for a in &peer.addrs {
                 if self.by_addr.get(a) == Some(&pk) {
                     self.by_addr.remove(a);
+                    io.addr_forgotten(*a);
                 }
             }
         }
@@ -570,6 +595,11 @@ impl Engine {
         }
     }
 
+    /// Whether the engine has the room `name` (open, or empty within its grace).
+    pub fn has_room(&self, name: &str) -> bool {
+        self.rooms.contains_key(name)
+    }
+
     /// Numbers for tests and the worker's gauges.
     pub fn stats(&self) -> EngineStats {
         EngineStats {
@@ -585,11 +615,15 @@ impl Engine {
         self.media_second(now, io);
         self.sessions_second(now, io);
         if let Some(m) = &self.metrics {
-            m.rooms.set(self.rooms.len() as i64);
-            m.participants.set(self.participants.len() as i64);
-            m.peers.set(self.peers.len() as i64);
-            m.tracks.set(self.tracks.len() as i64);
-            m.subscriptions.set(self.subs.len() as i64);
+            // Several engines (one per media worker) add to the same gauges: each moves
+            // them by its own change since it last reported.
+            let now_stats = self.stats();
+            let was = std::mem::replace(&mut self.reported, now_stats);
+            m.rooms.add(now_stats.rooms as i64 - was.rooms as i64);
+            m.participants.add(now_stats.participants as i64 - was.participants as i64);
+            m.peers.add(now_stats.peers as i64 - was.peers as i64);
+            m.tracks.add(now_stats.tracks as i64 - was.tracks as i64);
+            m.subscriptions.add(now_stats.subscriptions as i64 - was.subscriptions as i64);
             m.flush(&mut self.counters);
             if let Some(h) = &self.latency {
                 h.flush();
@@ -599,7 +633,7 @@ impl Engine {
 }
 
 /// Object counts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct EngineStats {
     pub rooms: usize,
     pub participants: usize,

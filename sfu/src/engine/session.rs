@@ -176,7 +176,7 @@ impl Engine {
         self.broadcast(&room_name, Some(pk), &ServerMsg::ParticipantJoined { participant: info });
 
         if claims.grants.subscribe {
-            let peer = self.new_peer(now, pk, PcKind::Subscriber);
+            let peer = self.new_peer(now, pk, PcKind::Subscriber, io);
             self.participants[pk].subscriber = Some(peer);
             if auto_subscribe {
                 let tracks: Vec<_> = self.rooms[&room_name]
@@ -403,8 +403,9 @@ impl Engine {
             self.remove_participant(now, pk, LeaveReason::MediaFailed, true, io);
         }
         let grace = self.cfg.empty_room_grace;
-        self.rooms.retain(|_, r| {
-            let keep = r.empty_since.is_none_or(|t| now.saturating_duration_since(t) < grace);
+        self.rooms.retain(|name, r| {
+            let keep = r.empty_since.is_none_or(|t| now.saturating_duration_since(t) < grace)
+                || !io.may_close_room(name);
             if !keep {
                 r.span.in_scope(|| tracing::info!("room closed"));
             }
