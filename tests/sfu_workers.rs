@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use str0m::ice::{StunMessage, TransId};
 use support::{Maxd, metric};
-use testkit::{Client, TrackKind};
+use testkit::{Client, ServerMsg, TrackKind};
 
 const T: Duration = Duration::from_secs(30);
 
@@ -88,6 +88,58 @@ async fn rooms_land_on_both_workers_and_everyone_receives_every_track() {
         for c in cs {
             c.close().await;
         }
+    }
+}
+
+async fn received(c: &Client, from: &str, kind: TrackKind) -> u64 {
+    c.stats().iter().filter(|s| s.participant_id == from && s.kind == kind).map(|s| s.packets).sum()
+}
+
+/// Waits until `c` has received `more` packets of `kind` from `from` beyond what it had.
+async fn flows(c: &Client, from: &str, kind: TrackKind, more: u64) {
+    let base = received(c, from, kind).await;
+    c.wait_media_from(from, kind, base + more, T)
+        .await
+        .unwrap_or_else(|e| panic!("{} stopped receiving {kind:?} from {from}: {e:#}", c.participant_id()));
+}
+
+/// The session of the room on the second worker survives its WebSocket dropping (resume
+/// goes to the room's worker) and ICE restarts on both its connections (the new ufrags
+/// reach the receive path's table before the client uses them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_and_ice_restart_on_the_second_worker() {
+    let m = two_workers();
+    // The first room goes to worker 0, so "main" goes to worker 1.
+    let filler = Client::connect(&m.base_url(), &m.room_token("filler", "f")).await.expect("join");
+    let ta = m.room_token("main", "a");
+    let a = Client::connect(&m.base_url(), &ta).await.unwrap();
+    a.publish_av().await.unwrap();
+    let b = Client::connect(&m.base_url(), &m.room_token("main", "b")).await.unwrap();
+    b.publish_av().await.unwrap();
+    let (ai, bi) = (a.participant_id(), b.participant_id());
+    a.wait_av_from_all(std::slice::from_ref(&bi), 30, T).await.unwrap();
+    b.wait_av_from_all(std::slice::from_ref(&ai), 30, T).await.unwrap();
+    wait_series(&m, "maxd_sfu_worker_participants{worker=\"0\"}", 1.0);
+    wait_series(&m, "maxd_sfu_worker_participants{worker=\"1\"}", 2.0);
+
+    a.close_ws().await;
+    flows(&b, &ai, TrackKind::Video, 30).await;
+    let before = a.message_count();
+    a.resume_ws(&ta).await.expect("resume");
+    let joined = a.wait_for_after(before, T, |m| matches!(m, ServerMsg::Joined { .. })).await.expect("joined again");
+    assert_eq!(joined.raw["resumed"], true);
+    assert_eq!(a.participant_id(), ai, "same participant");
+
+    a.renegotiate_publisher(true).await.expect("publisher ICE restart");
+    flows(&b, &ai, TrackKind::Video, 30).await;
+    let before = a.message_count();
+    a.restart_subscriber_ice().await.expect("subscriber ICE restart");
+    a.wait_for_after(before, T, |m| matches!(m, ServerMsg::Offer { .. })).await.expect("a new offer");
+    flows(&a, &bi, TrackKind::Video, 30).await;
+    flows(&a, &bi, TrackKind::Audio, 30).await;
+    assert!(a.errors().is_empty(), "{:?}", a.errors());
+    for c in [a, b, filler] {
+        c.close().await;
     }
 }
 
