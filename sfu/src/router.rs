@@ -139,8 +139,9 @@ pub struct Batch {
 }
 
 impl Batch {
+    /// An empty batch; it grows to what it carries and keeps that capacity when reused.
     pub fn new(at: Instant) -> Batch {
-        Batch { at, data: Vec::with_capacity(64 * 1500), items: Vec::with_capacity(64) }
+        Batch { at, data: Vec::with_capacity(4 * 1500), items: Vec::with_capacity(4) }
     }
 
     pub fn push(&mut self, source: SocketAddr, d: &[u8]) {

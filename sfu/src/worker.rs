@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -36,9 +36,10 @@ const MAX_DATAGRAM: usize = 2048;
 /// Datagrams read with one `recvmmsg`, and handled per worker wake-up before timers
 /// and commands get a turn.
 const BATCH: usize = 64;
-/// Batches queued for one worker; the reader drops (and counts) datagrams for a worker
-/// that is this far behind rather than hold up the others.
-const WORKER_QUEUE: usize = 64;
+/// Datagrams queued for one worker; the reader drops (and counts) datagrams for a
+/// worker this far behind rather than hold up the others. About what the 8 MiB socket
+/// buffer holds of audio, so a worker busy for some milliseconds loses nothing.
+const WORKER_QUEUE: usize = 16_384;
 /// How often the reader looks at the stop flag while the port is silent.
 const READ_TIMEOUT: Duration = Duration::from_millis(100);
 
@@ -116,7 +117,9 @@ impl Media {
             let engine =
                 Engine::new(ecfg.clone(), Some(metrics.clone()), Instant::now()).map_err(anyhow::Error::msg)?;
             let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+            // Every batch holds at least one datagram: bounded by `queued` first.
             let (batch_tx, batch_rx) = mpsc::channel::<Batch>(WORKER_QUEUE);
+            let queued = Arc::new(AtomicUsize::new(0));
             let (tcp_tx, tcp_rx) = mpsc::channel::<TcpEvent>(4096);
             let io = WorkerIo {
                 index,
@@ -133,6 +136,7 @@ impl Media {
                 local: udp_addr,
                 tcp_local: tcp_addr,
                 batches: batch_rx,
+                queued: queued.clone(),
                 pool: pool_tx.clone(),
                 commands: cmd_rx,
                 tcp: tcp_rx,
@@ -157,7 +161,7 @@ impl Media {
                 }
             }
             senders.push(cmd_tx);
-            batch_txs.push(batch_tx);
+            batch_txs.push((batch_tx, queued));
             tcp_txs.push(tcp_tx);
         }
         let router = Router::new(n, ufrags.clone());
@@ -282,6 +286,8 @@ struct WorkerLoop {
     local: SocketAddr,
     tcp_local: Option<SocketAddr>,
     batches: mpsc::Receiver<Batch>,
+    /// Datagrams in `batches`, shared with the reader.
+    queued: Arc<AtomicUsize>,
     pool: crossbeam_channel::Sender<Batch>,
     commands: mpsc::UnboundedReceiver<Command>,
     tcp: mpsc::Receiver<TcpEvent>,
@@ -329,6 +335,7 @@ impl WorkerLoop {
             match wake {
                 Wake::Stop => break,
                 Wake::Batch(mut b) => {
+                    self.queued.fetch_sub(b.len(), Ordering::Relaxed);
                     packets += b.len() as u64;
                     for i in 0..b.len() {
                         let (src, d) = b.get(i);
@@ -433,7 +440,8 @@ struct Reader {
     sock: Arc<std::net::UdpSocket>,
     router: Router,
     ctl: crossbeam_channel::Receiver<RouteMsg>,
-    outs: Vec<mpsc::Sender<Batch>>,
+    /// Each worker's batch channel and the datagrams queued in it.
+    outs: Vec<(mpsc::Sender<Batch>, Arc<AtomicUsize>)>,
     pool: crossbeam_channel::Receiver<Batch>,
     stop: Arc<AtomicBool>,
 }
@@ -467,13 +475,22 @@ impl Reader {
             for (w, slot) in pending.iter_mut().enumerate() {
                 let Some(mut b) = slot.take() else { continue };
                 b.at = at;
-                match self.outs[w].try_send(b) {
-                    Ok(()) => {}
-                    Err(mpsc::error::TrySendError::Full(mut b)) | Err(mpsc::error::TrySendError::Closed(mut b)) => {
-                        queue_full += b.len() as u64;
-                        b.clear();
-                        spare.push(b);
-                    }
+                let (tx, queued) = &self.outs[w];
+                let n = b.len();
+                if queued.load(Ordering::Relaxed) + n > WORKER_QUEUE {
+                    queue_full += n as u64;
+                    b.clear();
+                    spare.push(b);
+                    continue;
+                }
+                queued.fetch_add(n, Ordering::Relaxed);
+                if let Err(mpsc::error::TrySendError::Full(mut b) | mpsc::error::TrySendError::Closed(mut b)) =
+                    tx.try_send(b)
+                {
+                    queued.fetch_sub(n, Ordering::Relaxed);
+                    queue_full += n as u64;
+                    b.clear();
+                    spare.push(b);
                 }
             }
             if at >= second {
