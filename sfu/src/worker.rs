@@ -833,6 +833,64 @@ fn sockaddr_len(a: SocketAddr) -> libc::socklen_t {
 mod tests {
     use super::*;
 
+    /// Two workers, three rooms: a WebRTC stack panic in a peer of one room fails only
+    /// that participant; its room-mate on the same worker and the room on the other
+    /// worker go on.
+    #[cfg(feature = "fault-injection")]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_peer_panic_on_one_worker_touches_no_other_participant() {
+        use crate::engine::ConnId;
+        use crate::proto::{ClientMsg, PcKind, ServerMsg};
+
+        let cfg = Config { udp_listen: "127.0.0.1:0".parse().unwrap(), tcp_listen: None, workers: 2, ..Config::default() };
+        let mut media = Media::spawn(&cfg, Metrics::new(&prometheus::Registry::new())).unwrap();
+        let w = media.workers.clone();
+        let within = Duration::from_secs(15);
+        async fn next(rx: &mut mpsc::Receiver<ServerMsg>, want: impl Fn(&ServerMsg) -> bool) -> ServerMsg {
+            loop {
+                let m = tokio::time::timeout(Duration::from_secs(15), rx.recv()).await.expect("in time").expect("open");
+                if want(&m) {
+                    return m;
+                }
+            }
+        }
+        let mut people = Vec::new();
+        for (i, (room, who)) in [("r0", "alice"), ("r0", "bob"), ("r1", "carol")].into_iter().enumerate() {
+            let claims = common::Claims {
+                sub: who.into(),
+                name: None,
+                room: Some(room.into()),
+                grants: common::Grants::parse_list("publish,subscribe").unwrap(),
+                sid: None,
+                iat: 0,
+                exp: u64::MAX,
+            };
+            let (tx, mut rx) = mpsc::channel(256);
+            let conn = ConnId(i as u64 + 1);
+            let worker = w.send_placing(room, Command::Join { conn, claims, tx, auto_subscribe: true }).unwrap();
+            let ServerMsg::Joined { participant, .. } = next(&mut rx, |m| matches!(m, ServerMsg::Joined { .. })).await
+            else {
+                unreachable!()
+            };
+            people.push((worker, conn, participant.id, rx));
+        }
+        assert_eq!(people[0].0, people[1].0, "a room on one worker");
+        assert_ne!(people[0].0, people[2].0, "the second room on the other worker");
+        let (alice_worker, alice) = (people[0].0, people[0].2.clone());
+        w.send_to(alice_worker, Command::InjectPanic { participant_id: alice.clone(), pc: PcKind::Subscriber }).unwrap();
+        // Alice's subscriber connection gets its next timer input, panics, and she leaves.
+        let left = next(&mut people[0].3, |m| matches!(m, ServerMsg::Left { .. })).await;
+        assert!(matches!(&left, ServerMsg::Left { reason } if reason == "media connection failed"), "{left:?}");
+        let gone = next(&mut people[1].3, |m| matches!(m, ServerMsg::ParticipantLeft { .. })).await;
+        assert!(matches!(gone, ServerMsg::ParticipantLeft { participant_id, .. } if participant_id == alice));
+        // Bob (same worker) and Carol (the other) still answer.
+        for (worker, conn, _, rx) in people.iter_mut().skip(1) {
+            w.send_to(*worker, Command::Client { conn: *conn, msg: ClientMsg::Ping }).unwrap();
+            tokio::time::timeout(within, next(rx, |m| matches!(m, ServerMsg::Pong))).await.expect("pong");
+        }
+        tokio::task::spawn_blocking(move || media.stop()).await.unwrap();
+    }
+
     /// Queued datagrams reach their destinations intact and in order, across flushes
     /// and with an IPv6 socket too.
     #[test]

@@ -102,6 +102,10 @@ pub enum Command {
     HttpDelete { resource: String, identity: String, reply: Reply<()> },
     /// The device session `sid` was revoked: its participants leave.
     Revoke { sid: String },
+    /// Fault injection: the next input to `participant_id`'s `pc` connection panics
+    /// inside the WebRTC stack's call (see [`Engine::inject_panic`]).
+    #[cfg(feature = "fault-injection")]
+    InjectPanic { participant_id: String, pc: crate::proto::PcKind },
 }
 
 pub struct Engine {
@@ -329,6 +333,10 @@ impl Engine {
             Command::HttpDelete { resource, identity, reply } => {
                 let res = self.http_delete(now, &resource, &identity, io);
                 let _ = reply.send(res);
+            }
+            #[cfg(feature = "fault-injection")]
+            Command::InjectPanic { participant_id, pc } => {
+                self.inject_panic(&participant_id, pc);
             }
             Command::Revoke { sid } => {
                 let gone: Vec<PartKey> = self
