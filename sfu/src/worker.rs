@@ -85,6 +85,7 @@ impl Media {
             resume_window: cfg.resume_window,
             keyframe_interval: cfg.keyframe_request_interval,
             max_participants: cfg.max_participants_per_room,
+            seed: None,
         };
         let limits = TcpLimits {
             max_connections: cfg.tcp_max_connections,

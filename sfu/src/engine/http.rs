@@ -7,6 +7,8 @@
 //! track ends, under the same SSRC with continuous sequence numbers and timestamps.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use rand::Rng;
 use std::time::Instant;
 
 use str0m::change::SdpOffer;
@@ -152,7 +154,7 @@ impl Engine {
         };
         let is_whep = whep.is_some();
         let resource = {
-            let b: [u8; 16] = rand::random();
+            let b: [u8; 16] = self.rng.random();
             b.iter().map(|x| format!("{x:02x}")).collect::<String>()
         };
         let http = HttpSession { resource: resource.clone(), remote_ufrag, whep };
@@ -370,7 +372,7 @@ impl Engine {
         let pt = pt_for(rtc, mid, codec);
         let ssrc = rtc.direct_api().stream_tx_by_mid(mid, None).map(|s| s.ssrc());
         let (Some(pt), Some(ssrc)) = (pt, ssrc) else { return };
-        let rewriter = carry.unwrap_or_else(|| Rewriter::new(clock_rate, rand::random(), rand::random()));
+        let rewriter = carry.unwrap_or_else(|| Rewriter::new(clock_rate, self.rng.random(), self.rng.random()));
         let sk = self.subs.insert(Sub {
             track: t,
             part: pk,

@@ -2,6 +2,8 @@
 //! layer choice, speakers and connection quality.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use rand::Rng;
 use std::time::Instant;
 
 use str0m::media::{KeyframeRequestKind, MediaAdded, MediaKind, Rid};
@@ -147,7 +149,7 @@ impl Engine {
             .and_then(|md| md.remote_pts().iter().find_map(|&pt| pt_codec(rtc, pt)))
             .unwrap_or((if video { Codec::Vp8 } else { Codec::Opus }, if video { 90_000 } else { 48_000 }));
         let id = {
-            let b: [u8; 6] = rand::random();
+            let b: [u8; 6] = self.rng.random();
             format!("TR_{}", b.iter().map(|x| format!("{x:02x}")).collect::<String>())
         };
         let n = layers.len();

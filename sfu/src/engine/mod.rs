@@ -23,6 +23,7 @@ use std::net::SocketAddr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::{Duration, Instant};
 
+use rand::SeedableRng;
 use slab::Slab;
 use str0m::config::DtlsCert;
 use str0m::net::{Protocol, Receive};
@@ -81,6 +82,11 @@ pub struct EngineConfig {
     pub resume_window: Duration,
     pub keyframe_interval: Duration,
     pub max_participants: usize,
+    /// Seed of the engine's randomness (participant, track and session ids, WHIP/WHEP
+    /// resources, sequence number and timestamp starts), so a virtual-clock run is
+    /// repeatable. `None`: seeded from the operating system, as in production. (The
+    /// WebRTC stack's own randomness - SSRCs, ICE credentials, DTLS - is not covered.)
+    pub seed: Option<u64>,
 }
 
 /// Signalling input for the engine.
@@ -151,6 +157,8 @@ pub struct Engine {
     input_from: Option<(PeerKey, SocketAddr)>,
     /// The object counts last added to the shared gauges.
     reported: EngineStats,
+    /// Every random choice of the engine (see [`EngineConfig::seed`]).
+    rng: rand::rngs::StdRng,
 }
 
 const TICK: Duration = Duration::from_millis(200);
@@ -178,7 +186,12 @@ impl Engine {
             None => None,
         };
         let latency = metrics.as_ref().map(|m| m.local_latency());
+        let rng = match cfg.seed {
+            Some(s) => rand::rngs::StdRng::seed_from_u64(s),
+            None => rand::rngs::StdRng::from_os_rng(),
+        };
         Ok(Engine {
+            rng,
             cfg,
             cert,
             udp_candidate,

@@ -3,6 +3,8 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
+use rand::Rng;
+
 use str0m::change::{SdpAnswer, SdpOffer};
 use str0m::media::{Direction, MediaKind, Mid, Pt};
 use str0m::{Candidate, Rtc};
@@ -171,8 +173,8 @@ impl Engine {
             return;
         }
         let track = &self.tracks[t];
-        let first_seq: u16 = rand::random();
-        let first_ts: u32 = rand::random();
+        let first_seq: u16 = self.rng.random();
+        let first_ts: u32 = self.rng.random();
         let sk = self.subs.insert(Sub {
             track: t,
             part: pk,

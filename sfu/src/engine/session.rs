@@ -13,9 +13,8 @@ use crate::forward::SpeakerDetector;
 use crate::metrics::LeaveReason;
 use crate::proto::{ClientMsg, ErrorCode, ParticipantInfo, PcKind, ServerMsg};
 
-fn random_id(prefix: &str, len: usize) -> String {
+fn random_id(rng: &mut impl Rng, prefix: &str, len: usize) -> String {
     const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789";
-    let mut rng = rand::rng();
     let mut s = String::with_capacity(prefix.len() + len);
     s.push_str(prefix);
     for _ in 0..len {
@@ -102,11 +101,11 @@ impl Engine {
         room.empty_since = None;
         let room_span = room.span.clone();
         let session_id = {
-            let b: [u8; 16] = rand::random();
+            let b: [u8; 16] = self.rng.random();
             b.iter().map(|x| format!("{x:02x}")).collect::<String>()
         };
         let http_kind = http.as_ref().map(|h| if h.whep.is_some() { "whep" } else { "whip" });
-        let id = random_id("PA_", 10);
+        let id = random_id(&mut self.rng, "PA_", 10);
         let span = tracing::info_span!(parent: &room_span, "participant", participant = %id);
         let pk = self.participants.insert(Participant {
             span,
