@@ -305,7 +305,12 @@ async fn a_p2p_call_sends_media_directly_and_moves_to_the_sfu_for_a_third_person
     assert!(p2p_packets >= 50, "P2P carried the call until the SFU did");
     pa.pc.close().await.unwrap();
     pb.pc.close().await.unwrap();
-    assert!(metric(&m.metrics(), "maxd_sfu_packets_received_total") > through_sfu + 100.0);
+    // The media workers move their counts to /metrics once a second: wait for it.
+    let start = Instant::now();
+    while metric(&m.metrics(), "maxd_sfu_packets_received_total") <= through_sfu + 100.0 {
+        assert!(start.elapsed() < T, "the call's media through the SFU never showed in /metrics");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     for c in clients {
         c.close().await;
     }
