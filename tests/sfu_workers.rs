@@ -47,7 +47,9 @@ async fn rooms_land_on_both_workers_and_everyone_receives_every_track() {
     for room in ["north", "south"] {
         let mut cs = Vec::new();
         for name in ["a", "b"] {
-            let c = Client::connect(&m.base_url(), &m.room_token(room, name)).await.expect("join");
+            let c = Client::connect(&m.base_url(), &m.room_token(room, name))
+                .await
+                .expect("join");
             c.publish_av().await.expect("publish");
             cs.push(c);
         }
@@ -55,16 +57,38 @@ async fn rooms_land_on_both_workers_and_everyone_receives_every_track() {
     }
     for cs in &rooms {
         for c in cs {
-            let others: Vec<String> =
-                cs.iter().map(|o| o.participant_id()).filter(|i| *i != c.participant_id()).collect();
-            let got = c.wait_av_from_all(&others, 60, T).await.unwrap_or_else(|e| panic!("{e:#}\n{}", m.log()));
+            let others: Vec<String> = cs
+                .iter()
+                .map(|o| o.participant_id())
+                .filter(|i| *i != c.participant_id())
+                .collect();
+            let got = c
+                .wait_av_from_all(&others, 60, T)
+                .await
+                .unwrap_or_else(|e| panic!("{e:#}\n{}", m.log()));
             for s in &got {
-                assert_eq!(s.bad_payloads, 0, "payload integrity from {}", s.participant_id);
-                assert_eq!(s.foreign_payloads, 0, "no payload of another sender on {}", s.track_id);
+                assert_eq!(
+                    s.bad_payloads, 0,
+                    "payload integrity from {}",
+                    s.participant_id
+                );
+                assert_eq!(
+                    s.foreign_payloads, 0,
+                    "no payload of another sender on {}",
+                    s.track_id
+                );
                 assert!(s.frames > 0, "frames counted");
             }
-            assert_eq!(got.iter().filter(|s| s.kind == TrackKind::Video).count(), 1, "the other's video");
-            assert_eq!(got.iter().filter(|s| s.kind == TrackKind::Audio).count(), 1, "the other's audio");
+            assert_eq!(
+                got.iter().filter(|s| s.kind == TrackKind::Video).count(),
+                1,
+                "the other's video"
+            );
+            assert_eq!(
+                got.iter().filter(|s| s.kind == TrackKind::Audio).count(),
+                1,
+                "the other's audio"
+            );
         }
     }
     // One room on each worker; the totals add up over both.
@@ -92,7 +116,11 @@ async fn rooms_land_on_both_workers_and_everyone_receives_every_track() {
 }
 
 async fn received(c: &Client, from: &str, kind: TrackKind) -> u64 {
-    c.stats().iter().filter(|s| s.participant_id == from && s.kind == kind).map(|s| s.packets).sum()
+    c.stats()
+        .iter()
+        .filter(|s| s.participant_id == from && s.kind == kind)
+        .map(|s| s.packets)
+        .sum()
 }
 
 /// Waits until `c` has received `more` packets of `kind` from `from` beyond what it had.
@@ -100,7 +128,12 @@ async fn flows(c: &Client, from: &str, kind: TrackKind, more: u64) {
     let base = received(c, from, kind).await;
     c.wait_media_from(from, kind, base + more, T)
         .await
-        .unwrap_or_else(|e| panic!("{} stopped receiving {kind:?} from {from}: {e:#}", c.participant_id()));
+        .unwrap_or_else(|e| {
+            panic!(
+                "{} stopped receiving {kind:?} from {from}: {e:#}",
+                c.participant_id()
+            )
+        });
 }
 
 /// The session of the room on the second worker survives its WebSocket dropping (resume
@@ -110,15 +143,23 @@ async fn flows(c: &Client, from: &str, kind: TrackKind, more: u64) {
 async fn resume_and_ice_restart_on_the_second_worker() {
     let m = two_workers();
     // The first room goes to worker 0, so "main" goes to worker 1.
-    let filler = Client::connect(&m.base_url(), &m.room_token("filler", "f")).await.expect("join");
+    let filler = Client::connect(&m.base_url(), &m.room_token("filler", "f"))
+        .await
+        .expect("join");
     let ta = m.room_token("main", "a");
     let a = Client::connect(&m.base_url(), &ta).await.unwrap();
     a.publish_av().await.unwrap();
-    let b = Client::connect(&m.base_url(), &m.room_token("main", "b")).await.unwrap();
+    let b = Client::connect(&m.base_url(), &m.room_token("main", "b"))
+        .await
+        .unwrap();
     b.publish_av().await.unwrap();
     let (ai, bi) = (a.participant_id(), b.participant_id());
-    a.wait_av_from_all(std::slice::from_ref(&bi), 30, T).await.unwrap();
-    b.wait_av_from_all(std::slice::from_ref(&ai), 30, T).await.unwrap();
+    a.wait_av_from_all(std::slice::from_ref(&bi), 30, T)
+        .await
+        .unwrap();
+    b.wait_av_from_all(std::slice::from_ref(&ai), 30, T)
+        .await
+        .unwrap();
     wait_series(&m, "maxd_sfu_worker_participants{worker=\"0\"}", 1.0);
     wait_series(&m, "maxd_sfu_worker_participants{worker=\"1\"}", 2.0);
 
@@ -126,15 +167,24 @@ async fn resume_and_ice_restart_on_the_second_worker() {
     flows(&b, &ai, TrackKind::Video, 30).await;
     let before = a.message_count();
     a.resume_ws(&ta).await.expect("resume");
-    let joined = a.wait_for_after(before, T, |m| matches!(m, ServerMsg::Joined { .. })).await.expect("joined again");
+    let joined = a
+        .wait_for_after(before, T, |m| matches!(m, ServerMsg::Joined { .. }))
+        .await
+        .expect("joined again");
     assert_eq!(joined.raw["resumed"], true);
     assert_eq!(a.participant_id(), ai, "same participant");
 
-    a.renegotiate_publisher(true).await.expect("publisher ICE restart");
+    a.renegotiate_publisher(true)
+        .await
+        .expect("publisher ICE restart");
     flows(&b, &ai, TrackKind::Video, 30).await;
     let before = a.message_count();
-    a.restart_subscriber_ice().await.expect("subscriber ICE restart");
-    a.wait_for_after(before, T, |m| matches!(m, ServerMsg::Offer { .. })).await.expect("a new offer");
+    a.restart_subscriber_ice()
+        .await
+        .expect("subscriber ICE restart");
+    a.wait_for_after(before, T, |m| matches!(m, ServerMsg::Offer { .. }))
+        .await
+        .expect("a new offer");
     flows(&a, &bi, TrackKind::Video, 30).await;
     flows(&a, &bi, TrackKind::Audio, 30).await;
     assert!(a.errors().is_empty(), "{:?}", a.errors());
@@ -182,13 +232,18 @@ fn binding_request(server_ufrag: &str, server_pwd: &str, client_ufrag: &str) -> 
     let username = format!("{server_ufrag}:{client_ufrag}");
     let req = StunMessage::binding_request(&username, TransId::new(), true, 7, 1_845_501_695, true);
     let mut buf = vec![0u8; 1500];
-    let n = req.to_bytes(Some(server_pwd.as_bytes()), &mut buf, sha1_hmac).expect("serialize");
+    let n = req
+        .to_bytes(Some(server_pwd.as_bytes()), &mut buf, sha1_hmac)
+        .expect("serialize");
     buf.truncate(n);
     buf
 }
 
 fn sdp_attr(sdp: &str, name: &str) -> String {
-    sdp.lines().find_map(|l| l.trim().strip_prefix(name)).map(str::to_string).expect(name)
+    sdp.lines()
+        .find_map(|l| l.trim().strip_prefix(name))
+        .map(str::to_string)
+        .expect(name)
 }
 
 /// Sends one RFC 4571 frame and reads one back (`None`: the server closed).
@@ -216,14 +271,25 @@ async fn ice_tcp_connections_reach_the_worker_of_their_room() {
             &m.base_url(),
             "POST",
             &format!("/whip/{room}"),
-            &[("Authorization", &auth), ("Content-Type", "application/sdp")],
+            &[
+                ("Authorization", &auth),
+                ("Content-Type", "application/sdp"),
+            ],
             &offer,
         )
         .await
         .unwrap();
         assert_eq!(r.status, 201, "{}", r.body);
-        assert!(r.body.contains("tcptype passive"), "an ICE-TCP candidate is offered: {}", r.body);
-        sessions.push((sdp_attr(&r.body, "a=ice-ufrag:"), sdp_attr(&r.body, "a=ice-pwd:"), client_ufrag));
+        assert!(
+            r.body.contains("tcptype passive"),
+            "an ICE-TCP candidate is offered: {}",
+            r.body
+        );
+        sessions.push((
+            sdp_attr(&r.body, "a=ice-ufrag:"),
+            sdp_attr(&r.body, "a=ice-pwd:"),
+            client_ufrag,
+        ));
     }
     // The two rooms are on different workers: each check is answered, over TCP, by the
     // worker that knows its ufrag and password.
@@ -233,19 +299,31 @@ async fn ice_tcp_connections_reach_the_worker_of_their_room() {
     for (ufrag, pwd, client) in &sessions {
         let mut s = TcpStream::connect(tcp).unwrap();
         s.set_read_timeout(Some(T)).unwrap();
-        let reply = tcp_exchange(&mut s, &binding_request(ufrag, pwd, client)).expect("an answer over ICE-TCP");
+        let reply = tcp_exchange(&mut s, &binding_request(ufrag, pwd, client))
+            .expect("an answer over ICE-TCP");
         let msg = StunMessage::parse(&reply).expect("STUN");
         assert!(msg.is_successful_binding_response(), "binding success");
-        assert!(msg.verify(pwd.as_bytes(), sha1_hmac), "signed with the session's password");
+        assert!(
+            msg.verify(pwd.as_bytes(), sha1_hmac),
+            "signed with the session's password"
+        );
         // Later frames on the same connection go to the same worker.
-        let again = tcp_exchange(&mut s, &binding_request(ufrag, pwd, client)).expect("a second answer");
-        assert!(StunMessage::parse(&again).unwrap().is_successful_binding_response());
+        let again =
+            tcp_exchange(&mut s, &binding_request(ufrag, pwd, client)).expect("a second answer");
+        assert!(
+            StunMessage::parse(&again)
+                .unwrap()
+                .is_successful_binding_response()
+        );
         conns.push(s);
     }
     // A connection whose first check names no session is closed unanswered.
     let mut s = TcpStream::connect(tcp).unwrap();
     s.set_read_timeout(Some(T)).unwrap();
-    assert_eq!(tcp_exchange(&mut s, &binding_request("nobody", "x", "cli")), None);
+    assert_eq!(
+        tcp_exchange(&mut s, &binding_request("nobody", "x", "cli")),
+        None
+    );
     wait_series(&m, "maxd_sfu_tcp_connections", 2.0);
     drop(conns);
 }

@@ -9,10 +9,10 @@
 //! datagrams per worker, 10 subscribers). The machine's other load counts: run it on an
 //! otherwise idle machine with at least two cores.
 
-#[path = "../tests/netsim/mod.rs"]
-mod netsim;
 #[path = "../tests/harness/mod.rs"]
 mod harness;
+#[path = "../tests/netsim/mod.rs"]
+mod netsim;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Barrier};
@@ -38,7 +38,14 @@ impl Io for NullIo {
 /// A connected room (one audio publisher, `n` subscribers) and `packets` of the
 /// publisher's SRTP datagrams, not yet delivered.
 fn prepare(seed: u64, n: usize, packets: usize) -> (World, SocketAddr, Vec<Vec<u8>>) {
-    let mut w = World::new(seed, Link { latency: Duration::from_millis(1), jitter: Duration::ZERO, loss: 0.0 });
+    let mut w = World::new(
+        seed,
+        Link {
+            latency: Duration::from_millis(1),
+            jitter: Duration::ZERO,
+            loss: 0.0,
+        },
+    );
     let p = w.join("publisher");
     w.publish(p, false);
     for k in 0..n {
@@ -47,10 +54,17 @@ fn prepare(seed: u64, n: usize, packets: usize) -> (World, SocketAddr, Vec<Vec<u
     w.run(6_000, false, |_, _| {});
     for (i, c) in w.clients.iter().enumerate().skip(1) {
         let got: usize = c.received.values().map(|r| r.packets.len()).sum();
-        assert!(got > 5, "subscriber {i} receives before measuring; got {got}");
+        assert!(
+            got > 5,
+            "subscriber {i} receives before measuring; got {got}"
+        );
     }
     let from = w.clients[p].pub_addr;
-    let pkts = w.capture_audio(p, packets).into_iter().map(|(_, d)| d).collect();
+    let pkts = w
+        .capture_audio(p, packets)
+        .into_iter()
+        .map(|(_, d)| d)
+        .collect();
     (w, from, pkts)
 }
 
@@ -62,7 +76,8 @@ fn drive(w: &mut World, from: SocketAddr, pkts: &[Vec<u8>], start: &Barrier) -> 
     let t = Instant::now();
     for (i, d) in pkts.iter().enumerate() {
         let now = base + t.elapsed();
-        w.engine.handle_datagram(now, Protocol::Udp, from, server(), d, &mut io);
+        w.engine
+            .handle_datagram(now, Protocol::Udp, from, server(), d, &mut io);
         if i % 64 == 63 {
             w.engine.handle_timeout(now, &mut io);
         }
@@ -72,7 +87,9 @@ fn drive(w: &mut World, from: SocketAddr, pkts: &[Vec<u8>], start: &Barrier) -> 
 
 /// Runs `workers` engines at once; returns (forwarded packets/s in all, per worker).
 fn run(workers: usize, n: usize, packets: usize) -> (f64, Vec<f64>) {
-    let prepared: Vec<_> = (0..workers).map(|k| prepare(1 + k as u64, n, packets)).collect();
+    let prepared: Vec<_> = (0..workers)
+        .map(|k| prepare(1 + k as u64, n, packets))
+        .collect();
     let barrier = Arc::new(Barrier::new(workers + 1));
     let threads: Vec<_> = prepared
         .into_iter()
@@ -87,28 +104,46 @@ fn run(workers: usize, n: usize, packets: usize) -> (f64, Vec<f64>) {
         .collect();
     barrier.wait();
     let t = Instant::now();
-    let results: Vec<(u64, Duration)> = threads.into_iter().map(|h| h.join().expect("worker")).collect();
+    let results: Vec<(u64, Duration)> = threads
+        .into_iter()
+        .map(|h| h.join().expect("worker"))
+        .collect();
     let wall = t.elapsed();
     let total: u64 = results.iter().map(|r| r.0).sum();
     for (sent, _) in &results {
-        assert!(*sent as f64 >= 0.99 * (packets * n) as f64, "sent {sent} for {packets} packets x {n}");
+        assert!(
+            *sent as f64 >= 0.99 * (packets * n) as f64,
+            "sent {sent} for {packets} packets x {n}"
+        );
     }
-    let per = results.iter().map(|(s, d)| *s as f64 / d.as_secs_f64()).collect();
+    let per = results
+        .iter()
+        .map(|(s, d)| *s as f64 / d.as_secs_f64())
+        .collect();
     (total as f64 / wall.as_secs_f64(), per)
 }
 
 fn main() {
     // `cargo bench` passes `--bench`; numbers are ours.
-    let nums: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    let nums: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
     let packets = nums.first().copied().unwrap_or(40_000);
     let n = nums.get(1).copied().unwrap_or(10);
     let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
-    println!("forwarding {packets} SRTP audio datagrams per worker to {n} subscribers each; {cores} cores");
+    println!(
+        "forwarding {packets} SRTP audio datagrams per worker to {n} subscribers each; {cores} cores"
+    );
     let mut figures = Vec::new();
     for workers in [1usize, 2] {
         let (agg, per) = run(workers, n, packets);
         let per: Vec<String> = per.iter().map(|p| format!("{:.0}k", p / 1e3)).collect();
-        println!("workers={workers}: {:.0}k forwarded packets/s in all (per worker: {})", agg / 1e3, per.join(", "));
+        println!(
+            "workers={workers}: {:.0}k forwarded packets/s in all (per worker: {})",
+            agg / 1e3,
+            per.join(", ")
+        );
         figures.push(agg);
     }
     println!("scaling 1 -> 2 workers: {:.2}x", figures[1] / figures[0]);

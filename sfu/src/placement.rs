@@ -72,10 +72,20 @@ impl Placement {
         }
         let w = (0..self.workers())
             .min_by_key(|&w| {
-                (self.participants[w].load(Ordering::Relaxed) + inner.pending_on[w], inner.rooms_on[w], w)
+                (
+                    self.participants[w].load(Ordering::Relaxed) + inner.pending_on[w],
+                    inner.rooms_on[w],
+                    w,
+                )
             })
             .unwrap_or(0);
-        inner.rooms.insert(room.to_string(), Entry { worker: w, pending: 1 });
+        inner.rooms.insert(
+            room.to_string(),
+            Entry {
+                worker: w,
+                pending: 1,
+            },
+        );
         inner.rooms_on[w] += 1;
         inner.pending_on[w] += 1;
         w
@@ -91,7 +101,9 @@ impl Placement {
     pub fn handled(&self, room: &str, open: bool) {
         let mut g = self.lock();
         let inner = &mut *g;
-        let Some(e) = inner.rooms.get_mut(room) else { return };
+        let Some(e) = inner.rooms.get_mut(room) else {
+            return;
+        };
         e.pending = e.pending.saturating_sub(1);
         let w = e.worker;
         inner.pending_on[w] = inner.pending_on[w].saturating_sub(1);
@@ -149,7 +161,10 @@ pub struct Workers {
 pub struct WorkerGone;
 
 impl Workers {
-    pub fn new(senders: Vec<mpsc::UnboundedSender<Command>>, placement: std::sync::Arc<Placement>) -> Workers {
+    pub fn new(
+        senders: Vec<mpsc::UnboundedSender<Command>>,
+        placement: std::sync::Arc<Placement>,
+    ) -> Workers {
         Workers { senders, placement }
     }
 
@@ -175,7 +190,11 @@ impl Workers {
 
     /// Sends a command to worker `w` (a WebSocket's messages go where its join went).
     pub fn send_to(&self, w: WorkerIndex, cmd: Command) -> Result<(), WorkerGone> {
-        self.senders.get(w).ok_or(WorkerGone)?.send(cmd).map_err(|_| WorkerGone)
+        self.senders
+            .get(w)
+            .ok_or(WorkerGone)?
+            .send(cmd)
+            .map_err(|_| WorkerGone)
     }
 
     /// Sends a command to every worker.

@@ -94,7 +94,12 @@ pub struct Router {
 
 impl Router {
     pub fn new(workers: usize, ufrags: Arc<Ufrags>) -> Router {
-        Router { workers, ufrags, addrs: HashMap::new(), dropped_unknown: 0 }
+        Router {
+            workers,
+            ufrags,
+            addrs: HashMap::new(),
+            dropped_unknown: 0,
+        }
     }
 
     /// Applies a worker's change to the address table.
@@ -115,7 +120,11 @@ impl Router {
 
     /// The worker the datagram from `source` is for; `None` (counted) when none is.
     pub fn route(&mut self, source: SocketAddr, data: &[u8]) -> Option<WorkerIndex> {
-        let w = if is_stun(data) { self.ufrags.route_stun(data) } else { self.addrs.get(&source).copied() };
+        let w = if is_stun(data) {
+            self.ufrags.route_stun(data)
+        } else {
+            self.addrs.get(&source).copied()
+        };
         let w = w.filter(|&w| w < self.workers);
         if w.is_none() {
             self.dropped_unknown += 1;
@@ -141,11 +150,16 @@ pub struct Batch {
 impl Batch {
     /// An empty batch; it grows to what it carries and keeps that capacity when reused.
     pub fn new(at: Instant) -> Batch {
-        Batch { at, data: Vec::with_capacity(4 * 1500), items: Vec::with_capacity(4) }
+        Batch {
+            at,
+            data: Vec::with_capacity(4 * 1500),
+            items: Vec::with_capacity(4),
+        }
     }
 
     pub fn push(&mut self, source: SocketAddr, d: &[u8]) {
-        self.items.push((self.data.len() as u32, d.len() as u16, source));
+        self.items
+            .push((self.data.len() as u32, d.len() as u16, source));
         self.data.extend_from_slice(d);
     }
 

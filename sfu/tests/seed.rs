@@ -2,8 +2,8 @@
 //! virtual clock with the same seed name participants, tracks and sessions alike, and
 //! another seed names them otherwise.
 
-mod netsim;
 mod harness;
+mod netsim;
 
 use std::time::Duration;
 
@@ -13,7 +13,14 @@ use sfu::proto::ServerMsg;
 
 /// Participant ids, session ids and track ids of a two-party call run with `seed`.
 fn names(seed: u64) -> (Vec<String>, Vec<String>, Vec<String>) {
-    let mut w = World::new(seed, Link { latency: Duration::from_millis(5), jitter: Duration::ZERO, loss: 0.0 });
+    let mut w = World::new(
+        seed,
+        Link {
+            latency: Duration::from_millis(5),
+            jitter: Duration::ZERO,
+            loss: 0.0,
+        },
+    );
     let (a, b) = (w.join("alice"), w.join("bob"));
     w.publish(a, false);
     w.run(3_000, false, |_, _| {});
