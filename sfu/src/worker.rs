@@ -56,12 +56,19 @@ pub struct Media {
 
 impl Media {
     pub fn spawn(cfg: &Config, metrics: Metrics) -> anyhow::Result<Media> {
-        let udp = std::net::UdpSocket::bind(cfg.udp_listen)
-            .with_context(|| format!("binding media UDP {} (is another maxd running?)", cfg.udp_listen))?;
+        let udp = std::net::UdpSocket::bind(cfg.udp_listen).with_context(|| {
+            format!(
+                "binding media UDP {} (is another maxd running?)",
+                cfg.udp_listen
+            )
+        })?;
         // The reader blocks in `recvmmsg` (waking to look at the stop flag); the workers
         // send with MSG_DONTWAIT.
         udp.set_read_timeout(Some(READ_TIMEOUT))?;
-        let (rcv, snd) = (grow_buffer(&udp, libc::SO_RCVBUF), grow_buffer(&udp, libc::SO_SNDBUF));
+        let (rcv, snd) = (
+            grow_buffer(&udp, libc::SO_RCVBUF),
+            grow_buffer(&udp, libc::SO_SNDBUF),
+        );
         tracing::debug!(receive = rcv, send = snd, "media socket buffers (bytes)");
         let udp_addr = udp.local_addr()?;
         let tcp = match cfg.tcp_listen {
@@ -115,8 +122,8 @@ impl Media {
             threads,
         };
         for index in 0..n {
-            let engine =
-                Engine::new(ecfg.clone(), Some(metrics.clone()), Instant::now()).map_err(anyhow::Error::msg)?;
+            let engine = Engine::new(ecfg.clone(), Some(metrics.clone()), Instant::now())
+                .map_err(anyhow::Error::msg)?;
             let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
             // Every batch holds at least one datagram: bounded by `queued` first.
             let (batch_tx, batch_rx) = mpsc::channel::<Batch>(WORKER_QUEUE);
@@ -146,13 +153,15 @@ impl Media {
                 placement: placement.clone(),
                 _sock: sock.clone(),
             };
-            let spawned = std::thread::Builder::new().name(format!("maxd-media-{index}")).spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("a current-thread runtime");
-                rt.block_on(w.run());
-            });
+            let spawned = std::thread::Builder::new()
+                .name(format!("maxd-media-{index}"))
+                .spawn(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .expect("a current-thread runtime");
+                    rt.block_on(w.run());
+                });
             match spawned {
                 Ok(t) => threads.push(t),
                 Err(e) => {
@@ -166,9 +175,19 @@ impl Media {
             tcp_txs.push(tcp_tx);
         }
         let router = Router::new(n, ufrags.clone());
-        let reader = Reader { sock: sock.clone(), router, ctl: ctl_rx, outs: batch_txs, pool: pool_rx, stop: stop.clone() };
+        let reader = Reader {
+            sock: sock.clone(),
+            router,
+            ctl: ctl_rx,
+            outs: batch_txs,
+            pool: pool_rx,
+            stop: stop.clone(),
+        };
         let m = metrics.clone();
-        match std::thread::Builder::new().name("maxd-media-rx".into()).spawn(move || reader.run(&m)) {
+        match std::thread::Builder::new()
+            .name("maxd-media-rx".into())
+            .spawn(move || reader.run(&m))
+        {
             Ok(t) => threads.push(t),
             Err(e) => {
                 media(threads, senders).stop();
@@ -179,16 +198,18 @@ impl Media {
             let txs = Arc::new(tcp_txs);
             let stop_rx = stop_rx.clone();
             let m = metrics.clone();
-            let spawned = std::thread::Builder::new().name("maxd-media-tcp".into()).spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("a current-thread runtime");
-                rt.block_on(async move {
-                    let l = TcpListener::from_std(l).expect("registering the TCP listener");
-                    accept_loop(l, limits, ufrags, txs, stop_rx, m).await;
+            let spawned = std::thread::Builder::new()
+                .name("maxd-media-tcp".into())
+                .spawn(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .expect("a current-thread runtime");
+                    rt.block_on(async move {
+                        let l = TcpListener::from_std(l).expect("registering the TCP listener");
+                        accept_loop(l, limits, ufrags, txs, stop_rx, m).await;
+                    });
                 });
-            });
             match spawned {
                 Ok(t) => threads.push(t),
                 Err(e) => {
@@ -231,7 +252,13 @@ struct WorkerIo {
 }
 
 impl Io for WorkerIo {
-    fn transmit(&mut self, proto: Protocol, _source: SocketAddr, destination: SocketAddr, data: &[u8]) -> bool {
+    fn transmit(
+        &mut self,
+        proto: Protocol,
+        _source: SocketAddr,
+        destination: SocketAddr,
+        data: &[u8],
+    ) -> bool {
         match proto {
             Protocol::Udp => {
                 // str0m answers only binding requests with our password's integrity: the
@@ -270,7 +297,10 @@ impl Io for WorkerIo {
 }
 
 fn thread_cpu_micros() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: clock_gettime writes into the timespec we own; the clock id is valid on Linux.
     let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
     if rc != 0 {
@@ -340,8 +370,14 @@ impl WorkerLoop {
                     packets += b.len() as u64;
                     for i in 0..b.len() {
                         let (src, d) = b.get(i);
-                        let forwarded =
-                            self.engine.handle_datagram(Instant::now(), Protocol::Udp, src, self.local, d, &mut self.io);
+                        let forwarded = self.engine.handle_datagram(
+                            Instant::now(),
+                            Protocol::Udp,
+                            src,
+                            self.local,
+                            d,
+                            &mut self.io,
+                        );
                         // One packet's copies leave together, before the next is handled.
                         self.io.udp.flush();
                         if forwarded {
@@ -404,11 +440,13 @@ impl WorkerLoop {
             Command::Join { claims, .. } | Command::HttpOffer { claims, .. } => claims.room.clone(),
             _ => None,
         };
-        self.engine.handle_command(Instant::now(), cmd, &mut self.io);
+        self.engine
+            .handle_command(Instant::now(), cmd, &mut self.io);
         if let Some(room) = placing {
             self.placement.handled(&room, self.engine.has_room(&room));
         }
-        self.placement.set_participants(self.index, self.engine.stats().participants);
+        self.placement
+            .set_participants(self.index, self.engine.stats().participants);
     }
 
     /// An event of an ICE-TCP connection this worker owns; returns the datagrams handled.
@@ -421,7 +459,10 @@ impl WorkerLoop {
             TcpEvent::Data(a, d) => {
                 if let Some(l) = self.tcp_local {
                     let at = Instant::now();
-                    if self.engine.handle_datagram(at, Protocol::Tcp, a, l, &d, &mut self.io) {
+                    if self
+                        .engine
+                        .handle_datagram(at, Protocol::Tcp, a, l, &d, &mut self.io)
+                    {
                         self.io.udp.flush();
                         self.engine.record_latency(at);
                     }
@@ -468,7 +509,10 @@ impl Reader {
                 let Some((src, d)) = rx.get(i) else { continue };
                 if let Some(w) = self.router.route(src, d) {
                     let b = pending[w].get_or_insert_with(|| {
-                        spare.pop().or_else(|| self.pool.try_recv().ok()).unwrap_or_else(|| Batch::new(at))
+                        spare
+                            .pop()
+                            .or_else(|| self.pool.try_recv().ok())
+                            .unwrap_or_else(|| Batch::new(at))
                     });
                     b.push(src, d);
                 }
@@ -485,8 +529,10 @@ impl Reader {
                     continue;
                 }
                 queued.fetch_add(n, Ordering::Relaxed);
-                if let Err(mpsc::error::TrySendError::Full(mut b) | mpsc::error::TrySendError::Closed(mut b)) =
-                    tx.try_send(b)
+                if let Err(
+                    mpsc::error::TrySendError::Full(mut b)
+                    | mpsc::error::TrySendError::Closed(mut b),
+                ) = tx.try_send(b)
                 {
                     queued.fetch_sub(n, Ordering::Relaxed);
                     queue_full += n as u64;
@@ -496,7 +542,10 @@ impl Reader {
             }
             if at >= second {
                 second = at + Duration::from_secs(1);
-                metrics.router_drops(std::mem::take(&mut self.router.dropped_unknown), std::mem::take(&mut queue_full));
+                metrics.router_drops(
+                    std::mem::take(&mut self.router.dropped_unknown),
+                    std::mem::take(&mut queue_full),
+                );
             }
         }
         tracing::debug!("media receive path stopped");
@@ -548,19 +597,29 @@ impl RecvMmsg {
     /// there, up to the batch size. Returns how many; 0 on timeout or error.
     fn recv(&mut self, fd: RawFd) -> usize {
         for h in &mut self.hdrs {
-            h.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            h.msg_hdr.msg_namelen =
+                std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
             h.msg_hdr.msg_flags = 0;
             h.msg_len = 0;
         }
         // SAFETY: every header points into `addrs`, `iovs` and `bufs`, owned by `self`
         // and neither moved nor resized during the call.
         let r = unsafe {
-            libc::recvmmsg(fd, self.hdrs.as_mut_ptr(), self.hdrs.len() as libc::c_uint, libc::MSG_WAITFORONE, std::ptr::null_mut())
+            libc::recvmmsg(
+                fd,
+                self.hdrs.as_mut_ptr(),
+                self.hdrs.len() as libc::c_uint,
+                libc::MSG_WAITFORONE,
+                std::ptr::null_mut(),
+            )
         };
         self.got = if r > 0 { r as usize } else { 0 };
         if r < 0 {
             let e = std::io::Error::last_os_error();
-            if !matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted) {
+            if !matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+            ) {
                 // ICMP errors (port unreachable) surface here on Linux; harmless.
                 tracing::trace!(error = %common::pii::scrub(&e.to_string()), "udp receive error");
             }
@@ -589,7 +648,8 @@ fn from_sockaddr(s: &libc::sockaddr_storage) -> Option<SocketAddr> {
         }
         libc::AF_INET6 => {
             // SAFETY: the family says the storage holds a sockaddr_in6.
-            let sin6: &libc::sockaddr_in6 = unsafe { &*(s as *const libc::sockaddr_storage).cast() };
+            let sin6: &libc::sockaddr_in6 =
+                unsafe { &*(s as *const libc::sockaddr_storage).cast() };
             let ip = std::net::Ipv6Addr::from(sin6.sin6_addr.s6_addr);
             Some(SocketAddr::V6(std::net::SocketAddrV6::new(
                 ip,
@@ -657,7 +717,6 @@ async fn accept_loop(
         }
     }
 }
-
 /// Socket buffer size asked for: the 208 KiB default overflows (and drops datagrams)
 /// when the media thread is busy for a few milliseconds under load.
 const SOCKET_BUFFER: libc::c_int = 8 * 1024 * 1024;
