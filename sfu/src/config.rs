@@ -13,6 +13,9 @@ pub struct Config {
     pub udp_listen: SocketAddr,
     /// ICE-TCP listener (RFC 4571 framing) for clients whose UDP is blocked; unset to disable.
     pub tcp_listen: Option<SocketAddr>,
+    /// Media workers: threads that each own whole rooms and forward their media, all
+    /// behind the one UDP port. 0: one per available core.
+    pub workers: usize,
     /// Address advertised in ICE candidates when the node sits behind 1:1 NAT.
     /// Unset: the listen address.
     pub public_ip: Option<IpAddr>,
@@ -52,6 +55,7 @@ impl Default for Config {
         Config {
             udp_listen: "127.0.0.1:7882".parse().unwrap(),
             tcp_listen: Some("127.0.0.1:7882".parse().unwrap()),
+            workers: 0,
             public_ip: None,
             empty_room_grace: Duration::from_secs(20),
             resume_window: Duration::from_secs(10),
@@ -67,7 +71,18 @@ impl Default for Config {
     }
 }
 
+/// Most media workers (`workers`).
+pub const MAX_WORKERS: usize = 256;
+
 impl Config {
+    /// The number of media workers to run: `workers`, or one per available core.
+    pub fn worker_count(&self) -> usize {
+        match self.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()).min(MAX_WORKERS),
+            n => n,
+        }
+    }
+
     pub fn validate(&self) -> Result<(), String> {
         if self.max_participants_per_room == 0 {
             return Err("max_participants_per_room must be at least 1".into());
@@ -83,6 +98,9 @@ impl Config {
         }
         if self.ws_ping_interval.is_zero() || self.ws_idle_timeout <= self.ws_ping_interval {
             return Err("ws_idle_timeout must be longer than ws_ping_interval, which must not be zero".into());
+        }
+        if self.workers > MAX_WORKERS {
+            return Err(format!("workers may be at most {MAX_WORKERS} (0: one per available core)"));
         }
         if self.resume_window > Duration::from_secs(600) {
             return Err("resume_window may be at most 10m".into());

@@ -118,19 +118,24 @@ async fn read_frame<R: AsyncReadExt + Unpin>(rd: &mut R) -> Option<Vec<u8>> {
     Some(d)
 }
 
-/// Serves one admitted connection until it closes, breaks a rule or times out. Always
-/// ends with [`TcpEvent::Closed`] (the worker releases its admission then).
-pub async fn serve(stream: TcpStream, peer: SocketAddr, limits: TcpLimits, events: mpsc::Sender<TcpEvent>) {
+/// Serves one admitted connection until it closes, breaks a rule or times out. Its
+/// first frame must be STUN naming a known ufrag: `route` gives the events channel of
+/// the media worker that owns it, which then gets every frame, and
+/// [`TcpEvent::Closed`] at the end. The caller releases the admission when this returns.
+pub async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    limits: TcpLimits,
+    route: impl FnOnce(&[u8]) -> Option<mpsc::Sender<TcpEvent>>,
+) {
     let _ = stream.set_nodelay(true);
     let (mut rd, mut wr) = stream.into_split();
     // The first frame must be STUN (an ICE connectivity check), and come soon.
     let first = match tokio::time::timeout(limits.first_frame, read_frame(&mut rd)).await {
         Ok(Some(d)) if is_stun(&d) => d,
-        _ => {
-            let _ = events.send(TcpEvent::Closed(peer)).await;
-            return;
-        }
+        _ => return,
     };
+    let Some(events) = route(&first) else { return };
     let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(1024);
     if events.send(TcpEvent::Opened(peer, out_tx)).await.is_err() {
         return;

@@ -3,7 +3,9 @@
 //!
 //! - [`forward`]: forwarding decisions (rewriting, layers, keyframes, speakers), pure.
 //! - [`engine`]: rooms, participants and str0m peers, sans-I/O.
-//! - `worker`: the media thread that owns the sockets and drives the engine.
+//! - `worker`: the media workers (one engine each, owning whole rooms) and the receive
+//!   path of the one UDP port in front of them; [`router`] routes its datagrams and
+//!   `placement` its rooms.
 //! - `rtc_ws`: the `/rtc` WebSocket; [`proto`] its messages.
 //! - `whip`: WHIP and WHEP over HTTP.
 
@@ -12,7 +14,9 @@ pub mod engine;
 pub mod forward;
 mod ice_tcp;
 pub mod metrics;
+mod placement;
 pub mod proto;
+pub mod router;
 mod rtc_ws;
 mod whip;
 mod worker;
@@ -30,39 +34,44 @@ pub const LOG_CAPS: &[&str] = &["str0m=info", "is=info", "str0m_proto=info"];
 
 /// The running media plane.
 pub struct Sfu {
-    worker: worker::Worker,
+    media: worker::Media,
     state: rtc_ws::RtcState,
 }
 
 impl Sfu {
-    /// Binds the media sockets and starts the media worker.
+    /// Binds the media sockets and starts the media workers.
     pub async fn start(config: Config, ctx: common::Context) -> anyhow::Result<Sfu> {
         let metrics = metrics::Metrics::new(&ctx.registry);
-        let worker = worker::Worker::spawn(&config, metrics)?;
+        let media = worker::Media::spawn(&config, metrics)?;
         // A revoked device session leaves every room at once (its token is refused from
         // now on by `Keys::verify`).
-        let commands = worker.commands.clone();
+        let workers = media.workers.clone();
         ctx.keys.revocations().on_revoke(move |sid| {
-            let _ = commands.send(engine::Command::Revoke { sid: sid.to_string() });
+            workers.broadcast(|| engine::Command::Revoke { sid: sid.to_string() });
         });
         let state = rtc_ws::RtcState {
             keys: ctx.keys.clone(),
-            commands: worker.commands.clone(),
+            workers: media.workers.clone(),
             next_conn: Arc::new(AtomicU64::new(1)),
             ping_interval: config.ws_ping_interval,
             idle_timeout: config.ws_idle_timeout,
         };
-        Ok(Sfu { worker, state })
+        Ok(Sfu { media, state })
     }
 
     /// The bound UDP media address.
     pub fn udp_addr(&self) -> SocketAddr {
-        self.worker.udp_addr
+        self.media.udp_addr
     }
 
     /// The bound ICE-TCP address, if enabled.
     pub fn tcp_addr(&self) -> Option<SocketAddr> {
-        self.worker.tcp_addr
+        self.media.tcp_addr
+    }
+
+    /// Rooms placed on each media worker (index = worker).
+    pub fn rooms_per_worker(&self) -> Vec<usize> {
+        self.media.placement.rooms_per_worker()
     }
 
     /// `/rtc`, WHIP (`/whip/{room}`) and WHEP (`/whep/{room}`).
@@ -74,6 +83,6 @@ impl Sfu {
     }
 
     pub async fn shutdown(mut self) {
-        tokio::task::spawn_blocking(move || self.worker.stop()).await.ok();
+        tokio::task::spawn_blocking(move || self.media.stop()).await.ok();
     }
 }

@@ -3,7 +3,7 @@
 //! forwarding a packet costs no atomic operation.
 
 use prometheus::{
-    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    CounterVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
     local::LocalHistogram,
 };
 
@@ -116,6 +116,11 @@ pub struct Metrics {
     tcp_refused: IntCounterVec,
     pub forward_latency: Histogram,
     pub worker_cpu_seconds: IntCounterVec,
+    /// Per media worker (label `worker`: "0", "1", ...).
+    pub worker_rooms: IntGaugeVec,
+    pub worker_participants: IntGaugeVec,
+    pub worker_packets: IntCounterVec,
+    pub worker_busy_seconds: CounterVec,
 }
 
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
@@ -171,7 +176,40 @@ impl Metrics {
         )
         .expect("valid metric");
         r.register(Box::new(tcp_refused.clone())).expect("metric registered once");
+        let worker_rooms = IntGaugeVec::new(
+            Opts::new("worker_rooms", "Open rooms on each media worker").subsystem("sfu"),
+            &["worker"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(worker_rooms.clone())).expect("metric registered once");
+        let worker_participants = IntGaugeVec::new(
+            Opts::new("worker_participants", "Participants on each media worker").subsystem("sfu"),
+            &["worker"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(worker_participants.clone())).expect("metric registered once");
+        let worker_packets = IntCounterVec::new(
+            Opts::new("worker_packets_total", "Datagrams (UDP and ICE-TCP) handled by each media worker")
+                .subsystem("sfu"),
+            &["worker"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(worker_packets.clone())).expect("metric registered once");
+        let worker_busy_seconds = CounterVec::new(
+            Opts::new(
+                "worker_busy_seconds_total",
+                "Wall-clock time each media worker spent handling input rather than waiting for it",
+            )
+            .subsystem("sfu"),
+            &["worker"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(worker_busy_seconds.clone())).expect("metric registered once");
         Metrics {
+            worker_rooms,
+            worker_participants,
+            worker_packets,
+            worker_busy_seconds,
             rooms: gauge(r, "rooms", "Open rooms"),
             participants: gauge(r, "participants", "Participants in all rooms"),
             peers: gauge(r, "peers", "WebRTC peer connections (up to two per participant)"),
@@ -221,6 +259,13 @@ impl Metrics {
             crate::ice_tcp::Refused::PerIp => "per_ip",
         };
         self.tcp_refused.with_label_values(&[label]).inc();
+    }
+
+    /// Counts datagrams the receive path dropped before any worker saw them: from an
+    /// unknown source, or for a worker whose queue was full.
+    pub fn router_drops(&self, unknown_source: u64, queue_full: u64) {
+        self.drops.with_label_values(&["unknown_source"]).inc_by(unknown_source);
+        self.drops.with_label_values(&["worker_queue_full"]).inc_by(queue_full);
     }
 
     pub fn local_latency(&self) -> LocalHistogram {

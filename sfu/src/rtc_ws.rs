@@ -30,7 +30,7 @@ const FIRST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(15);
 #[derive(Clone)]
 pub struct RtcState {
     pub keys: common::Keys,
-    pub commands: mpsc::UnboundedSender<Command>,
+    pub workers: crate::placement::Workers,
     pub next_conn: Arc<AtomicU64>,
     /// Ping the client this often ...
     pub ping_interval: Duration,
@@ -141,6 +141,11 @@ impl Bucket {
 
 async fn session(socket: WebSocket, st: RtcState, claims: common::Claims) {
     let conn = ConnId(st.next_conn.fetch_add(1, Ordering::Relaxed));
+    // Checked before the upgrade.
+    let room = claims.room.clone().unwrap_or_default();
+    // The worker of the room, from `join` or `resume` on: every later message of this
+    // socket goes there, in order.
+    let mut worker = None;
     let (mut sink, mut stream) = socket.split();
     let (tx, mut rx) = mpsc::channel::<ServerMsg>(256);
     let mut tx = Some(tx);
@@ -205,7 +210,9 @@ async fn session(socket: WebSocket, st: RtcState, claims: common::Claims) {
                 let cmd = if joined {
                     match msg {
                         ClientMsg::Leave => {
-                            let _ = st.commands.send(Command::Client { conn, msg: ClientMsg::Leave });
+                            if let Some(w) = worker {
+                                let _ = st.workers.send_to(w, Command::Client { conn, msg: ClientMsg::Leave });
+                            }
                             // The engine answers `left`; drain until it does.
                             continue;
                         }
@@ -228,7 +235,13 @@ async fn session(socket: WebSocket, st: RtcState, claims: common::Claims) {
                         }
                     }
                 };
-                if st.commands.send(cmd).is_err() {
+                let sent = match (&cmd, worker) {
+                    (Command::Join { .. }, _) => st.workers.send_placing(&room, cmd).map(|w| worker = Some(w)),
+                    (Command::Resume { .. }, _) => st.workers.send_to_room(&room, cmd).map(|w| worker = Some(w)),
+                    (_, Some(w)) => st.workers.send_to(w, cmd),
+                    (_, None) => Ok(()),
+                };
+                if sent.is_err() {
                     send(&mut sink, text(&ServerMsg::Left { reason: "server shutting down".into() })).await;
                     break;
                 }
@@ -252,5 +265,7 @@ async fn session(socket: WebSocket, st: RtcState, claims: common::Claims) {
             }
         }
     }
-    let _ = st.commands.send(Command::Closed { conn });
+    if let Some(w) = worker {
+        let _ = st.workers.send_to(w, Command::Closed { conn });
+    }
 }

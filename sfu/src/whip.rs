@@ -133,9 +133,18 @@ fn content_type_is(headers: &HeaderMap, want: &str) -> bool {
 }
 
 #[allow(clippy::result_large_err)]
-async fn ask<T>(st: &RtcState, make: impl FnOnce(oneshot::Sender<Result<T, HttpError>>) -> Command) -> Result<T, Response> {
+async fn ask<T>(
+    st: &RtcState,
+    room: &str,
+    placing: bool,
+    make: impl FnOnce(oneshot::Sender<Result<T, HttpError>>) -> Command,
+) -> Result<T, Response> {
     let (tx, rx) = oneshot::channel();
-    if st.commands.send(make(tx)).is_err() {
+    let cmd = make(tx);
+    // A POST may make the room (on the least-loaded worker); PATCH and DELETE go to the
+    // worker that has it.
+    let sent = if placing { st.workers.send_placing(room, cmd) } else { st.workers.send_to_room(room, cmd) };
+    if sent.is_err() {
         return Err(problem(503, "the media worker is shutting down"));
     }
     match tokio::time::timeout(ENGINE_TIMEOUT, rx).await {
@@ -178,7 +187,7 @@ async fn post(
         Kind::Whip => HttpKind::Whip,
         Kind::Whep => HttpKind::Whep { target: path.get("participant").cloned() },
     };
-    let created = match ask(&st, |reply| Command::HttpOffer { claims, kind: engine_kind, offer, reply }).await {
+    let created = match ask(&st, &room, true, |reply| Command::HttpOffer { claims, kind: engine_kind, offer, reply }).await {
         Ok(c) => c,
         Err(r) => return r,
     };
@@ -217,7 +226,7 @@ async fn patch(State(st): State<RtcState>, Path(path): Path<HashMap<String, Stri
         Err(e) => return problem(400, &format!("the SDP fragment is malformed: {e}")),
     };
     let if_match = headers.get(header::IF_MATCH).and_then(|v| v.to_str().ok()).map(|s| s.trim().to_string());
-    let outcome = ask(&st, |reply| Command::HttpPatch { resource, identity: claims.sub.clone(), if_match, frag, reply }).await;
+    let outcome = ask(&st, &room, false, |reply| Command::HttpPatch { resource, identity: claims.sub.clone(), if_match, frag, reply }).await;
     match outcome {
         Ok(PatchOutcome::Trickled) => cors(StatusCode::NO_CONTENT.into_response()),
         Ok(PatchOutcome::Restarted { frag, etag }) => {
@@ -238,7 +247,7 @@ async fn delete(State(st): State<RtcState>, Path(path): Path<HashMap<String, Str
         Ok(c) => c,
         Err(r) => return r,
     };
-    match ask(&st, |reply| Command::HttpDelete { resource, identity: claims.sub.clone(), reply }).await {
+    match ask(&st, &room, false, |reply| Command::HttpDelete { resource, identity: claims.sub.clone(), reply }).await {
         Ok(()) => cors(StatusCode::OK.into_response()),
         Err(r) => r,
     }

@@ -224,6 +224,7 @@ mod regressions {
             resume_window: Duration::from_secs(10),
             keyframe_interval: Duration::from_millis(500),
             max_participants: 8,
+            seed: Some(1),
         };
         Engine::new(cfg, None, now).unwrap()
     }

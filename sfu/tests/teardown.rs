@@ -48,6 +48,7 @@ impl Sim {
             resume_window: WINDOW,
             keyframe_interval: Duration::from_millis(500),
             max_participants: 500,
+            seed: Some(1),
         };
         Sim {
             now,

@@ -7,6 +7,8 @@
 //! track ends, under the same SSRC with continuous sequence numbers and timestamps.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use rand::Rng;
 use std::time::Instant;
 
 use str0m::change::SdpOffer;
@@ -152,7 +154,7 @@ impl Engine {
         };
         let is_whep = whep.is_some();
         let resource = {
-            let b: [u8; 16] = rand::random();
+            let b: [u8; 16] = self.rng.random();
             b.iter().map(|x| format!("{x:02x}")).collect::<String>()
         };
         let http = HttpSession { resource: resource.clone(), remote_ufrag, whep };
@@ -171,7 +173,7 @@ impl Engine {
             self.broadcast(&room, Some(pk), &ServerMsg::ParticipantJoined { participant: info });
         }
         let pc = if is_whep { PcKind::Subscriber } else { PcKind::Publisher };
-        let peer = self.new_peer(now, pk, pc);
+        let peer = self.new_peer(now, pk, pc, io);
         if is_whep {
             self.participants[pk].subscriber = Some(peer);
         } else {
@@ -192,7 +194,7 @@ impl Engine {
             }
         };
         self.drain(peer, io);
-        self.refresh_ufrag(peer);
+        self.refresh_ufrag(peer, io);
         // What was negotiated, in offer order. (str0m announces media only once DTLS is
         // up, too late to refuse the offer.) WHIP tracks appear when media starts.
         let rtc = &self.peers[peer].rtc;
@@ -286,7 +288,7 @@ impl Engine {
             api.set_local_ice_credentials(local.clone());
             api.set_remote_ice_credentials(IceCreds { ufrag: ufrag.clone(), pass: pwd });
             self.participants[pk].http.as_mut().expect("http session").remote_ufrag = ufrag;
-            self.refresh_ufrag(peer);
+            self.refresh_ufrag(peer, io);
         }
         self.peers[peer].live.candidates += candidates.len();
         for c in candidates {
@@ -370,7 +372,7 @@ impl Engine {
         let pt = pt_for(rtc, mid, codec);
         let ssrc = rtc.direct_api().stream_tx_by_mid(mid, None).map(|s| s.ssrc());
         let (Some(pt), Some(ssrc)) = (pt, ssrc) else { return };
-        let rewriter = carry.unwrap_or_else(|| Rewriter::new(clock_rate, rand::random(), rand::random()));
+        let rewriter = carry.unwrap_or_else(|| Rewriter::new(clock_rate, self.rng.random(), self.rng.random()));
         let sk = self.subs.insert(Sub {
             track: t,
             part: pk,

@@ -81,6 +81,7 @@ fn is_binding_request(d: &[u8]) -> bool {
 impl Engine {
     /// A STUN message from `source` was routed to `pk` by its ufrag. Returns false when
     /// the peer may not learn another address (the message is dropped).
+    #[allow(clippy::too_many_arguments)] // the datagram's parts, as `handle_datagram` has them
     pub(super) fn note_stun(
         &mut self,
         now: Instant,
@@ -89,6 +90,7 @@ impl Engine {
         source: SocketAddr,
         destination: SocketAddr,
         data: &[u8],
+        io: &mut dyn Io,
     ) -> bool {
         let peer = &mut self.peers[pk];
         if !peer.addrs.contains(&source) {
@@ -101,6 +103,7 @@ impl Engine {
                 let old = peer.addrs.remove(0);
                 if self.by_addr.get(&old) == Some(&pk) {
                     self.by_addr.remove(&old);
+                    io.addr_forgotten(old);
                 }
             }
             peer.addrs.push(source);

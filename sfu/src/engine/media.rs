@@ -2,6 +2,8 @@
 //! layer choice, speakers and connection quality.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use rand::Rng;
 use std::time::Instant;
 
 use str0m::media::{KeyframeRequestKind, MediaAdded, MediaKind, Rid};
@@ -71,6 +73,11 @@ impl Engine {
                     IceConnectionState::Disconnected => {
                         self.counters.ice_timeouts += 1;
                         self.peers[pk].ice_down_since.get_or_insert(now);
+                        // The receive path forgets its addresses (STUN teaches them
+                        // again); the peer keeps them for an ICE restart.
+                        for a in &self.peers[pk].addrs {
+                            io.addr_forgotten(*a);
+                        }
                         let kind = self.peers[pk].kind;
                         self.participants[part].span.in_scope(|| {
                             tracing::info!(
@@ -142,7 +149,7 @@ impl Engine {
             .and_then(|md| md.remote_pts().iter().find_map(|&pt| pt_codec(rtc, pt)))
             .unwrap_or((if video { Codec::Vp8 } else { Codec::Opus }, if video { 90_000 } else { 48_000 }));
         let id = {
-            let b: [u8; 6] = rand::random();
+            let b: [u8; 6] = self.rng.random();
             format!("TR_{}", b.iter().map(|x| format!("{x:02x}")).collect::<String>())
         };
         let n = layers.len();

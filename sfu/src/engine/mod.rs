@@ -23,6 +23,7 @@ use std::net::SocketAddr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::{Duration, Instant};
 
+use rand::SeedableRng;
 use slab::Slab;
 use str0m::config::DtlsCert;
 use str0m::net::{Protocol, Receive};
@@ -31,7 +32,7 @@ use str0m::{Candidate, Event, Input, Output, RtcError};
 pub use http::{HttpCreated, HttpError, HttpKind, PatchOutcome, Reply, SdpFrag};
 pub use ids::{ConnId, PartKey, PeerKey};
 pub use state::SignalTx;
-pub use stun::is_stun;
+pub use stun::{is_stun, local_ufrag};
 
 /// The engine's parsers of network input, for the fuzz targets (`fuzz/`) and property
 /// tests; not an API.
@@ -51,6 +52,23 @@ pub trait Io {
     /// Sends `data` from our `source` address to `destination` over `proto`.
     /// Returns false if the datagram was dropped (full buffer, closed connection).
     fn transmit(&mut self, proto: Protocol, source: SocketAddr, destination: SocketAddr, data: &[u8]) -> bool;
+
+    /// A peer of this engine now answers STUN for `ufrag` (the receive path routes STUN
+    /// naming it here). Called before the ufrag is sent to the client in any SDP.
+    fn ufrag_added(&mut self, _ufrag: &str) {}
+
+    /// `ufrag` is no longer this engine's (its peer left or restarted ICE).
+    fn ufrag_removed(&mut self, _ufrag: &str) {}
+
+    /// Datagrams from `addr` are no longer for this engine: the peer that used it left,
+    /// forgot it, or its ICE timed out.
+    fn addr_forgotten(&mut self, _addr: SocketAddr) {}
+
+    /// The empty room `room` is past its grace period. Returns false to keep it a while
+    /// longer (a join for it may be on its way); true closes it.
+    fn may_close_room(&mut self, _room: &str) -> bool {
+        true
+    }
 }
 
 /// Engine settings, resolved from [`crate::Config`].
@@ -64,6 +82,11 @@ pub struct EngineConfig {
     pub resume_window: Duration,
     pub keyframe_interval: Duration,
     pub max_participants: usize,
+    /// Seed of the engine's randomness (participant, track and session ids, WHIP/WHEP
+    /// resources, sequence number and timestamp starts), so a virtual-clock run is
+    /// repeatable. `None`: seeded from the operating system, as in production. (The
+    /// WebRTC stack's own randomness - SSRCs, ICE credentials, DTLS - is not covered.)
+    pub seed: Option<u64>,
 }
 
 /// Signalling input for the engine.
@@ -85,6 +108,10 @@ pub enum Command {
     HttpDelete { resource: String, identity: String, reply: Reply<()> },
     /// The device session `sid` was revoked: its participants leave.
     Revoke { sid: String },
+    /// Fault injection: the next input to `participant_id`'s `pc` connection panics
+    /// inside the WebRTC stack's call (see [`Engine::inject_panic`]).
+    #[cfg(feature = "fault-injection")]
+    InjectPanic { participant_id: String, pc: crate::proto::PcKind },
 }
 
 pub struct Engine {
@@ -128,6 +155,10 @@ pub struct Engine {
     /// The peer and source address of the datagram being handled: events it produces
     /// are authenticated traffic from that address.
     input_from: Option<(PeerKey, SocketAddr)>,
+    /// The object counts last added to the shared gauges.
+    reported: EngineStats,
+    /// Every random choice of the engine (see [`EngineConfig::seed`]).
+    rng: rand::rngs::StdRng,
 }
 
 const TICK: Duration = Duration::from_millis(200);
@@ -155,7 +186,12 @@ impl Engine {
             None => None,
         };
         let latency = metrics.as_ref().map(|m| m.local_latency());
+        let rng = match cfg.seed {
+            Some(s) => rand::rngs::StdRng::seed_from_u64(s),
+            None => rand::rngs::StdRng::from_os_rng(),
+        };
         Ok(Engine {
+            rng,
             cfg,
             cert,
             udp_candidate,
@@ -188,6 +224,7 @@ impl Engine {
             started: now,
             now,
             input_from: None,
+            reported: EngineStats::default(),
         })
     }
 
@@ -250,7 +287,7 @@ impl Engine {
                 self.counters.drop_unknown_source += 1;
                 return false;
             };
-            if !self.note_stun(now, pk, proto, source, destination, data) {
+            if !self.note_stun(now, pk, proto, source, destination, data, io) {
                 return false;
             }
             pk
@@ -309,6 +346,10 @@ impl Engine {
             Command::HttpDelete { resource, identity, reply } => {
                 let res = self.http_delete(now, &resource, &identity, io);
                 let _ = reply.send(res);
+            }
+            #[cfg(feature = "fault-injection")]
+            Command::InjectPanic { participant_id, pc } => {
+                self.inject_panic(&participant_id, pc);
             }
             Command::Revoke { sid } => {
                 let gone: Vec<PartKey> = self
@@ -446,7 +487,7 @@ impl Engine {
         }
     }
 
-    fn new_peer(&mut self, now: Instant, part: PartKey, kind: crate::proto::PcKind) -> PeerKey {
+    fn new_peer(&mut self, now: Instant, part: PartKey, kind: crate::proto::PcKind, io: &mut dyn Io) -> PeerKey {
         let mut b = str0m::Rtc::builder()
             .set_ice_lite(true)
             .set_rtp_mode(true)
@@ -466,6 +507,7 @@ impl Engine {
             rtc.add_local_candidate(c.clone());
         }
         let ufrag = rtc.direct_api().local_ice_credentials().ufrag;
+        io.ufrag_added(&ufrag);
         let uid = self.next_uid;
         self.next_uid += 1;
         let pk = self.peers.insert(Peer {
@@ -491,10 +533,12 @@ impl Engine {
     }
 
     /// Re-reads a peer's local ICE ufrag after negotiation (ICE restart changes it).
-    fn refresh_ufrag(&mut self, pk: PeerKey) {
+    fn refresh_ufrag(&mut self, pk: PeerKey, io: &mut dyn Io) {
         let Some(peer) = self.peers.get_mut(pk) else { return };
         let ufrag = peer.rtc.direct_api().local_ice_credentials().ufrag;
         if ufrag != peer.ufrag {
+            io.ufrag_added(&ufrag);
+            io.ufrag_removed(&peer.ufrag);
             self.by_ufrag.remove(&peer.ufrag);
             self.by_ufrag.insert(ufrag.clone(), pk);
             peer.ufrag = ufrag;
@@ -512,10 +556,12 @@ impl Engine {
         if let Some(peer) = self.peers.try_remove(pk) {
             if self.by_ufrag.get(&peer.ufrag) == Some(&pk) {
                 self.by_ufrag.remove(&peer.ufrag);
+                io.ufrag_removed(&peer.ufrag);
             }
             for a in &peer.addrs {
                 if self.by_addr.get(a) == Some(&pk) {
                     self.by_addr.remove(a);
+                    io.addr_forgotten(*a);
                 }
             }
         }
@@ -570,6 +616,11 @@ impl Engine {
         }
     }
 
+    /// Whether the engine has the room `name` (open, or empty within its grace).
+    pub fn has_room(&self, name: &str) -> bool {
+        self.rooms.contains_key(name)
+    }
+
     /// Numbers for tests and the worker's gauges.
     pub fn stats(&self) -> EngineStats {
         EngineStats {
@@ -585,11 +636,15 @@ impl Engine {
         self.media_second(now, io);
         self.sessions_second(now, io);
         if let Some(m) = &self.metrics {
-            m.rooms.set(self.rooms.len() as i64);
-            m.participants.set(self.participants.len() as i64);
-            m.peers.set(self.peers.len() as i64);
-            m.tracks.set(self.tracks.len() as i64);
-            m.subscriptions.set(self.subs.len() as i64);
+            // Several engines (one per media worker) add to the same gauges: each moves
+            // them by its own change since it last reported.
+            let now_stats = self.stats();
+            let was = std::mem::replace(&mut self.reported, now_stats);
+            m.rooms.add(now_stats.rooms as i64 - was.rooms as i64);
+            m.participants.add(now_stats.participants as i64 - was.participants as i64);
+            m.peers.add(now_stats.peers as i64 - was.peers as i64);
+            m.tracks.add(now_stats.tracks as i64 - was.tracks as i64);
+            m.subscriptions.add(now_stats.subscriptions as i64 - was.subscriptions as i64);
             m.flush(&mut self.counters);
             if let Some(h) = &self.latency {
                 h.flush();
@@ -599,7 +654,7 @@ impl Engine {
 }
 
 /// Object counts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct EngineStats {
     pub rooms: usize,
     pub participants: usize,

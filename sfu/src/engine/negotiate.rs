@@ -3,6 +3,8 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
+use rand::Rng;
+
 use str0m::change::{SdpAnswer, SdpOffer};
 use str0m::media::{Direction, MediaKind, Mid, Pt};
 use str0m::{Candidate, Rtc};
@@ -70,7 +72,7 @@ impl Engine {
         let peer = match self.participants[pk].publisher {
             Some(p) => p,
             None => {
-                let p = self.new_peer(now, pk, PcKind::Publisher);
+                let p = self.new_peer(now, pk, PcKind::Publisher, io);
                 self.participants[pk].publisher = Some(p);
                 p
             }
@@ -89,7 +91,7 @@ impl Engine {
             }
         };
         self.drain(peer, io);
-        self.refresh_ufrag(peer);
+        self.refresh_ufrag(peer, io);
         // Descriptions are kept only for media the connection has.
         let rtc = &self.peers[peer].rtc;
         self.participants[pk].publish_meta.retain(|mid, _| rtc.media(Mid::from(mid.as_str())).is_some());
@@ -126,7 +128,7 @@ impl Engine {
                 return self.error(pk, ErrorCode::BadSdp, "answer could not be handled");
             }
         }
-        self.refresh_ufrag(peer);
+        self.refresh_ufrag(peer, io);
         for s in self.participants[pk].subs.clone() {
             self.resolve_sub(s);
         }
@@ -171,8 +173,8 @@ impl Engine {
             return;
         }
         let track = &self.tracks[t];
-        let first_seq: u16 = rand::random();
-        let first_ts: u32 = rand::random();
+        let first_seq: u16 = self.rng.random();
+        let first_ts: u32 = self.rng.random();
         let sk = self.subs.insert(Sub {
             track: t,
             part: pk,
@@ -277,7 +279,7 @@ impl Engine {
         };
         let Some((offer, pending)) = applied else { return };
         self.drain(peer, io);
-        self.refresh_ufrag(peer);
+        self.refresh_ufrag(peer, io);
         let id = self.participants[pk].next_offer_id;
         self.participants[pk].next_offer_id += 1;
         let p = &self.participants[pk];

@@ -13,9 +13,8 @@ use crate::forward::SpeakerDetector;
 use crate::metrics::LeaveReason;
 use crate::proto::{ClientMsg, ErrorCode, ParticipantInfo, PcKind, ServerMsg};
 
-fn random_id(prefix: &str, len: usize) -> String {
+fn random_id(rng: &mut impl Rng, prefix: &str, len: usize) -> String {
     const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789";
-    let mut rng = rand::rng();
     let mut s = String::with_capacity(prefix.len() + len);
     s.push_str(prefix);
     for _ in 0..len {
@@ -102,11 +101,11 @@ impl Engine {
         room.empty_since = None;
         let room_span = room.span.clone();
         let session_id = {
-            let b: [u8; 16] = rand::random();
+            let b: [u8; 16] = self.rng.random();
             b.iter().map(|x| format!("{x:02x}")).collect::<String>()
         };
         let http_kind = http.as_ref().map(|h| if h.whep.is_some() { "whep" } else { "whip" });
-        let id = random_id("PA_", 10);
+        let id = random_id(&mut self.rng, "PA_", 10);
         let span = tracing::info_span!(parent: &room_span, "participant", participant = %id);
         let pk = self.participants.insert(Participant {
             span,
@@ -176,7 +175,7 @@ impl Engine {
         self.broadcast(&room_name, Some(pk), &ServerMsg::ParticipantJoined { participant: info });
 
         if claims.grants.subscribe {
-            let peer = self.new_peer(now, pk, PcKind::Subscriber);
+            let peer = self.new_peer(now, pk, PcKind::Subscriber, io);
             self.participants[pk].subscriber = Some(peer);
             if auto_subscribe {
                 let tracks: Vec<_> = self.rooms[&room_name]
@@ -403,8 +402,9 @@ impl Engine {
             self.remove_participant(now, pk, LeaveReason::MediaFailed, true, io);
         }
         let grace = self.cfg.empty_room_grace;
-        self.rooms.retain(|_, r| {
-            let keep = r.empty_since.is_none_or(|t| now.saturating_duration_since(t) < grace);
+        self.rooms.retain(|name, r| {
+            let keep = r.empty_since.is_none_or(|t| now.saturating_duration_since(t) < grace)
+                || !io.may_close_room(name);
             if !keep {
                 r.span.in_scope(|| tracing::info!("room closed"));
             }

@@ -209,6 +209,7 @@ impl World {
             resume_window: Duration::from_secs(10),
             keyframe_interval: Duration::from_millis(500),
             max_participants: 500,
+            seed: Some(seed),
         };
         World {
             now,
