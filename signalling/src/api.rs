@@ -6,9 +6,11 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{ConnectInfo, FromRequest, Path, Query, Request, State, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request, State, WebSocketUpgrade};
+use axum::http::request::Parts;
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, patch, post};
+use axum::routing::{any, delete, get, patch, post};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
@@ -33,12 +35,84 @@ impl<T: DeserializeOwned, St: Send + Sync> FromRequest<St> for Body<T> {
                 "request body: {}",
                 e.body_text()
             ))),
+            Err(JsonRejection::MissingJsonContentType(_)) => Err(ApiError::UnsupportedMediaType(
+                "send the body as application/json".into(),
+            )),
             Err(e) => Err(ApiError::BadRequest(format!(
                 "invalid JSON body: {}",
                 e.body_text()
             ))),
         }
     }
+}
+
+/// Path parameters whose rejection is a `bad_request` [`ApiError`] (axum's answers
+/// `400 text/plain`).
+pub struct Path<T>(pub T);
+
+impl<T: DeserializeOwned + Send, St: Send + Sync> FromRequestParts<St> for Path<T> {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &St) -> Result<Self, ApiError> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(p) => Ok(Path(p.0)),
+            Err(e) => Err(ApiError::BadRequest(format!(
+                "invalid path parameter: {}",
+                e.body_text()
+            ))),
+        }
+    }
+}
+
+/// Query parameters whose rejection is a `bad_request` [`ApiError`].
+pub struct Query<T>(pub T);
+
+impl<T: DeserializeOwned, St: Send + Sync> FromRequestParts<St> for Query<T> {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &St) -> Result<Self, ApiError> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(q) => Ok(Query(q.0)),
+            Err(e) => Err(ApiError::BadRequest(format!(
+                "invalid query parameter: {}",
+                e.body_text()
+            ))),
+        }
+    }
+}
+
+/// Makes every error of the signalling API the documented JSON: errors of the HTTP
+/// framework itself (the router's 404 and 405, rejections of extractors we do not wrap,
+/// the WebSocket upgrade's) come as plain text or empty and are rewritten here.
+async fn json_errors(req: Request, next: Next) -> Response {
+    let resp = next.run(req).await;
+    let status = resp.status();
+    if !status.is_client_error() && !status.is_server_error() {
+        return resp;
+    }
+    let is_json = resp
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if is_json {
+        return resp;
+    }
+    let (mut parts, body) = resp.into_parts();
+    // Error bodies are short; a long one is not read.
+    let bytes = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .unwrap_or_default();
+    let text = String::from_utf8_lossy(&bytes).trim().to_string();
+    let body = ApiError::from_framework(status, text).body();
+    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+    parts.headers.insert(
+        axum::http::header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static("application/json"),
+    );
+    Response::from_parts(parts, axum::body::Body::from(body.to_string()))
+}
+
+/// Unknown paths under `/api/`: a JSON `not_found` rather than the router's empty 404.
+async fn no_route() -> ApiError {
+    ApiError::NoRoute
 }
 
 pub fn router(app: Arc<App>) -> axum::Router {
@@ -101,7 +175,11 @@ pub fn router(app: Arc<App>) -> axum::Router {
         .route("/api/bot/{token}/setWebhook", post(bot_set_webhook))
         .route("/api/bot/{token}/deleteWebhook", post(bot_delete_webhook))
         .route("/ws", get(ws))
+        .route("/api", any(no_route))
+        .route("/api/", any(no_route))
+        .route("/api/{*rest}", any(no_route))
         .layer(axum::extract::DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn(json_errors))
         .with_state(app)
 }
 

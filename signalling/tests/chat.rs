@@ -1132,9 +1132,11 @@ async fn limits_new_device_presence() {
         None,
     )
     .await;
-    assert_eq!(prof["last_seen"], "hidden");
+    assert_eq!(prof["last_seen_hidden"], true);
     assert!(
-        prof.get("online").is_none() && prof.get("phone").is_none(),
+        prof.get("online").is_none()
+            && prof.get("last_seen").is_none()
+            && prof.get("phone").is_none(),
         "{prof}"
     );
     let (st, _) = http(

@@ -149,6 +149,53 @@ pub async fn http_raw(
     )
 }
 
+/// An answer as it came: status, `Content-Type` and body text.
+pub struct Raw {
+    pub status: u16,
+    pub content_type: Option<String>,
+    pub body: String,
+}
+
+/// Any request: `content_type` and `body` as given (no JSON encoding).
+pub async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    content_type: Option<&str>,
+    body: Vec<u8>,
+) -> Raw {
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Full<bytes::Bytes>>();
+    let mut req = hyper::Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"));
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    if let Some(ct) = content_type {
+        req = req.header("content-type", ct);
+    }
+    let resp = tokio::time::timeout(
+        WAIT,
+        client.request(req.body(Full::new(bytes::Bytes::from(body))).unwrap()),
+    )
+    .await
+    .expect("http timeout")
+    .expect("http");
+    let status = resp.status().as_u16();
+    let content_type = resp
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap_or("").to_string());
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    Raw {
+        status,
+        content_type,
+        body: String::from_utf8_lossy(&bytes).into_owned(),
+    }
+}
+
 /// The latest code the dev SMS provider wrote for `phone`, with its full text.
 pub fn dev_code(data_dir: &Path, phone: &str) -> (String, String) {
     let s = std::fs::read_to_string(data_dir.join(signalling::sms::DEV_SMS_FILE))
