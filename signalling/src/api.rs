@@ -19,6 +19,7 @@ use crate::App;
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::model::{ChatKind, NewMessage, Role};
+use crate::telegram::Params;
 use crate::users::ProfilePatch;
 
 type S = State<Arc<App>>;
@@ -81,8 +82,10 @@ impl<T: DeserializeOwned, St: Send + Sync> FromRequestParts<St> for Query<T> {
 
 /// Makes every error of the signalling API the documented JSON: errors of the HTTP
 /// framework itself (the router's 404 and 405, rejections of extractors we do not wrap,
-/// the WebSocket upgrade's) come as plain text or empty and are rewritten here.
+/// the WebSocket upgrade's) come as plain text or empty and are rewritten here; errors
+/// of the Bot API (`/api/bot/...`) get Telegram's envelope around ours.
 async fn json_errors(req: Request, next: Next) -> Response {
+    let bot = req.uri().path().starts_with("/api/bot/");
     let resp = next.run(req).await;
     let status = resp.status();
     if !status.is_client_error() && !status.is_server_error() {
@@ -92,7 +95,7 @@ async fn json_errors(req: Request, next: Next) -> Response {
         .headers()
         .get(axum::http::header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
-    if is_json {
+    if is_json && !bot {
         return resp;
     }
     let (mut parts, body) = resp.into_parts();
@@ -100,8 +103,16 @@ async fn json_errors(req: Request, next: Next) -> Response {
     let bytes = axum::body::to_bytes(body, 64 * 1024)
         .await
         .unwrap_or_default();
-    let text = String::from_utf8_lossy(&bytes).trim().to_string();
-    let body = ApiError::from_framework(status, text).body();
+    let body = if is_json {
+        serde_json::from_slice(&bytes).unwrap_or_else(|_| json!({}))
+    } else {
+        let text = String::from_utf8_lossy(&bytes).trim().to_string();
+        ApiError::from_framework(status, text).body()
+    };
+    let body = match bot {
+        true => crate::telegram::error_envelope(status, body),
+        false => body,
+    };
     parts.headers.remove(axum::http::header::CONTENT_LENGTH);
     parts.headers.insert(
         axum::http::header::CONTENT_TYPE,
@@ -166,14 +177,10 @@ pub fn router(app: Arc<App>) -> axum::Router {
         .route("/api/push", post(register_push).delete(unregister_push))
         .route("/api/push/vapid", get(vapid))
         .route("/api/bots", post(create_bot))
-        .route("/api/bot/{token}/getMe", get(bot_me).post(bot_me))
         .route(
-            "/api/bot/{token}/getUpdates",
-            get(bot_updates).post(bot_updates),
+            "/api/bot/{token}/{method}",
+            get(bot_method).post(bot_method),
         )
-        .route("/api/bot/{token}/sendMessage", post(bot_send))
-        .route("/api/bot/{token}/setWebhook", post(bot_set_webhook))
-        .route("/api/bot/{token}/deleteWebhook", post(bot_delete_webhook))
         .route("/ws", get(ws))
         .route("/api", any(no_route))
         .route("/api/", any(no_route))
@@ -653,76 +660,88 @@ async fn create_bot(State(app): S, c: Caller, Body(r): Body<BotReq>) -> ApiResul
     Ok(Json(app.create_bot(&c, &r.name).await?))
 }
 
-async fn bot_me(State(app): S, Path(token): Path<String>) -> ApiResult<Json<Value>> {
-    let b = app.bot_caller(&token).await?;
-    Ok(Json(app.me(&b).await?))
-}
-
-#[derive(Deserialize)]
-struct UpdatesQ {
-    #[serde(default)]
-    offset: i64,
-    limit: Option<i64>,
-    #[serde(default)]
-    timeout: u64,
-}
-
-async fn bot_updates(
+/// `/api/bot/{token}/{method}`: the Bot API. Methods by Telegram's names (case does
+/// not matter, as at Telegram), by GET or POST, parameters as [`Params`] takes them;
+/// the answer is `{"ok": true, "result": ...}` (errors get Telegram's envelope from
+/// [`json_errors`]).
+async fn bot_method(
     State(app): S,
-    Path(token): Path<String>,
-    Query(q): Query<UpdatesQ>,
+    Path((token, method)): Path<(String, String)>,
+    p: Params,
 ) -> ApiResult<Json<Value>> {
     let b = app.bot_caller(&token).await?;
-    let ups = app
-        .get_updates(
-            &b,
-            q.offset,
-            q.limit.unwrap_or(100),
-            Duration::from_secs(q.timeout),
-        )
-        .await?;
-    Ok(Json(json!({"ok": true, "result": ups})))
-}
-
-#[derive(Deserialize)]
-struct BotSend {
-    chat_id: i64,
-    #[serde(flatten)]
-    message: NewMessage,
-}
-
-async fn bot_send(
-    State(app): S,
-    Path(token): Path<String>,
-    Body(r): Body<BotSend>,
-) -> ApiResult<Json<Value>> {
-    let b = app.bot_caller(&token).await?;
-    Ok(Json(
-        json!({"ok": true, "result": app.send_message(&b, r.chat_id, r.message).await?}),
-    ))
-}
-
-#[derive(Deserialize)]
-struct HookReq {
-    url: String,
-    secret_token: Option<String>,
-}
-
-async fn bot_set_webhook(
-    State(app): S,
-    Path(token): Path<String>,
-    Body(r): Body<HookReq>,
-) -> ApiResult<Json<Value>> {
-    let b = app.bot_caller(&token).await?;
-    app.set_webhook(&b, Some(&r.url), r.secret_token.as_deref())
-        .await?;
-    Ok(Json(json!({"ok": true})))
-}
-
-async fn bot_delete_webhook(State(app): S, Path(token): Path<String>) -> ApiResult<Json<Value>> {
-    let b = app.bot_caller(&token).await?;
-    app.set_webhook(&b, None, None).await?;
-    Ok(Json(json!({"ok": true})))
+    let result = match method.to_ascii_lowercase().as_str() {
+        "getme" => {
+            let mut u = app.tg_user(b.user_id).await?;
+            u["can_join_groups"] = json!(true);
+            u["can_read_all_group_messages"] = json!(true);
+            u["supports_inline_queries"] = json!(false);
+            u
+        }
+        "getupdates" => {
+            let ups = app
+                .get_updates(
+                    &b,
+                    p.int("offset")?.unwrap_or(0),
+                    p.int("limit")?.unwrap_or(100),
+                    Duration::from_secs(p.int("timeout")?.unwrap_or(0).max(0) as u64),
+                )
+                .await?;
+            let mut out = Vec::with_capacity(ups.len());
+            for (id, event) in ups {
+                out.push(app.tg_update(id, event).await);
+            }
+            json!(out)
+        }
+        "sendmessage" => {
+            let chat_id = p
+                .int("chat_id")?
+                .ok_or_else(|| ApiError::BadRequest("chat_id is required".into()))?;
+            // Telegram's reply_to_message_id or reply_parameters, or our reply_to.
+            let reply_to = match p.json("reply_parameters")? {
+                Some(r) => r["message_id"].as_i64(),
+                None => p.int("reply_to_message_id")?.or(p.int("reply_to")?),
+            };
+            let client_id = match p.string("client_id")? {
+                Some(c) => c,
+                // Telegram has no idempotency key: each call is a new message.
+                None => format!("bot-{}", crate::auth::new_id()),
+            };
+            let m = serde_json::from_value::<NewMessage>(json!({
+                "client_id": client_id,
+                "text": p.string("text")?,
+                "sticker": p.string("sticker")?,
+                "attachments": p.json("attachments")?.unwrap_or(json!([])),
+                "reply_to": reply_to,
+                "forward_from": p.json("forward_from")?,
+            }))
+            .map_err(|e| ApiError::BadRequest(format!("invalid message: {e}")))?;
+            let ack = app.send_message(&b, chat_id, m).await?;
+            let msg = app.get_message(chat_id, ack.seq).await?;
+            app.tg_message(&msg).await?
+        }
+        "setwebhook" => {
+            let url = p.string("url")?.unwrap_or_default();
+            if p.bool("drop_pending_updates")?.unwrap_or(false) {
+                app.drop_pending_updates(&b).await?;
+            }
+            // As at Telegram, an empty url removes the webhook.
+            let url = (!url.is_empty()).then_some(url);
+            app.set_webhook(&b, url.as_deref(), p.string("secret_token")?.as_deref())
+                .await?;
+            json!(true)
+        }
+        "deletewebhook" => {
+            if p.bool("drop_pending_updates")?.unwrap_or(false) {
+                app.drop_pending_updates(&b).await?;
+            }
+            app.set_webhook(&b, None, None).await?;
+            json!(true)
+        }
+        "getwebhookinfo" => app.webhook_info(&b).await?,
+        _ => return Err(ApiError::NoRoute),
+    };
+    Ok(Json(json!({"ok": true, "result": result})))
 }
 
 /// `/ws`: with a token (`?access_token=` or `Authorization`) the upgrade is refused

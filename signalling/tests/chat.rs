@@ -882,6 +882,12 @@ async fn bots(url: Option<&str>) {
                     let secret = h
                         .get(signalling::bots::WEBHOOK_SECRET_HEADER)
                         .map(|v| v.to_str().unwrap().to_string());
+                    // Telegram's header carries the same secret.
+                    assert_eq!(
+                        h.get(signalling::bots::TELEGRAM_SECRET_HEADER)
+                            .map(|v| v.to_str().unwrap().to_string()),
+                        secret
+                    );
                     tx.send((secret, v)).unwrap();
                     "ok"
                 }
@@ -924,6 +930,7 @@ async fn bots(url: Option<&str>) {
             .unwrap();
         assert_eq!(secret.as_deref(), Some("s3cret"));
         if v["event"]["type"] == "message" && v["event"]["message"]["text"] == "via hook" {
+            assert_eq!(v["message"]["text"], "via hook", "{v}");
             break;
         }
     }

@@ -195,12 +195,13 @@ async fn framework_errors_are_json_with_a_code() {
         ),
         (
             "GET",
+            // The Bot API checks the token first, as Telegram does.
             "/api/bot/1:x/getUpdates?offset=abc".into(),
             None,
             None,
             vec![],
-            400,
-            "bad_request",
+            401,
+            "token_invalid",
         ),
         (
             "POST",
