@@ -693,32 +693,23 @@ async fn bot_method(
             }
             json!(out)
         }
-        "sendmessage" => {
-            let chat_id = p
-                .int("chat_id")?
-                .ok_or_else(|| ApiError::BadRequest("chat_id is required".into()))?;
-            // Telegram's reply_to_message_id or reply_parameters, or our reply_to.
-            let reply_to = match p.json("reply_parameters")? {
-                Some(r) => r["message_id"].as_i64(),
-                None => p.int("reply_to_message_id")?.or(p.int("reply_to")?),
-            };
-            let client_id = match p.string("client_id")? {
-                Some(c) => c,
-                // Telegram has no idempotency key: each call is a new message.
-                None => format!("bot-{}", crate::auth::new_id()),
-            };
-            let m = serde_json::from_value::<NewMessage>(json!({
-                "client_id": client_id,
-                "text": p.string("text")?,
-                "sticker": p.string("sticker")?,
-                "attachments": p.json("attachments")?.unwrap_or(json!([])),
-                "reply_to": reply_to,
-                "forward_from": p.json("forward_from")?,
-            }))
-            .map_err(|e| ApiError::BadRequest(format!("invalid message: {e}")))?;
-            let ack = app.send_message(&b, chat_id, m).await?;
-            let msg = app.get_message(chat_id, ack.seq).await?;
-            app.tg_message(&msg).await?
+        "sendmessage" => bot_send(&app, &b, &p, p.string("text")?, vec![]).await?,
+        // By file id only (no uploads): a file from a message of a chat the bot is in.
+        "senddocument" | "sendvoice" => {
+            let voice = method.eq_ignore_ascii_case("sendvoice");
+            let field = if voice { "voice" } else { "document" };
+            let id = p
+                .string(field)?
+                .ok_or_else(|| ApiError::BadRequest(format!("{field} (a file id) is required")))?;
+            let mut a = app.known_attachment(b.user_id, &id).await?;
+            if voice && a.duration_ms.is_none() {
+                a.duration_ms = Some(p.int("duration")?.unwrap_or(0).max(0) as u64 * 1000);
+            }
+            if !voice {
+                a.duration_ms = None;
+                a.waveform = None;
+            }
+            bot_send(&app, &b, &p, p.string("caption")?, vec![a]).await?
         }
         "setwebhook" => {
             let url = p.string("url")?.unwrap_or_default();
@@ -742,6 +733,45 @@ async fn bot_method(
         _ => return Err(ApiError::NoRoute),
     };
     Ok(Json(json!({"ok": true, "result": result})))
+}
+
+/// Sends a bot's message from Telegram's parameters (and our own: `client_id`,
+/// `sticker`, `attachments`, `forward_from`, `reply_to`) and answers Telegram's
+/// `Message`. `text` and `files` are what the method names them (`text`, or a
+/// `caption` with the file of `sendDocument`/`sendVoice`).
+async fn bot_send(
+    app: &App,
+    b: &Caller,
+    p: &Params,
+    text: Option<String>,
+    files: Vec<crate::model::Attachment>,
+) -> ApiResult<Value> {
+    let chat_id = p
+        .int("chat_id")?
+        .ok_or_else(|| ApiError::BadRequest("chat_id is required".into()))?;
+    // Telegram's reply_parameters or reply_to_message_id, or our reply_to.
+    let reply_to = match p.json("reply_parameters")? {
+        Some(r) => r["message_id"].as_i64(),
+        None => p.int("reply_to_message_id")?.or(p.int("reply_to")?),
+    };
+    let client_id = match p.string("client_id")? {
+        Some(c) => c,
+        // Telegram has no idempotency key: each call is a new message.
+        None => format!("bot-{}", crate::auth::new_id()),
+    };
+    let mut m = serde_json::from_value::<NewMessage>(json!({
+        "client_id": client_id,
+        "text": text,
+        "sticker": p.string("sticker")?,
+        "attachments": p.json("attachments")?.unwrap_or(json!([])),
+        "reply_to": reply_to,
+        "forward_from": p.json("forward_from")?,
+    }))
+    .map_err(|e| ApiError::BadRequest(format!("invalid message: {e}")))?;
+    m.attachments.extend(files);
+    let ack = app.send_message(b, chat_id, m).await?;
+    let msg = app.get_message(chat_id, ack.seq).await?;
+    app.tg_message(&msg).await
 }
 
 /// `/ws`: with a token (`?access_token=` or `Authorization`) the upgrade is refused

@@ -11,7 +11,7 @@ use serde_json::{Map, Value, json};
 
 use crate::App;
 use crate::error::{ApiError, ApiResult};
-use crate::model::Message;
+use crate::model::{Attachment, Content, Message};
 
 /// Telegram's error envelope around one of our error bodies (`{"error", "message",
 /// "retry_after"?}`), which stay in it: `{"ok": false, "error_code", "description",
@@ -204,8 +204,13 @@ impl App {
             "chat": self.tg_chat(m.chat_id).await?,
             "date": m.date.div_euclid(1000),
         });
+        // With a file, Telegram calls the text its caption.
         if let Some(t) = &m.content.text {
-            v["text"] = json!(t);
+            let key = match m.content.attachments.is_empty() {
+                true => "text",
+                false => "caption",
+            };
+            v[key] = json!(t);
         }
         if let Some(e) = m.edited_at {
             v["edit_date"] = json!(e.div_euclid(1000));
@@ -231,6 +236,38 @@ impl App {
             }
         }
         Ok(v)
+    }
+
+    /// The attachment `file_id` was sent with in a message of a chat `user_id` is in:
+    /// how `sendDocument` and `sendVoice` by file id learn its name, size and type
+    /// (the relay holds the bytes; at Telegram too, a file id is one the bot has seen).
+    pub async fn known_attachment(&self, user_id: i64, file_id: &str) -> ApiResult<Attachment> {
+        // The id as it is stored in the message JSON, with LIKE's wildcards escaped.
+        let quoted = json!(file_id).to_string();
+        let pattern = format!(
+            "%\"file_id\":{}%",
+            quoted
+                .replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_")
+        );
+        let rows: Vec<String> = sqlx::query_scalar(
+            "SELECT m.content FROM messages m JOIN members b ON b.chat_id = m.chat_id AND b.user_id = $1 WHERE m.deleted = 0 AND m.content LIKE $2 ESCAPE '\\' LIMIT 20",
+        )
+        .bind(user_id)
+        .bind(pattern)
+        .fetch_all(&self.db.pool)
+        .await?;
+        rows.iter()
+            .filter_map(|c| serde_json::from_str::<Content>(c).ok())
+            .flat_map(|c| c.attachments)
+            .find(|a| a.file_id == file_id)
+            .ok_or_else(|| {
+                ApiError::BadRequest(
+                    "wrong file identifier: send a file id from a message of a chat the bot is in"
+                        .into(),
+                )
+            })
     }
 
     /// Telegram's `Update` for a stored bot update: `message` for a new message,

@@ -152,9 +152,8 @@ async fn form(a: std::net::SocketAddr, path: &str, body: &str) -> (u16, Value) {
     (r.status, serde_json::from_str(&r.body).unwrap())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn telegram_shapes_envelopes_and_encodings() {
-    let s = start(config(None)).await;
+async fn telegram_shapes_envelopes_and_encodings(url: Option<&str>) {
+    let s = start(config(url)).await;
     let a = s.addr;
     let (alice, token, bot_id, chat) = user_bot_group(&s, "+79160000602").await;
     // Telegram's token layout: <bot id>:<secret> (aiogram checks it).
@@ -422,6 +421,145 @@ async fn webhook_over_https_gets_telegram_updates() {
         if u["message"]["text"] == "over tls" {
             assert_eq!(u["message"]["chat"]["id"], chat);
             break;
+        }
+    }
+}
+
+async fn send_document_and_voice_by_file_id(url: Option<&str>) {
+    let s = start(config(url)).await;
+    let a = s.addr;
+    let (alice, token, bot_id, chat) = user_bot_group(&s, "+79160000604").await;
+    // Alice sends a file and a voice message (ids with LIKE's wildcards in them).
+    let doc = json!({"file_id": "f_doc%1", "name": "report.pdf", "size": 1234, "mime": "application/pdf"});
+    let voice = json!({"file_id": "f_voice_2", "name": "v.ogg", "size": 999, "mime": "audio/ogg",
+        "duration_ms": 2500, "waveform": [1, 2, 3]});
+    for (i, att) in [doc, voice].into_iter().enumerate() {
+        let (st, v) = http(
+            a,
+            "POST",
+            &format!("/api/chats/{chat}/messages"),
+            Some(&alice.token),
+            Some(json!({"client_id": format!("f{i}"), "text": "see", "attachments": [att]})),
+        )
+        .await;
+        assert_eq!(st, 200, "{v}");
+    }
+    // The bot sees them as Telegram's document and voice, the text as caption.
+    let (_, v) = http(
+        a,
+        "GET",
+        &format!("/api/bot/{token}/getUpdates?timeout=0"),
+        None,
+        None,
+    )
+    .await;
+    let msgs: Vec<&Value> = v["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|u| u.get("message"))
+        .collect();
+    assert_eq!(msgs.len(), 2, "{v}");
+    assert_eq!(msgs[0]["document"]["file_id"], "f_doc%1", "{v}");
+    assert_eq!(msgs[0]["document"]["file_name"], "report.pdf");
+    assert_eq!(msgs[0]["caption"], "see");
+    assert_eq!(msgs[1]["voice"]["file_id"], "f_voice_2", "{v}");
+    assert_eq!(msgs[1]["voice"]["duration"], 3);
+    // And sends them back by file id, as a form.
+    let (st, v) = form(
+        a,
+        &format!("/api/bot/{token}/sendDocument"),
+        &format!("chat_id={chat}&document=f_doc%251&caption=back"),
+    )
+    .await;
+    assert_eq!(st, 200, "{v}");
+    let sent = &v["result"];
+    assert_eq!(
+        (
+            sent["document"]["file_name"].as_str(),
+            sent["document"]["file_size"].as_i64()
+        ),
+        (Some("report.pdf"), Some(1234)),
+        "{v}"
+    );
+    assert_eq!(sent["caption"], "back");
+    assert_eq!(sent["from"]["id"], bot_id);
+    let (st, v) = http(
+        a,
+        "POST",
+        &format!("/api/bot/{token}/sendVoice"),
+        None,
+        Some(json!({"chat_id": chat, "voice": "f_voice_2"})),
+    )
+    .await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["result"]["voice"]["duration"], 3, "{v}");
+    // The stored message is our voice message: the same attachment, waveform included.
+    let seq = v["result"]["message_id"].as_i64().unwrap();
+    let (_, h) = http(
+        a,
+        "GET",
+        &format!("/api/chats/{chat}/messages?limit=1"),
+        Some(&alice.token),
+        None,
+    )
+    .await;
+    assert_eq!(h["messages"][0]["seq"], seq, "{h}");
+    assert_eq!(
+        h["messages"][0]["attachments"][0]["duration_ms"], 2500,
+        "{h}"
+    );
+    assert_eq!(
+        h["messages"][0]["attachments"][0]["waveform"],
+        json!([1, 2, 3])
+    );
+    // A file id the bot never saw (or a near one: no wildcard matching) is refused.
+    for id in ["nope", "f%", "f_doc_1"] {
+        let (st, v) = http(
+            a,
+            "POST",
+            &format!("/api/bot/{token}/sendDocument"),
+            None,
+            Some(json!({"chat_id": chat, "document": id})),
+        )
+        .await;
+        assert_eq!(
+            (st, v["error"].as_str()),
+            (400, Some("bad_request")),
+            "{id}: {v}"
+        );
+        assert_eq!(v["ok"], false);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shapes_envelopes_and_encodings_sqlite() {
+    telegram_shapes_envelopes_and_encodings(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_by_id_sqlite() {
+    send_document_and_voice_by_file_id(None).await;
+}
+
+/// The same on PostgreSQL (its LIKE escaping and integer types differ from SQLite's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres() {
+    let pg = postgres().await;
+    sqlx::any::install_default_drivers();
+    for (i, name) in ["shapes", "files"].iter().enumerate() {
+        let db = format!("tg{i}_{name}");
+        let mut c = <sqlx::AnyConnection as sqlx::Connection>::connect(&pg.url)
+            .await
+            .unwrap();
+        sqlx::query(&format!("CREATE DATABASE {db}"))
+            .execute(&mut c)
+            .await
+            .unwrap();
+        let url = format!("{}/{db}", pg.url.rsplit_once('/').unwrap().0);
+        match *name {
+            "shapes" => telegram_shapes_envelopes_and_encodings(Some(&url)).await,
+            _ => send_document_and_voice_by_file_id(Some(&url)).await,
         }
     }
 }
