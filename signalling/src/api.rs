@@ -713,20 +713,21 @@ async fn bot_method(
         }
         "setwebhook" => {
             let url = p.string("url")?.unwrap_or_default();
-            if p.bool("drop_pending_updates")?.unwrap_or(false) {
-                app.drop_pending_updates(&b).await?;
-            }
             // As at Telegram, an empty url removes the webhook.
             let url = (!url.is_empty()).then_some(url);
-            app.set_webhook(&b, url.as_deref(), p.string("secret_token")?.as_deref())
-                .await?;
+            let drop = p.bool("drop_pending_updates")?.unwrap_or(false);
+            app.set_webhook(
+                &b,
+                url.as_deref(),
+                p.string("secret_token")?.as_deref(),
+                drop,
+            )
+            .await?;
             json!(true)
         }
         "deletewebhook" => {
-            if p.bool("drop_pending_updates")?.unwrap_or(false) {
-                app.drop_pending_updates(&b).await?;
-            }
-            app.set_webhook(&b, None, None).await?;
+            let drop = p.bool("drop_pending_updates")?.unwrap_or(false);
+            app.set_webhook(&b, None, None, drop).await?;
             json!(true)
         }
         "getwebhookinfo" => app.webhook_info(&b).await?,

@@ -125,11 +125,14 @@ impl App {
         }
     }
 
+    /// Sets (or, with no `url`, removes) the webhook; `drop_pending` forgets the
+    /// updates not yet acknowledged, in the same transaction.
     pub async fn set_webhook(
         &self,
         bot: &Caller,
         url: Option<&str>,
         secret: Option<&str>,
+        drop_pending: bool,
     ) -> ApiResult<()> {
         if let Some(u) = url {
             let parsed: hyper::Uri = u
@@ -149,24 +152,23 @@ impl App {
                 "secret_token is 1-256 characters A-Z, a-z, 0-9, _ and -".into(),
             ));
         }
+        let mut tx = self.db.pool.begin().await?;
         sqlx::query("UPDATE users SET bot_webhook_url = $1, bot_webhook_secret = $2 WHERE id = $3")
             .bind(url)
             .bind(secret)
             .bind(bot.user_id)
-            .execute(&self.db.pool)
+            .execute(&mut *tx)
             .await?;
+        if drop_pending {
+            sqlx::query("DELETE FROM bot_updates WHERE bot_id = $1")
+                .bind(bot.user_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
         if url.is_some() {
             self.webhook_kick(bot.user_id);
         }
-        Ok(())
-    }
-
-    /// Forgets every update not yet acknowledged (`drop_pending_updates`).
-    pub async fn drop_pending_updates(&self, bot: &Caller) -> ApiResult<()> {
-        sqlx::query("DELETE FROM bot_updates WHERE bot_id = $1")
-            .bind(bot.user_id)
-            .execute(&self.db.pool)
-            .await?;
         Ok(())
     }
 

@@ -363,6 +363,35 @@ async fn telegram_shapes_envelopes_and_encodings(url: Option<&str>) {
     assert_eq!((st, &v["result"]), (200, &json!(true)), "{v}");
     let (_, v) = form(a, &format!("/api/bot/{token}/getWebhookInfo"), "").await;
     assert_eq!(v["result"]["url"], "http://127.0.0.1:9/hook", "{v}");
+    // Nothing listens there: a new update stays pending.
+    let (st, _) = http(
+        a,
+        "POST",
+        &format!("/api/chats/{chat}/messages"),
+        Some(&alice.token),
+        Some(json!({"client_id": "c2", "text": "pending"})),
+    )
+    .await;
+    assert_eq!(st, 200);
+    let (_, v) = form(a, &format!("/api/bot/{token}/getWebhookInfo"), "").await;
+    assert_eq!(v["result"]["pending_update_count"], 1, "{v}");
+    // A refused setWebhook drops nothing.
+    let (st, v) = form(
+        a,
+        &format!("/api/bot/{token}/setWebhook"),
+        "url=ftp%3A%2F%2Fx%2F&drop_pending_updates=true",
+    )
+    .await;
+    assert_eq!((st, v["error"].as_str()), (400, Some("bad_request")), "{v}");
+    let (_, v) = form(a, &format!("/api/bot/{token}/getWebhookInfo"), "").await;
+    assert_eq!(
+        (
+            v["result"]["pending_update_count"].as_i64(),
+            v["result"]["url"].as_str()
+        ),
+        (Some(1), Some("http://127.0.0.1:9/hook")),
+        "{v}"
+    );
     let (st, v) = form(a, &format!("/api/bot/{token}/getUpdates"), "").await;
     assert_eq!((st, v["error_code"].as_i64()), (409, Some(409)), "{v}");
     let (st, v) = form(
