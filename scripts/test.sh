@@ -37,6 +37,23 @@ if [ ! -d tests/browser/node_modules/playwright-core ]; then
   (cd tests/browser && npm ci --no-audit --no-fund)
 fi
 
+# python-telegram-bot (pinned) in a venv under target/ for the Bot API test
+# (signalling/tests/telegram_bot.rs), which runs a real echo bot written with it.
+PTB_VERSION=22.8
+if ! target/ptb-venv/bin/python3 -c "import telegram, sys; sys.exit(telegram.__version__ != '$PTB_VERSION')" 2>/dev/null; then
+  python3 -c "import venv, ensurepip" 2>/dev/null || {
+    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends python3-venv
+  }
+  mkdir -p target
+  python3 -m venv target/ptb-venv
+  target/ptb-venv/bin/pip install -q "python-telegram-bot==$PTB_VERSION" || {
+    echo "scripts/test.sh: could not install python-telegram-bot==$PTB_VERSION from PyPI (needed by signalling/tests/telegram_bot.rs)" >&2
+    exit 1
+  }
+fi
+
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
 # Build everything once; the test binaries share the target directory.
 cargo build --workspace --all-targets

@@ -6,9 +6,11 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{ConnectInfo, FromRequest, Path, Query, Request, State, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request, State, WebSocketUpgrade};
+use axum::http::request::Parts;
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, patch, post};
+use axum::routing::{any, delete, get, patch, post};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
@@ -17,6 +19,7 @@ use crate::App;
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::model::{ChatKind, NewMessage, Role};
+use crate::telegram::Params;
 use crate::users::ProfilePatch;
 
 type S = State<Arc<App>>;
@@ -33,12 +36,94 @@ impl<T: DeserializeOwned, St: Send + Sync> FromRequest<St> for Body<T> {
                 "request body: {}",
                 e.body_text()
             ))),
+            Err(JsonRejection::MissingJsonContentType(_)) => Err(ApiError::UnsupportedMediaType(
+                "send the body as application/json".into(),
+            )),
             Err(e) => Err(ApiError::BadRequest(format!(
                 "invalid JSON body: {}",
                 e.body_text()
             ))),
         }
     }
+}
+
+/// Path parameters whose rejection is a `bad_request` [`ApiError`] (axum's answers
+/// `400 text/plain`).
+pub struct Path<T>(pub T);
+
+impl<T: DeserializeOwned + Send, St: Send + Sync> FromRequestParts<St> for Path<T> {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &St) -> Result<Self, ApiError> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(p) => Ok(Path(p.0)),
+            Err(e) => Err(ApiError::BadRequest(format!(
+                "invalid path parameter: {}",
+                e.body_text()
+            ))),
+        }
+    }
+}
+
+/// Query parameters whose rejection is a `bad_request` [`ApiError`].
+pub struct Query<T>(pub T);
+
+impl<T: DeserializeOwned, St: Send + Sync> FromRequestParts<St> for Query<T> {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &St) -> Result<Self, ApiError> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(q) => Ok(Query(q.0)),
+            Err(e) => Err(ApiError::BadRequest(format!(
+                "invalid query parameter: {}",
+                e.body_text()
+            ))),
+        }
+    }
+}
+
+/// Makes every error of the signalling API the documented JSON: errors of the HTTP
+/// framework itself (the router's 404 and 405, rejections of extractors we do not wrap,
+/// the WebSocket upgrade's) come as plain text or empty and are rewritten here; errors
+/// of the Bot API (`/api/bot/...`) get Telegram's envelope around ours.
+async fn json_errors(req: Request, next: Next) -> Response {
+    let bot = req.uri().path().starts_with("/api/bot/");
+    let resp = next.run(req).await;
+    let status = resp.status();
+    if !status.is_client_error() && !status.is_server_error() {
+        return resp;
+    }
+    let is_json = resp
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if is_json && !bot {
+        return resp;
+    }
+    let (mut parts, body) = resp.into_parts();
+    // Error bodies are short; a long one is not read.
+    let bytes = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .unwrap_or_default();
+    let body = if is_json {
+        serde_json::from_slice(&bytes).unwrap_or_else(|_| json!({}))
+    } else {
+        let text = String::from_utf8_lossy(&bytes).trim().to_string();
+        ApiError::from_framework(status, text).body()
+    };
+    let body = match bot {
+        true => crate::telegram::error_envelope(status, body),
+        false => body,
+    };
+    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+    parts.headers.insert(
+        axum::http::header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static("application/json"),
+    );
+    Response::from_parts(parts, axum::body::Body::from(body.to_string()))
+}
+
+/// Unknown paths under `/api/`: a JSON `not_found` rather than the router's empty 404.
+async fn no_route() -> ApiError {
+    ApiError::NoRoute
 }
 
 pub fn router(app: Arc<App>) -> axum::Router {
@@ -92,16 +177,16 @@ pub fn router(app: Arc<App>) -> axum::Router {
         .route("/api/push", post(register_push).delete(unregister_push))
         .route("/api/push/vapid", get(vapid))
         .route("/api/bots", post(create_bot))
-        .route("/api/bot/{token}/getMe", get(bot_me).post(bot_me))
         .route(
-            "/api/bot/{token}/getUpdates",
-            get(bot_updates).post(bot_updates),
+            "/api/bot/{token}/{method}",
+            get(bot_method).post(bot_method),
         )
-        .route("/api/bot/{token}/sendMessage", post(bot_send))
-        .route("/api/bot/{token}/setWebhook", post(bot_set_webhook))
-        .route("/api/bot/{token}/deleteWebhook", post(bot_delete_webhook))
         .route("/ws", get(ws))
+        .route("/api", any(no_route))
+        .route("/api/", any(no_route))
+        .route("/api/{*rest}", any(no_route))
         .layer(axum::extract::DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn(json_errors))
         .with_state(app)
 }
 
@@ -575,76 +660,119 @@ async fn create_bot(State(app): S, c: Caller, Body(r): Body<BotReq>) -> ApiResul
     Ok(Json(app.create_bot(&c, &r.name).await?))
 }
 
-async fn bot_me(State(app): S, Path(token): Path<String>) -> ApiResult<Json<Value>> {
-    let b = app.bot_caller(&token).await?;
-    Ok(Json(app.me(&b).await?))
-}
-
-#[derive(Deserialize)]
-struct UpdatesQ {
-    #[serde(default)]
-    offset: i64,
-    limit: Option<i64>,
-    #[serde(default)]
-    timeout: u64,
-}
-
-async fn bot_updates(
+/// `/api/bot/{token}/{method}`: the Bot API. Methods by Telegram's names (case does
+/// not matter, as at Telegram), by GET or POST, parameters as [`Params`] takes them;
+/// the answer is `{"ok": true, "result": ...}` (errors get Telegram's envelope from
+/// [`json_errors`]).
+async fn bot_method(
     State(app): S,
-    Path(token): Path<String>,
-    Query(q): Query<UpdatesQ>,
+    Path((token, method)): Path<(String, String)>,
+    p: Params,
 ) -> ApiResult<Json<Value>> {
     let b = app.bot_caller(&token).await?;
-    let ups = app
-        .get_updates(
-            &b,
-            q.offset,
-            q.limit.unwrap_or(100),
-            Duration::from_secs(q.timeout),
-        )
-        .await?;
-    Ok(Json(json!({"ok": true, "result": ups})))
+    let result = match method.to_ascii_lowercase().as_str() {
+        "getme" => {
+            let mut u = app.tg_user(b.user_id).await?;
+            u["can_join_groups"] = json!(true);
+            u["can_read_all_group_messages"] = json!(true);
+            u["supports_inline_queries"] = json!(false);
+            u
+        }
+        "getupdates" => {
+            let ups = app
+                .get_updates(
+                    &b,
+                    p.int("offset")?.unwrap_or(0),
+                    p.int("limit")?.unwrap_or(100),
+                    Duration::from_secs(p.int("timeout")?.unwrap_or(0).max(0) as u64),
+                )
+                .await?;
+            let mut out = Vec::with_capacity(ups.len());
+            for (id, event) in ups {
+                out.push(app.tg_update(id, event).await);
+            }
+            json!(out)
+        }
+        "sendmessage" => bot_send(&app, &b, &p, p.string("text")?, vec![]).await?,
+        // By file id only (no uploads): a file from a message of a chat the bot is in.
+        "senddocument" | "sendvoice" => {
+            let voice = method.eq_ignore_ascii_case("sendvoice");
+            let field = if voice { "voice" } else { "document" };
+            let id = p
+                .string(field)?
+                .ok_or_else(|| ApiError::BadRequest(format!("{field} (a file id) is required")))?;
+            let mut a = app.known_attachment(b.user_id, &id).await?;
+            if voice && a.duration_ms.is_none() {
+                a.duration_ms = Some(p.int("duration")?.unwrap_or(0).max(0) as u64 * 1000);
+            }
+            if !voice {
+                a.duration_ms = None;
+                a.waveform = None;
+            }
+            bot_send(&app, &b, &p, p.string("caption")?, vec![a]).await?
+        }
+        "setwebhook" => {
+            let url = p.string("url")?.unwrap_or_default();
+            // As at Telegram, an empty url removes the webhook.
+            let url = (!url.is_empty()).then_some(url);
+            let drop = p.bool("drop_pending_updates")?.unwrap_or(false);
+            app.set_webhook(
+                &b,
+                url.as_deref(),
+                p.string("secret_token")?.as_deref(),
+                drop,
+            )
+            .await?;
+            json!(true)
+        }
+        "deletewebhook" => {
+            let drop = p.bool("drop_pending_updates")?.unwrap_or(false);
+            app.set_webhook(&b, None, None, drop).await?;
+            json!(true)
+        }
+        "getwebhookinfo" => app.webhook_info(&b).await?,
+        _ => return Err(ApiError::NoRoute),
+    };
+    Ok(Json(json!({"ok": true, "result": result})))
 }
 
-#[derive(Deserialize)]
-struct BotSend {
-    chat_id: i64,
-    #[serde(flatten)]
-    message: NewMessage,
-}
-
+/// Sends a bot's message from Telegram's parameters (and our own: `client_id`,
+/// `sticker`, `attachments`, `forward_from`, `reply_to`) and answers Telegram's
+/// `Message`. `text` and `files` are what the method names them (`text`, or a
+/// `caption` with the file of `sendDocument`/`sendVoice`).
 async fn bot_send(
-    State(app): S,
-    Path(token): Path<String>,
-    Body(r): Body<BotSend>,
-) -> ApiResult<Json<Value>> {
-    let b = app.bot_caller(&token).await?;
-    Ok(Json(
-        json!({"ok": true, "result": app.send_message(&b, r.chat_id, r.message).await?}),
-    ))
-}
-
-#[derive(Deserialize)]
-struct HookReq {
-    url: String,
-    secret_token: Option<String>,
-}
-
-async fn bot_set_webhook(
-    State(app): S,
-    Path(token): Path<String>,
-    Body(r): Body<HookReq>,
-) -> ApiResult<Json<Value>> {
-    let b = app.bot_caller(&token).await?;
-    app.set_webhook(&b, Some(&r.url), r.secret_token.as_deref())
-        .await?;
-    Ok(Json(json!({"ok": true})))
-}
-
-async fn bot_delete_webhook(State(app): S, Path(token): Path<String>) -> ApiResult<Json<Value>> {
-    let b = app.bot_caller(&token).await?;
-    app.set_webhook(&b, None, None).await?;
-    Ok(Json(json!({"ok": true})))
+    app: &App,
+    b: &Caller,
+    p: &Params,
+    text: Option<String>,
+    files: Vec<crate::model::Attachment>,
+) -> ApiResult<Value> {
+    let chat_id = p
+        .int("chat_id")?
+        .ok_or_else(|| ApiError::BadRequest("chat_id is required".into()))?;
+    // Telegram's reply_parameters or reply_to_message_id, or our reply_to.
+    let reply_to = match p.json("reply_parameters")? {
+        Some(r) => r["message_id"].as_i64(),
+        None => p.int("reply_to_message_id")?.or(p.int("reply_to")?),
+    };
+    let client_id = match p.string("client_id")? {
+        Some(c) => c,
+        // Telegram has no idempotency key: each call is a new message.
+        None => format!("bot-{}", crate::auth::new_id()),
+    };
+    let mut m = serde_json::from_value::<NewMessage>(json!({
+        "client_id": client_id,
+        "text": text,
+        "sticker": p.string("sticker")?,
+        "attachments": p.json("attachments")?.unwrap_or(json!([])),
+        "reply_to": reply_to,
+        "forward_from": p.json("forward_from")?,
+    }))
+    .map_err(|e| ApiError::BadRequest(format!("invalid message: {e}")))?;
+    m.attachments.extend(files);
+    let ack = app.send_message(b, chat_id, m).await?;
+    let msg = app.get_message(chat_id, ack.seq).await?;
+    app.tg_message(&msg).await
 }
 
 /// `/ws`: with a token (`?access_token=` or `Authorization`) the upgrade is refused

@@ -1,6 +1,7 @@
-//! Bots: a user creates a bot and gets its token; the bot reads updates by long polling
-//! (offset-acknowledged, like Telegram's getUpdates) or by webhook, and sends messages
-//! to chats it belongs to.
+//! Bots: a user creates a bot and gets its token (`<bot id>:<secret>`, Telegram's
+//! layout); the bot reads updates by long polling (offset-acknowledged, like
+//! Telegram's getUpdates) or by webhook, and sends messages to chats it belongs to.
+//! The Telegram shapes of the API are in [`crate::telegram`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +15,8 @@ use crate::{App, now_ms};
 
 /// Header carrying the webhook secret on every webhook request.
 pub const WEBHOOK_SECRET_HEADER: &str = "x-maxd-bot-api-secret-token";
+/// The same secret under Telegram's name, which bot libraries check.
+pub const TELEGRAM_SECRET_HEADER: &str = "x-telegram-bot-api-secret-token";
 
 impl App {
     pub async fn create_bot(&self, c: &Caller, name: &str) -> ApiResult<Value> {
@@ -66,15 +69,15 @@ impl App {
         })
     }
 
-    /// Acknowledges updates below `offset`, then returns those from `offset` on, waiting
-    /// up to `timeout` for one when there is none.
+    /// Acknowledges updates below `offset`, then returns those from `offset` on (id and
+    /// chat event), waiting up to `timeout` for one when there is none.
     pub async fn get_updates(
         &self,
         bot: &Caller,
         offset: i64,
         limit: i64,
         timeout: Duration,
-    ) -> ApiResult<Vec<Value>> {
+    ) -> ApiResult<Vec<(i64, Value)>> {
         let hook: Option<Option<String>> =
             sqlx::query_scalar("SELECT bot_webhook_url FROM users WHERE id = $1")
                 .bind(bot.user_id)
@@ -108,7 +111,12 @@ impl App {
             if !rows.is_empty() || tokio::time::Instant::now() >= deadline {
                 return Ok(rows
                     .into_iter()
-                    .map(|(id, body)| json!({"update_id": id, "event": serde_json::from_str::<Value>(&body).unwrap_or(Value::Null)}))
+                    .map(|(id, body)| {
+                        (
+                            id,
+                            serde_json::from_str::<Value>(&body).unwrap_or(Value::Null),
+                        )
+                    })
                     .collect());
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
@@ -117,11 +125,14 @@ impl App {
         }
     }
 
+    /// Sets (or, with no `url`, removes) the webhook; `drop_pending` forgets the
+    /// updates not yet acknowledged, in the same transaction.
     pub async fn set_webhook(
         &self,
         bot: &Caller,
         url: Option<&str>,
         secret: Option<&str>,
+        drop_pending: bool,
     ) -> ApiResult<()> {
         if let Some(u) = url {
             let parsed: hyper::Uri = u
@@ -129,11 +140,6 @@ impl App {
                 .map_err(|_| ApiError::BadRequest("webhook url is not a URL".into()))?;
             if parsed.scheme_str() != Some("http") && parsed.scheme_str() != Some("https") {
                 return Err(ApiError::BadRequest("webhook url must be http(s)".into()));
-            }
-            if parsed.scheme_str() == Some("https") {
-                return Err(ApiError::BadRequest(
-                    "https webhooks are not supported yet: put a local http proxy in front".into(),
-                ));
             }
         }
         if secret.is_some_and(|s| {
@@ -146,16 +152,42 @@ impl App {
                 "secret_token is 1-256 characters A-Z, a-z, 0-9, _ and -".into(),
             ));
         }
+        let mut tx = self.db.pool.begin().await?;
         sqlx::query("UPDATE users SET bot_webhook_url = $1, bot_webhook_secret = $2 WHERE id = $3")
             .bind(url)
             .bind(secret)
             .bind(bot.user_id)
-            .execute(&self.db.pool)
+            .execute(&mut *tx)
             .await?;
+        if drop_pending {
+            sqlx::query("DELETE FROM bot_updates WHERE bot_id = $1")
+                .bind(bot.user_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
         if url.is_some() {
             self.webhook_kick(bot.user_id);
         }
         Ok(())
+    }
+
+    /// Telegram's `WebhookInfo`: the URL (empty when none) and the updates waiting.
+    pub async fn webhook_info(&self, bot: &Caller) -> ApiResult<Value> {
+        let url: Option<Option<String>> =
+            sqlx::query_scalar("SELECT bot_webhook_url FROM users WHERE id = $1")
+                .bind(bot.user_id)
+                .fetch_optional(&self.db.pool)
+                .await?;
+        let pending: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM bot_updates WHERE bot_id = $1")
+            .bind(bot.user_id)
+            .fetch_one(&self.db.pool)
+            .await?;
+        Ok(json!({
+            "url": url.flatten().unwrap_or_default(),
+            "has_custom_certificate": false,
+            "pending_update_count": pending,
+        }))
     }
 
     /// Starts the webhook delivery task of a bot if it has a webhook and none runs.
@@ -209,20 +241,27 @@ impl App {
                 continue;
             }
             for (id, body) in rows {
-                let payload = json!({"update_id": id, "event": serde_json::from_str::<Value>(&body).unwrap_or(Value::Null)}).to_string();
+                let event = serde_json::from_str::<Value>(&body).unwrap_or(Value::Null);
+                let payload = self.tg_update(id, event).await.to_string();
                 let Ok(uri) = url.parse::<hyper::Uri>() else {
                     return Ok(());
                 };
-                let header = secret.as_deref().map(|s| [(WEBHOOK_SECRET_HEADER, s)]);
-                let headers = header.as_ref().map(|h| &h[..]).unwrap_or(&[]);
-                let ok = crate::outbound::post_json(
+                let mut headers = vec![("content-type", "application/json")];
+                if let Some(s) = secret.as_deref() {
+                    headers.push((WEBHOOK_SECRET_HEADER, s));
+                    headers.push((TELEGRAM_SECRET_HEADER, s));
+                }
+                // https:// through rustls with the roots push uses (Mozilla's and
+                // `push_ca_file`'s).
+                let ok = crate::outbound::post(
                     &uri,
-                    headers,
+                    &headers,
                     bytes::Bytes::from(payload),
                     Duration::from_secs(10),
+                    Some(&self.pusher.tls),
                 )
                 .await
-                .is_ok_and(|s| s.is_success());
+                .is_ok_and(|(s, _)| s.is_success());
                 if ok {
                     sqlx::query("DELETE FROM bot_updates WHERE bot_id = $1 AND update_id = $2")
                         .bind(bot_id)

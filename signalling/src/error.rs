@@ -40,6 +40,15 @@ pub enum ApiError {
     RefreshReused,
     #[error("{0} not found")]
     NotFound(&'static str),
+    #[error("no such endpoint: the API is described at /api/openapi.json")]
+    NoRoute,
+    #[error("this endpoint does not take this method: see the Allow header")]
+    MethodNotAllowed,
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// Another error of the HTTP layer, with its status (a 4xx other than the above).
+    #[error("{1}")]
+    Http(StatusCode, String),
     #[error("you are not a member of this chat")]
     NotMember,
     #[error("{0}")]
@@ -84,7 +93,11 @@ impl ApiError {
             ApiError::Token(_) => "token_invalid",
             ApiError::RefreshInvalid => "refresh_invalid",
             ApiError::RefreshReused => "refresh_reused",
-            ApiError::NotFound(_) => "not_found",
+            ApiError::NotFound(_) | ApiError::NoRoute => "not_found",
+            ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
+            ApiError::Http(s, _) if s.is_server_error() => "internal",
+            ApiError::Http(..) => "bad_request",
             ApiError::NotMember => "not_member",
             ApiError::Forbidden(_) => "forbidden",
             ApiError::TooLarge(_) => "too_large",
@@ -112,7 +125,10 @@ impl ApiError {
             ApiError::Token(t) => {
                 StatusCode::from_u16(t.http_status()).unwrap_or(StatusCode::UNAUTHORIZED)
             }
-            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::NotFound(_) | ApiError::NoRoute => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::Http(s, _) => *s,
             ApiError::NotMember | ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Conflict(_) | ApiError::AlreadyInCall => StatusCode::CONFLICT,
@@ -142,6 +158,26 @@ impl ApiError {
                 Some(*retry_after)
             }
             _ => None,
+        }
+    }
+}
+
+impl ApiError {
+    /// The error for a response the HTTP framework made (a rejection, a 404 or 405 of
+    /// the router) with status `status` and plain text `text`.
+    pub fn from_framework(status: StatusCode, text: String) -> ApiError {
+        match status {
+            StatusCode::NOT_FOUND => ApiError::NoRoute,
+            StatusCode::METHOD_NOT_ALLOWED => ApiError::MethodNotAllowed,
+            StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge(text),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::UnsupportedMediaType(text),
+            StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY => {
+                ApiError::BadRequest(text)
+            }
+            s if s.is_server_error() => {
+                ApiError::Http(StatusCode::INTERNAL_SERVER_ERROR, "internal error".into())
+            }
+            s => ApiError::Http(s, text),
         }
     }
 }

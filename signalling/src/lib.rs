@@ -25,6 +25,7 @@ pub mod outbound;
 pub mod phone;
 pub mod push;
 pub mod sms;
+pub mod telegram;
 pub mod users;
 pub mod ws;
 

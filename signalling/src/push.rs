@@ -59,7 +59,7 @@ pub struct Pusher {
     vapid: Option<ES256KeyPair>,
     vapid_public: Option<String>,
     gateway: Option<hyper::Uri>,
-    tls: crate::outbound::Tls,
+    pub(crate) tls: crate::outbound::Tls,
     slots: tokio::sync::Semaphore,
 }
 

@@ -152,8 +152,10 @@ impl App {
         if self.allowed(&lsp, c.user_id, id).await? {
             v["online"] = json!(self.hub.is_online(id));
             v["last_seen"] = json!(last_seen);
+            v["last_seen_hidden"] = json!(false);
         } else {
-            v["last_seen"] = json!("hidden");
+            // Absent rather than a string where the field is otherwise an integer.
+            v["last_seen_hidden"] = json!(true);
         }
         Ok(v)
     }

@@ -903,6 +903,12 @@ async fn bots(url: Option<&str>) {
                     let secret = h
                         .get(signalling::bots::WEBHOOK_SECRET_HEADER)
                         .map(|v| v.to_str().unwrap().to_string());
+                    // Telegram's header carries the same secret.
+                    assert_eq!(
+                        h.get(signalling::bots::TELEGRAM_SECRET_HEADER)
+                            .map(|v| v.to_str().unwrap().to_string()),
+                        secret
+                    );
                     tx.send((secret, v)).unwrap();
                     "ok"
                 }
@@ -945,6 +951,7 @@ async fn bots(url: Option<&str>) {
             .unwrap();
         assert_eq!(secret.as_deref(), Some("s3cret"));
         if v["event"]["type"] == "message" && v["event"]["message"]["text"] == "via hook" {
+            assert_eq!(v["message"]["text"], "via hook", "{v}");
             break;
         }
     }
@@ -1153,9 +1160,11 @@ async fn limits_new_device_presence() {
         None,
     )
     .await;
-    assert_eq!(prof["last_seen"], "hidden");
+    assert_eq!(prof["last_seen_hidden"], true);
     assert!(
-        prof.get("online").is_none() && prof.get("phone").is_none(),
+        prof.get("online").is_none()
+            && prof.get("last_seen").is_none()
+            && prof.get("phone").is_none(),
         "{prof}"
     );
     let (st, _) = http(
