@@ -82,7 +82,7 @@ pub struct ServerStats {
     pub cpu_source: String,
     /// Server CPU over the run, percent of one core.
     pub cpu_percent_avg: Option<f64>,
-    /// The media worker thread(s) alone (`maxd_sfu_worker_cpu_microseconds_total`).
+    /// The media worker thread(s) alone (`maxd_sfu_worker_cpu_seconds_total`).
     pub media_worker_cpu_percent_avg: Option<f64>,
     /// Highest one-second CPU figure.
     pub cpu_percent_max: Option<f64>,

@@ -119,7 +119,8 @@ struct Scrape {
     cpu: Option<f64>,
     rss: Option<f64>,
     forwarded: Option<f64>,
-    /// `maxd_sfu_worker_cpu_microseconds_total`, all workers, in seconds.
+    /// `maxd_sfu_worker_cpu_seconds_total`, all workers (servers before it had
+    /// `maxd_sfu_worker_cpu_microseconds_total`).
     worker: Option<f64>,
     counts: Option<ServerCounts>,
 }
@@ -142,7 +143,8 @@ async fn scrape(url: &str, pid: Option<u32>) -> Option<Scrape> {
         },
         rss: http::metric(&body, "maxd_process_resident_memory_bytes"),
         forwarded: http::metric(&body, "maxd_sfu_rtp_forwarded_total"),
-        worker: http::metric(&body, "maxd_sfu_worker_cpu_microseconds_total").map(|us| us / 1e6),
+        worker: http::metric(&body, "maxd_sfu_worker_cpu_seconds_total")
+            .or_else(|| http::metric(&body, "maxd_sfu_worker_cpu_microseconds_total").map(|us| us / 1e6)),
         counts: ServerCounts::parse(&body),
     })
 }

@@ -115,7 +115,7 @@ pub struct Metrics {
     left: IntCounterVec,
     tcp_refused: IntCounterVec,
     pub forward_latency: Histogram,
-    pub worker_cpu_seconds: IntCounterVec,
+    pub worker_cpu_seconds: CounterVec,
     /// Per media worker (label `worker`: "0", "1", ...).
     pub worker_rooms: IntGaugeVec,
     pub worker_participants: IntGaugeVec,
@@ -156,8 +156,8 @@ impl Metrics {
         )
         .expect("valid metric");
         r.register(Box::new(forward_latency.clone())).expect("metric registered once");
-        let worker_cpu_seconds = IntCounterVec::new(
-            Opts::new("worker_cpu_microseconds_total", "CPU time used by each media worker thread")
+        let worker_cpu_seconds = CounterVec::new(
+            Opts::new("worker_cpu_seconds_total", "CPU time used by each media worker thread, seconds")
                 .subsystem("sfu"),
             &["worker"],
         )

@@ -421,7 +421,7 @@ impl WorkerLoop {
             if now >= second {
                 second = now + Duration::from_secs(1);
                 let c = thread_cpu_micros();
-                cpu.inc_by(c.saturating_sub(cpu_last));
+                cpu.inc_by(c.saturating_sub(cpu_last) as f64 / 1e6);
                 cpu_last = c;
                 busy_c.inc_by(std::mem::take(&mut busy).as_secs_f64());
                 packets_c.inc_by(std::mem::take(&mut packets));
