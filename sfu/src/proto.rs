@@ -17,12 +17,32 @@ pub enum PcKind {
     Subscriber,
 }
 
+impl std::fmt::Display for PcKind {
+    /// As on the wire (and in logs): `publisher`, `subscriber`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PcKind::Publisher => "publisher",
+            PcKind::Subscriber => "subscriber",
+        })
+    }
+}
+
 /// Audio or video.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TrackKind {
     Audio,
     Video,
+}
+
+impl std::fmt::Display for TrackKind {
+    /// As on the wire (and in logs): `audio`, `video`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TrackKind::Audio => "audio",
+            TrackKind::Video => "video",
+        })
+    }
 }
 
 /// Where a track comes from; limited by the token's `sources` grant.
@@ -241,4 +261,20 @@ pub enum ErrorCode {
     Limit,
     /// The server failed; the session may go on.
     Internal,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Logs name kinds as the protocol does.
+    #[test]
+    fn kinds_display_as_on_the_wire() {
+        for k in [PcKind::Publisher, PcKind::Subscriber] {
+            assert_eq!(serde_json::to_string(&k).unwrap(), format!("\"{k}\""));
+        }
+        for k in [TrackKind::Audio, TrackKind::Video] {
+            assert_eq!(serde_json::to_string(&k).unwrap(), format!("\"{k}\""));
+        }
+    }
 }

@@ -218,7 +218,10 @@ impl Media {
                 }
             }
         }
-        tracing::info!(udp = %udp_addr, tcp = ?tcp_addr, workers = n, "media listening");
+        match tcp_addr {
+            Some(tcp) => tracing::info!(udp = %udp_addr, tcp = %tcp, workers = n, "media listening"),
+            None => tracing::info!(udp = %udp_addr, tcp = "off", workers = n, "media listening"),
+        }
         Ok(media(threads, senders))
     }
 

@@ -296,7 +296,13 @@ impl Signalling {
         for b in pending {
             app.webhook_kick(b);
         }
-        tracing::info!(engine = ?app.db.engine, "signalling started");
+        tracing::info!(
+            engine = match app.db.engine {
+                db::Engine::Sqlite => "sqlite",
+                db::Engine::Postgres => "postgresql",
+            },
+            "signalling started"
+        );
         Ok(Signalling { app, maintenance })
     }
 

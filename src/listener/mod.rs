@@ -255,7 +255,7 @@ pub async fn serve<A: Accept>(
                 metrics.accept_errors.inc();
                 let wait = backoff.next_wait();
                 if let Some(n) = error_log.hit(Instant::now()) {
-                    warn!(error = %e, failures = n, retry_in = ?wait, "accepting an HTTP connection failed; backing off");
+                    warn!(error = %e, failures = n, retry_in = %humantime::format_duration(wait), "accepting an HTTP connection failed; backing off");
                 }
                 tokio::select! {
                     _ = &mut shutdown => break,
@@ -322,7 +322,7 @@ pub async fn serve<A: Accept>(
     let drained =
         tokio::time::timeout(DRAIN, async { while tasks.join_next().await.is_some() {} }).await;
     if drained.is_err() {
-        warn!(connections = tasks.len(), after = ?DRAIN, "http: closing connections still busy at shutdown");
+        warn!(connections = tasks.len(), after = %humantime::format_duration(DRAIN), "http: closing connections still busy at shutdown");
         tasks.shutdown().await;
     }
 }

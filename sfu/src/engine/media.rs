@@ -82,7 +82,7 @@ impl Engine {
                         self.participants[part].span.in_scope(|| {
                             tracing::info!(
                                 peer = pk,
-                                pc = ?kind,
+                                pc = %kind,
                                 "ICE disconnected: no STUN and no authenticated media on any path; \
                                  waiting for an ICE restart until the resume window ends"
                             )
@@ -175,7 +175,7 @@ impl Engine {
         self.peers[pk].mid_track.insert(m.mid, t);
         self.participants[part].tracks.push(t);
         let info = self.tracks[t].info(&self.participants[part].id);
-        self.tracks[t].span.in_scope(|| tracing::info!(kind = ?info.kind, codec = %info.codec, layers = n, "track published"));
+        self.tracks[t].span.in_scope(|| tracing::info!(kind = %info.kind, codec = %info.codec, layers = n, "track published"));
         let room = self.participants[part].room.clone();
         let msg = ServerMsg::TrackPublished { track: info };
         self.send(part, msg.clone());

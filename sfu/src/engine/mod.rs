@@ -481,9 +481,9 @@ impl Engine {
         let _s = self.participants.get(peer.part).map(|p| p.span.enter());
         if panicked {
             self.counters.peer_panics += 1;
-            tracing::error!(peer = pk, pc = ?peer.kind, "WebRTC stack panicked {why}; closing this peer");
+            tracing::error!(peer = pk, pc = %peer.kind, "WebRTC stack panicked {why}; closing this peer");
         } else {
-            tracing::info!(peer = pk, pc = ?peer.kind, "peer connection ended: {why}");
+            tracing::info!(peer = pk, pc = %peer.kind, "peer connection ended: {why}");
         }
     }
 
