@@ -1,7 +1,8 @@
 //! A WHIP or WHEP session whose client never connects (it posted an offer and went away,
 //! or its network never let ICE through) is let go like a `/rtc` participant whose
 //! socket closed: gone within the resume window + 1 s, and its room closes after the
-//! grace. On the virtual clock, repeatable from the seed.
+//! grace; one whose network dies after connecting gets the same window once ICE gives
+//! its path up. On the virtual clock, repeatable from the seed.
 
 mod harness;
 mod netsim;
@@ -63,4 +64,32 @@ fn whip_and_whep_sessions_that_never_connect_are_gone_after_the_window() {
     // The empty room closes after its grace (5 s here).
     w.run(5_500, false, |_, _| {});
     assert_eq!(w.engine.stats().rooms, 0, "the room closed after its grace");
+}
+
+/// A connected WHIP publisher whose network dies (no STUN, no media, no DELETE) is let
+/// go like a `/rtc` participant that vanished: ICE gives the path up, its resume window
+/// starts, and when it ends the room is told it left.
+#[test]
+fn a_whip_publisher_whose_network_dies_leaves_after_ice_and_the_window() {
+    let mut w = World::new(22, link());
+    let viewer = w.join("viewer");
+    let obs = w.whip("obs");
+    w.run(3_000, false, |_, _| {});
+    let got: usize = w.clients[viewer].received.values().map(|r| r.packets.len()).sum();
+    assert!(got > 50, "the viewer hears the WHIP publisher: {got} packets");
+    let pid = w.clients[obs].pid.clone();
+    let addr = w.clients[obs].pub_addr;
+    w.blackhole.push(addr);
+    // Kept while ICE may recover (str0m gives the path up ~15 s after its last sign of
+    // life) and then for the resume window (10 s): an ICE restart by PATCH may come.
+    w.run(20_000, false, |_, _| {});
+    assert_eq!(w.engine.stats().participants, 2, "kept while ICE may come back");
+    w.run(7_000, false, |_, _| {});
+    assert!(w.engine.counters.ice_timeouts >= 1, "the lost path is counted");
+    assert_eq!(w.engine.stats().participants, 1, "the WHIP publisher is gone; the viewer stays");
+    let told = w.clients[viewer]
+        .msgs
+        .iter()
+        .any(|m| matches!(m, sfu::proto::ServerMsg::ParticipantLeft { participant_id, .. } if *participant_id == pid));
+    assert!(told, "the room is told the WHIP publisher left");
 }

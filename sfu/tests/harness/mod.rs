@@ -266,6 +266,62 @@ impl World {
         i
     }
 
+    /// A WHIP publisher of a microphone (`POST /whip/r`): its offer goes in as the HTTP
+    /// layer would send it, the answer comes back in the reply; no WebSocket. Returns its
+    /// client index (its `rx` never receives: WHIP has no signalling channel).
+    pub fn whip(&mut self, identity: &str) -> usize {
+        let i = self.clients.len();
+        let now = self.now;
+        let addr: SocketAddr = format!("10.0.2.{}:5000", i + 1).parse().unwrap();
+        let mut rtc = client_rtc(now, addr);
+        let mut api = rtc.sdp_api();
+        let a = api.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None);
+        let (offer, pending) = api.apply().unwrap();
+        let claims = common::Claims {
+            sub: identity.into(),
+            name: None,
+            room: Some("r".into()),
+            grants: common::Grants::parse_list("publish").unwrap(),
+            sid: None,
+            iat: 0,
+            exp: u64::MAX,
+        };
+        let (reply, mut created) = tokio::sync::oneshot::channel();
+        let mut io = NetIo { net: &mut self.net, now };
+        let kind = sfu::engine::HttpKind::Whip;
+        self.engine.handle_command(now, Command::HttpOffer { claims, kind, offer: offer.to_sdp_string(), reply }, &mut io);
+        let created = created.try_recv().unwrap().expect("the WHIP offer is answered");
+        rtc.sdp_api().accept_answer(pending, SdpAnswer::from_sdp_string(&created.answer).unwrap()).unwrap();
+        let (_tx, rx) = mpsc::channel(1);
+        self.clients.push(Client {
+            id: i as u8,
+            conn: ConnId(u64::MAX - i as u64),
+            rx,
+            pid: created.participant_id,
+            pub_addr: addr,
+            sub_addr: format!("10.0.2.{}:6000", i + 1).parse().unwrap(),
+            publisher: Some(rtc),
+            pending: None,
+            subscriber: None,
+            audio_mid: Some(a),
+            video_mid: None,
+            simulcast: false,
+            codec: Codec::Vp8,
+            mid_track: HashMap::new(),
+            track_video: HashMap::new(),
+            received: HashMap::new(),
+            keyframe_requests: 0,
+            force_key: false,
+            msgs: Vec::new(),
+            pub_server_pwd: ice_pwd(&created.answer),
+            sub_server_pwd: None,
+            sub_connected_at: None,
+            next_frame: 0,
+            next_audio: 0,
+        });
+        i
+    }
+
     pub fn command(&mut self, i: usize, msg: ClientMsg) {
         let conn = self.clients[i].conn;
         let mut io = NetIo { net: &mut self.net, now: self.now };
