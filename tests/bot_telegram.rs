@@ -11,34 +11,11 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use support::Maxd;
-use testkit::whip::http;
+use support::{Maxd, api};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio_tungstenite::tungstenite::Message as WsMsg;
 
 const T: Duration = Duration::from_secs(20);
-
-async fn api(
-    m: &Maxd,
-    method: &str,
-    path: &str,
-    token: Option<&str>,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let auth = token.map(|t| format!("Bearer {t}"));
-    let mut headers = vec![("Content-Type", "application/json")];
-    if let Some(a) = &auth {
-        headers.push(("Authorization", a.as_str()));
-    }
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
-    let r = http(&m.base_url(), method, path, &headers, &body)
-        .await
-        .unwrap();
-    (
-        r.status,
-        serde_json::from_str(&r.body).unwrap_or(Value::Null),
-    )
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_telegram_bot_echoes_through_maxd() {

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use support::{Maxd, bin};
+use support::{Maxd, api, bin};
 use testkit::whip::{WhipPublisher, http};
 use testkit::{Client, ClientOptions, TrackKind};
 use tokio_tungstenite::tungstenite::Message as WsMsg;
@@ -111,29 +111,6 @@ fn strings(v: &Value) -> Vec<&str> {
         Value::Object(o) => o.values().flat_map(strings).collect(),
         _ => vec![],
     }
-}
-
-/// JSON over HTTP to `maxd`: (status, body).
-async fn api(
-    m: &Maxd,
-    method: &str,
-    path: &str,
-    token: Option<&str>,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let auth = token.map(|t| format!("Bearer {t}"));
-    let mut headers = vec![("Content-Type", "application/json")];
-    if let Some(a) = &auth {
-        headers.push(("Authorization", a.as_str()));
-    }
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
-    let r = http(&m.base_url(), method, path, &headers, &body)
-        .await
-        .unwrap();
-    (
-        r.status,
-        serde_json::from_str(&r.body).unwrap_or(Value::Null),
-    )
 }
 
 struct Account {

@@ -264,3 +264,16 @@ pub fn relay_addr_and_pin(m: &Maxd) -> (String, String) {
 
 pub mod pion;
 pub mod udp_proxy;
+
+/// JSON over HTTP to `maxd` (the access token as a bearer token): (status, body; `Null`
+/// when the body is not JSON).
+pub async fn api(m: &Maxd, method: &str, path: &str, token: Option<&str>, body: Option<serde_json::Value>) -> (u16, serde_json::Value) {
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let mut headers = vec![("Content-Type", "application/json")];
+    if let Some(a) = &auth {
+        headers.push(("Authorization", a.as_str()));
+    }
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let r = testkit::whip::http(&m.base_url(), method, path, &headers, &body).await.unwrap();
+    (r.status, serde_json::from_str(&r.body).unwrap_or(serde_json::Value::Null))
+}
