@@ -18,18 +18,6 @@ fn link() -> Link {
     Link { latency: Duration::from_millis(5), jitter: Duration::ZERO, loss: 0.0 }
 }
 
-fn claims(identity: &str, grants: &str) -> common::Claims {
-    common::Claims {
-        sub: identity.into(),
-        name: None,
-        room: Some("r".into()),
-        grants: common::Grants::parse_list(grants).unwrap(),
-        sid: None,
-        iat: 0,
-        exp: u64::MAX,
-    }
-}
-
 /// Posts an offer for `kind` as `identity`; the client then never answers a STUN check.
 fn offer(w: &mut World, kind: HttpKind, identity: &str, grants: &str, dir: Direction) {
     let mut rtc = harness::client_rtc(w.now, "10.0.9.9:5000".parse().unwrap());
@@ -41,7 +29,7 @@ fn offer(w: &mut World, kind: HttpKind, identity: &str, grants: &str, dir: Direc
     let mut io = NetIo { net: &mut w.net, now };
     w.engine.handle_command(
         now,
-        Command::HttpOffer { claims: claims(identity, grants), kind, offer: offer.to_sdp_string(), reply: tx },
+        Command::HttpOffer { claims: harness::claims(identity, grants), kind, offer: offer.to_sdp_string(), reply: tx },
         &mut io,
     );
     rx.try_recv().unwrap().expect("the offer is answered");

@@ -142,6 +142,36 @@ pub struct Client {
 }
 
 impl Client {
+    /// A client with nothing negotiated yet.
+    pub fn new(id: u8, conn: ConnId, rx: mpsc::Receiver<ServerMsg>, pub_addr: SocketAddr, sub_addr: SocketAddr) -> Client {
+        Client {
+            id,
+            conn,
+            rx,
+            pid: String::new(),
+            pub_addr,
+            sub_addr,
+            publisher: None,
+            pending: None,
+            subscriber: None,
+            audio_mid: None,
+            video_mid: None,
+            simulcast: false,
+            codec: Codec::Vp8,
+            mid_track: HashMap::new(),
+            track_video: HashMap::new(),
+            received: HashMap::new(),
+            keyframe_requests: 0,
+            force_key: false,
+            msgs: Vec::new(),
+            pub_server_pwd: None,
+            sub_server_pwd: None,
+            sub_connected_at: None,
+            next_frame: 0,
+            next_audio: 0,
+        }
+    }
+
     pub fn drain(rtc: &mut Rtc, now: Instant, net: &mut Net, events: &mut Vec<Event>) {
         loop {
             match rtc.poll_output().expect("client rtc works") {
@@ -178,6 +208,19 @@ pub fn stun_reply(request: &[u8], from: SocketAddr, pwd: &str) -> Option<Vec<u8>
     let n = reply.to_bytes(Some(pwd.as_bytes()), &mut buf, hmac).ok()?;
     buf.truncate(n);
     Some(buf)
+}
+
+/// An access token's claims for room `r`.
+pub fn claims(identity: &str, grants: &str) -> common::Claims {
+    common::Claims {
+        sub: identity.into(),
+        name: None,
+        room: Some("r".into()),
+        grants: common::Grants::parse_list(grants).unwrap(),
+        sid: None,
+        iat: 0,
+        exp: u64::MAX,
+    }
 }
 
 pub fn client_rtc(now: Instant, addr: SocketAddr) -> Rtc {
@@ -225,43 +268,11 @@ impl World {
         let i = self.clients.len();
         let (tx, rx) = mpsc::channel(1024);
         let conn = ConnId(i as u64 + 1);
-        let claims = common::Claims {
-            sub: identity.into(),
-            name: None,
-            room: Some("r".into()),
-            grants: common::Grants::parse_list("publish,subscribe").unwrap(),
-            sid: None,
-            iat: 0,
-            exp: u64::MAX,
-        };
+        let claims = claims(identity, "publish,subscribe");
         let mut io = NetIo { net: &mut self.net, now: self.now };
         self.engine.handle_command(self.now, Command::Join { conn, claims, tx, auto_subscribe: true }, &mut io);
-        self.clients.push(Client {
-            id: i as u8,
-            conn,
-            rx,
-            pid: String::new(),
-            pub_addr: format!("10.0.1.{}:5000", i + 1).parse().unwrap(),
-            sub_addr: format!("10.0.1.{}:6000", i + 1).parse().unwrap(),
-            publisher: None,
-            pending: None,
-            subscriber: None,
-            audio_mid: None,
-            video_mid: None,
-            simulcast: false,
-            codec: Codec::Vp8,
-            mid_track: HashMap::new(),
-            track_video: HashMap::new(),
-            received: HashMap::new(),
-            keyframe_requests: 0,
-            force_key: false,
-            msgs: Vec::new(),
-            pub_server_pwd: None,
-            sub_server_pwd: None,
-            sub_connected_at: None,
-            next_frame: 0,
-            next_audio: 0,
-        });
+        let (pub_addr, sub_addr) = (format!("10.0.1.{}:5000", i + 1).parse().unwrap(), format!("10.0.1.{}:6000", i + 1).parse().unwrap());
+        self.clients.push(Client::new(i as u8, conn, rx, pub_addr, sub_addr));
         self.pump();
         i
     }
@@ -277,15 +288,7 @@ impl World {
         let mut api = rtc.sdp_api();
         let a = api.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None);
         let (offer, pending) = api.apply().unwrap();
-        let claims = common::Claims {
-            sub: identity.into(),
-            name: None,
-            room: Some("r".into()),
-            grants: common::Grants::parse_list("publish").unwrap(),
-            sid: None,
-            iat: 0,
-            exp: u64::MAX,
-        };
+        let claims = claims(identity, "publish");
         let (reply, mut created) = tokio::sync::oneshot::channel();
         let mut io = NetIo { net: &mut self.net, now };
         let kind = sfu::engine::HttpKind::Whip;
@@ -293,32 +296,12 @@ impl World {
         let created = created.try_recv().unwrap().expect("the WHIP offer is answered");
         rtc.sdp_api().accept_answer(pending, SdpAnswer::from_sdp_string(&created.answer).unwrap()).unwrap();
         let (_tx, rx) = mpsc::channel(1);
-        self.clients.push(Client {
-            id: i as u8,
-            conn: ConnId(u64::MAX - i as u64),
-            rx,
-            pid: created.participant_id,
-            pub_addr: addr,
-            sub_addr: format!("10.0.2.{}:6000", i + 1).parse().unwrap(),
-            publisher: Some(rtc),
-            pending: None,
-            subscriber: None,
-            audio_mid: Some(a),
-            video_mid: None,
-            simulcast: false,
-            codec: Codec::Vp8,
-            mid_track: HashMap::new(),
-            track_video: HashMap::new(),
-            received: HashMap::new(),
-            keyframe_requests: 0,
-            force_key: false,
-            msgs: Vec::new(),
-            pub_server_pwd: ice_pwd(&created.answer),
-            sub_server_pwd: None,
-            sub_connected_at: None,
-            next_frame: 0,
-            next_audio: 0,
-        });
+        let mut c = Client::new(i as u8, ConnId(u64::MAX - i as u64), rx, addr, format!("10.0.2.{}:6000", i + 1).parse().unwrap());
+        c.pid = created.participant_id;
+        c.pub_server_pwd = ice_pwd(&created.answer);
+        c.publisher = Some(rtc);
+        c.audio_mid = Some(a);
+        self.clients.push(c);
         i
     }
 
