@@ -204,8 +204,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         prometheus::Opts::new("build_info", "Always 1; the labels say which maxd this is"),
         &["version", "roles"],
     )?;
-    let roles: Vec<&str> = cfg.roles.iter().map(|r| r.as_str()).collect();
-    build_info.with_label_values(&[env!("CARGO_PKG_VERSION"), &roles.join(",")]).set(1);
+    let roles = cfg.roles.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(",");
+    build_info.with_label_values(&[env!("CARGO_PKG_VERSION"), &roles]).set(1);
     registry.register(Box::new(build_info))?;
 
     let readiness = Readiness {
@@ -236,8 +236,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         idle_timeout = %humantime::format_duration(settings.timeouts.idle),
         "http limits"
     );
-    let roles: Vec<&str> = cfg.roles.iter().map(|r| r.as_str()).collect();
-    info!(addr = %cfg.http.listen, roles = %roles.join(","), "http listening");
+    info!(addr = %cfg.http.listen, roles = %roles, "http listening");
     for line in first_steps(&cfg) {
         info!("{line}");
     }
